@@ -1,0 +1,139 @@
+"""The feedback event schema: the one definition that serving, the simulator and prepare share.
+
+Events arrive as one JSON object per line, in Firehose's layout
+(``feedback/YYYY/MM/DD/HH/<name>[.gz]``). ``parse_line`` turns a line into a typed event or
+raises ``InvalidEvent`` whose ``reason`` is a short machine-readable code and whose message names
+the field and the problem, so prepare can quarantine it without losing it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("prediction", "click", "conversion")
+
+
+class InvalidEvent(ValueError):
+    """A feedback line that cannot be used; ``reason`` is a stable code for quarantine counts."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _EventBase(BaseModel):
+    # Strict on types (a string "true" is not a bool) but tolerant of extra fields, so newer
+    # producers that add fields do not get quarantined by an older pipeline.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    ts: datetime
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, value: object) -> datetime:
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, str):
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        else:
+            raise ValueError("ts must be an ISO-8601 string such as 2026-01-31T12:00:00Z")
+        if parsed.tzinfo is None:
+            raise ValueError("ts must carry a timezone (UTC, e.g. a trailing Z)")
+        return parsed.astimezone(timezone.utc)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > SCHEMA_VERSION or value < 1:
+            raise ValueError(f"schema_version {value} is not supported (this code reads 1..{SCHEMA_VERSION})")
+        return value
+
+    def to_json_dict(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["ts"] = self.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return data
+
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class PredictionEvent(_EventBase):
+    event_type: Literal["prediction"] = "prediction"
+    request_id: NonEmpty
+    partner_id: NonEmpty
+    app_id: NonEmpty
+    model_version: int
+    arm: NonEmpty
+    neighbors: list[str]
+    scores: list[float]
+    predicted_ctr: float | None = None
+
+
+class ClickEvent(_EventBase):
+    """An ad impression and its outcome."""
+
+    event_type: Literal["click"] = "click"
+    app_id: NonEmpty
+    campaign_id: NonEmpty
+    partner_id: NonEmpty
+    user_id: NonEmpty
+    clicked: bool
+    request_id: str | None = None
+
+
+class ConversionEvent(_EventBase):
+    event_type: Literal["conversion"] = "conversion"
+    app_id: NonEmpty
+    campaign_id: NonEmpty
+    partner_id: NonEmpty
+    user_id: NonEmpty
+    converted: bool
+    revenue: Annotated[float, Field(ge=0)] = 0.0
+    request_id: str | None = None
+
+
+FeedbackEvent = Annotated[Union[PredictionEvent, ClickEvent, ConversionEvent], Field(discriminator="event_type")]
+_ADAPTER: TypeAdapter[FeedbackEvent] = TypeAdapter(FeedbackEvent)
+
+
+def _reason_for(error: ValidationError) -> InvalidEvent:
+    first = error.errors()[0]
+    kind = first["type"]
+    field = ".".join(str(p) for p in first["loc"][1:] or first["loc"]) or "event"
+    if kind == "json_invalid":
+        return InvalidEvent("malformed_json", f"line is not valid JSON ({first['msg']})")
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
+        return InvalidEvent("unknown_event_type", f"event_type must be one of {', '.join(EVENT_TYPES)}")
+    if kind == "missing":
+        return InvalidEvent("missing_field", f"required field '{field}' is missing")
+    if not first["loc"]:
+        return InvalidEvent("malformed_json", "line must be a JSON object, one event per line")
+    return InvalidEvent("invalid_field", f"field '{field}': {first['msg']}")
+
+
+def parse_line(line: str | bytes) -> PredictionEvent | ClickEvent | ConversionEvent:
+    """Parse and validate one JSON line, raising ``InvalidEvent`` with a reason code."""
+    try:
+        return _ADAPTER.validate_json(line)
+    except ValidationError as error:
+        raise _reason_for(error) from None
+
+
+def validate_event(data: dict) -> PredictionEvent | ClickEvent | ConversionEvent:
+    """Validate an already-decoded event (an API body), raising ``InvalidEvent``."""
+    try:
+        return _ADAPTER.validate_python(data, strict=False)
+    except ValidationError as error:
+        raise _reason_for(error) from None
+
+
+def firehose_prefix(ts: datetime) -> str:
+    """Firehose's default S3 prefix for a record received at ``ts`` (UTC hour folders)."""
+    return ts.astimezone(timezone.utc).strftime("feedback/%Y/%m/%d/%H/")

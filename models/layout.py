@@ -1,0 +1,38 @@
+"""Where things live in a store (a local folder or an S3 prefix): one definition for all.
+
+    <store>/catalog/apps.parquet            app catalog (feature-store snapshot)
+    <store>/feedback/YYYY/MM/DD/HH/*.gz     feedback events in Firehose's layout
+    <store>/ground_truth/neighbors.parquet  simulator only: true neighbours (app_id, neighbor_id, rank, similarity)
+    <store>/ground_truth/simulation.json    simulator only: what was generated and injected
+    <store>/runs/<run_id>/run.json          one pipeline run: parameters, step statuses, outputs
+    <store>/runs/<run_id>/<step>/...        each step's outputs (prepared data, model.tar.gz, evaluation.json)
+    <store>/registry.db                     the embedded (SQLite) model registry
+"""
+
+from __future__ import annotations
+
+from models import storage
+
+
+def catalog_uri(store: str) -> str:
+    return storage.join(store, "catalog", "apps.parquet")
+
+
+def feedback_uri(store: str) -> str:
+    return storage.join(store, "feedback")
+
+
+def ground_truth_uri(store: str) -> str:
+    return storage.join(store, "ground_truth")
+
+
+def runs_uri(store: str) -> str:
+    return storage.join(store, "runs")
+
+
+def run_uri(store: str, run_id: str) -> str:
+    return storage.join(store, "runs", run_id)
+
+
+def step_uri(store: str, run_id: str, step: str) -> str:
+    return storage.join(store, "runs", run_id, step)

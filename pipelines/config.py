@@ -1,0 +1,173 @@
+"""pipeline.yaml, typed and validated once at the edge.
+
+``load_config`` reads the file, ``with_overrides`` applies ``--param NAME=VALUE`` strings with
+the parameter's own type, and every mistake raises ``ConfigError`` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models import storage
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+STORE_ENV = "APPSIM_STORE"
+
+
+class ConfigError(ValueError):
+    """pipeline.yaml or a --param override that is not valid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PipelineParameters(_Strict):
+    window_end: str = ""
+    window_days: int = Field(28, ge=1, le=366)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)
+    use_attributed_clicks: bool = False
+    embedding_dim: int = Field(64, ge=2, le=1024)
+    seed: int = 42
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    exact_index_max_apps: int = Field(100_000, ge=1)
+    min_relative_improvement: float = Field(0.03, ge=0)
+    bootstrap_samples: int = Field(1000, ge=50, le=100_000)
+    approval_status: Literal["Approved", "PendingManualApproval"] = "Approved"
+
+    @field_validator("window_end")
+    @classmethod
+    def _iso_or_empty(cls, value: str) -> str:
+        if value:
+            try:
+                parse_time(value)
+            except ValueError:
+                raise ValueError(f"'{value}' is not an ISO date-time such as 2026-01-31T00:00:00Z (or leave it empty for now)")
+        return value
+
+    def resolved_window_end(self) -> datetime:
+        return parse_time(self.window_end) if self.window_end else datetime.now(timezone.utc)
+
+
+class Backends(_Strict):
+    store: str = "./appsim-store"
+    registry: str = ""
+
+
+class SageMakerSettings(_Strict):
+    region: str = "us-east-1"
+    role_arn: str = ""
+    model_package_group: str = "appsim-app-embeddings"
+    image_uri: str = ""
+    processing_instance_type: str = "ml.m5.xlarge"
+    processing_instance_count: int = Field(1, ge=1)
+    training_instance_type: str = "ml.m5.2xlarge"
+    training_instance_count: int = Field(1, ge=1)
+    cache_expire_after: str = "P30D"
+    max_retries: int = Field(2, ge=0, le=10)
+
+
+class ScheduleSettings(_Strict):
+    name: str = "appsim-weekly-retrain"
+    cron: str = "cron(0 3 ? * MON *)"
+    timezone: str = "UTC"
+
+
+class PipelineConfig(_Strict):
+    pipeline_name: str = "appsim-retrain"
+    parameters: PipelineParameters = Field(default_factory=PipelineParameters)
+    backends: Backends = Field(default_factory=Backends)
+    sagemaker: SageMakerSettings = Field(default_factory=SageMakerSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    @property
+    def store(self) -> str:
+        return storage.normalize(self.backends.store)
+
+    @property
+    def registry_uri(self) -> str:
+        if self.backends.registry:
+            return self.backends.registry
+        if not storage.is_local(self.store):
+            raise ConfigError(
+                "the store is on S3 but backends.registry is empty; set it to sagemaker://<model-package-group>"
+            )
+        return f"sqlite://{storage.local_path(self.store) / 'registry.db'}"
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "PipelineConfig":
+        """A copy with parameters replaced: ``["NAME=VALUE", ...]`` or a dict."""
+        pairs = dict(parse_override(o) for o in overrides) if isinstance(overrides, list) else dict(overrides)
+        unknown = sorted(set(pairs) - set(PipelineParameters.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PipelineParameters.model_fields)}"
+            )
+        merged = self.parameters.model_dump() | pairs
+        try:
+            params = PipelineParameters.model_validate(_coerce(merged))
+        except ValidationError as error:
+            raise ConfigError(_describe(error, "--param")) from None
+        return self.model_copy(update={"parameters": params})
+
+    def with_store(self, store: str | None) -> "PipelineConfig":
+        chosen = store or os.environ.get(STORE_ENV)
+        if not chosen:
+            return self
+        return self.model_copy(update={"backends": self.backends.model_copy(update={"store": chosen})})
+
+
+def parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"--param '{text}' must look like NAME=VALUE, e.g. --param window_days=14")
+    name, value = text.split("=", 1)
+    return name.strip(), value.strip()
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    """Strings from the command line take the parameter's type ('true' -> True, '14' -> 14)."""
+    out = {}
+    for name, value in values.items():
+        annotation = PipelineParameters.model_fields[name].annotation
+        if isinstance(value, str) and annotation is bool:
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"parameter {name} takes true or false, not '{value}'")
+            value = lowered in ("true", "1", "yes")
+        out[name] = value
+    return out
+
+
+def _describe(error: ValidationError, where: str) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        parts.append(f"{key}: {item['msg']}")
+    return f"invalid {where}: " + "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None, store: str | None = None) -> PipelineConfig:
+    """Read and validate pipeline.yaml (default: the repository's), then apply the store choice."""
+    config_path = Path(path) if path else DEFAULT_CONFIG
+    if not config_path.is_file():
+        raise ConfigError(f"config file {config_path} does not exist; pass --config PATH or restore pipeline.yaml")
+    try:
+        raw = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_path} is not valid YAML: {error}") from None
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, str(config_path))) from None
+    return config.with_store(store)

@@ -1,0 +1,37 @@
+"""appsim: app embeddings that keep improving in production."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="appsim",
+    version="0.1.0",
+    description="App similarity and performance prediction with a retraining feedback loop (FAISS, SageMaker)",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["pipelines*", "steps*", "models*", "evaluation*", "serving*"]),
+    package_data={"": ["*.yaml", "*.json"]},
+    install_requires=[
+        "numpy>=2.0,<3",
+        "scipy>=1.13,<2",
+        "pandas>=2.2,<4",
+        "pyarrow>=15,<27",
+        "faiss-cpu>=1.9,<2",
+        "pydantic>=2.7,<3",
+        "pyyaml>=6,<7",
+        "fsspec>=2024.6",
+        "click>=8.1,<9",
+        "orjson>=3.10,<4",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={
+        # The SageMaker SDK is imported only by the pipeline builder (pipelines/sagemaker_pipeline.py).
+        "aws": ["sagemaker==3.27.0", "boto3>=1.34,<2", "s3fs>=2024.6"],
+        "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.30,<1", "prometheus-client>=0.20,<1"],
+        "dev": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "moto[server]>=5.0.20,<6",
+            "httpx>=0.27,<1",
+        ],
+    },
+    entry_points={"console_scripts": ["appsim=pipelines.cli:main"]},
+)
