@@ -6,17 +6,22 @@ serving lazily (the CLI is the one edge allowed to, so the pipeline never needs 
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
 import click
 
 from models.artifact import ArtifactError
 from models.registry import RegistryError
 from models.storage import StorageError
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.runs import RunNotFound, list_runs, load_run
 
 # Errors the user can fix: printed as one line naming the problem, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, StorageError, ArtifactError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, RegistryError, StorageError, ArtifactError, FileNotFoundError, RunNotFound,
+)
 
 store_option = click.option(
     "--store", envvar="APPSIM_STORE", default=None,
@@ -29,6 +34,193 @@ config_option = click.option("--config", "config_path", default=None, type=click
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """appsim: app similarity and performance prediction that keeps improving."""
+
+
+def _config(config_path: str | None, store: str | None, params: tuple[str, ...] = ()) -> PipelineConfig:
+    config = load_config(config_path, store)
+    return config.with_overrides(list(params)) if params else config
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# --- retrain ------------------------------------------------------------------------------
+@cli.command()
+@store_option
+@config_option
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a pipeline.yaml parameter (repeatable).")
+@click.option("--on", "target", type=click.Choice(["local", "sagemaker"]), default="local", show_default=True,
+              help="Run with the local runner, or upsert and start the SageMaker pipeline.")
+@click.option("--wait/--no-wait", default=False, help="With --on sagemaker: poll and print step statuses until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (run_id, decision, version, metrics).")
+def retrain(store: str | None, config_path: str | None, params: tuple[str, ...], target: str, wait: bool, as_json: bool) -> None:
+    """Run the retraining pipeline: prepare -> train -> evaluate -> gate -> register."""
+    config = _config(config_path, store, params)
+    if target == "sagemaker":
+        from pipelines.aws import retrain_on_sagemaker
+
+        result = retrain_on_sagemaker(config, dict(p.split("=", 1) for p in params), wait, click.echo)
+        _dump(result) if as_json else click.echo(f"started {result.get('execution_arn', '')}")
+        return
+    from pipelines.runner import LocalRunner, StepFailed
+
+    runner = LocalRunner(config, echo=lambda m: click.echo(m, err=True))
+    try:
+        record = runner.run()
+    except StepFailed as error:
+        click.echo(f"error: {error}", err=True)
+        click.echo(f"details: appsim runs show {error.run_id} --store {config.store}", err=True)
+        sys.exit(1)
+    result = record.result
+    metrics = result["metrics"]
+    candidate, champion = metrics["candidate"], metrics["champion"]
+    if as_json:
+        _dump({
+            "run_id": record.run_id,
+            "decision": result["decision"],
+            "version": result["version"],
+            "status": result["status"],
+            "metrics": {"candidate": candidate, "champion": champion, "baseline": metrics.get("baseline")},
+            "comparison": result["comparison"],
+            "evaluation_uri": result["evaluation_uri"],
+        })
+        return
+    reference = f"champion v{result['champion_version']}" if champion else "popularity baseline"
+    other = champion or metrics.get("baseline") or {}
+    names = ["recall_at_10", "precision_at_10", "ndcg_at_10", "map_at_10", "coverage", "ctr_mae"]
+    click.echo("")
+    click.echo(_table(["metric", "candidate", reference], [[n, candidate.get(n), other.get(n)] for n in names]))
+    click.echo("")
+    click.echo(f"decision: {result['decision']}  ->  version {result['version']} registered as {result['status']}")
+    click.echo(f"why: {result['decision_reason']}")
+    click.echo(f"run: {record.run_id}   report: {result['evaluation_uri']}")
+
+
+# --- registry -----------------------------------------------------------------------------
+@cli.group()
+def registry() -> None:
+    """Model versions: list, show, approve, reject."""
+
+
+def _registry(config_path: str | None, store: str | None):
+    from models.registry import open_registry
+
+    return open_registry(_config(config_path, store).registry_uri)
+
+
+def _version_row(v) -> dict[str, Any]:
+    return v.model_dump(mode="json")
+
+
+@registry.command("list")
+@store_option
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def registry_list(store: str | None, config_path: str | None, as_json: bool) -> None:
+    """Every version, newest first; the champion is the newest Approved."""
+    reg = _registry(config_path, store)
+    versions = reg.list_versions()
+    if as_json:
+        _dump([_version_row(v) for v in versions])
+        return
+    if not versions:
+        click.echo("no versions yet: run `appsim retrain`")
+        return
+    champion = reg.champion()
+    rows = [[("*" if champion and v.version == champion.version else "") + str(v.version), v.status,
+             v.created_at.strftime("%Y-%m-%d %H:%M:%S"), v.recall_at_10, v.metrics.get("relative_improvement"),
+             v.lineage.get("run_id")] for v in versions]
+    click.echo(_table(["version", "status", "created_at (UTC)", "recall@10", "rel. improvement", "run"], rows))
+    click.echo("* champion (newest Approved)")
+
+
+@registry.command("show")
+@click.argument("version", type=int)
+@store_option
+@config_option
+def registry_show(version: int, store: str | None, config_path: str | None) -> None:
+    """One version with its metrics and lineage (JSON)."""
+    _dump(_version_row(_registry(config_path, store).get(version)))
+
+
+def _set_status(version: int, status: str, reason: str, store: str | None, config_path: str | None) -> None:
+    updated = _registry(config_path, store).set_status(version, status, reason)
+    click.echo(f"version {updated.version} is now {updated.status}")
+
+
+@registry.command("approve")
+@click.argument("version", type=int)
+@click.option("--reason", default="approved by hand", show_default=True)
+@store_option
+@config_option
+def registry_approve(version: int, reason: str, store: str | None, config_path: str | None) -> None:
+    """Approve a version (it becomes the champion if it is the newest Approved)."""
+    _set_status(version, "Approved", reason, store, config_path)
+
+
+@registry.command("reject")
+@click.argument("version", type=int)
+@click.option("--reason", default="rejected by hand", show_default=True)
+@store_option
+@config_option
+def registry_reject(version: int, reason: str, store: str | None, config_path: str | None) -> None:
+    """Reject a version (rejecting the champion rolls back to the previous Approved one)."""
+    _set_status(version, "Rejected", reason, store, config_path)
+
+
+# --- runs ---------------------------------------------------------------------------------
+@cli.group()
+def runs() -> None:
+    """Recorded pipeline runs."""
+
+
+@runs.command("list")
+@store_option
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def runs_list(store: str | None, config_path: str | None, as_json: bool) -> None:
+    records = list_runs(_config(config_path, store).store)
+    if as_json:
+        _dump([r.to_dict() for r in records])
+        return
+    rows = [[r.run_id, r.status, r.started_at, r.result.get("decision"), r.result.get("version"),
+             next((s.name for s in r.steps if s.status == "failed"), "")] for r in records]
+    click.echo(_table(["run", "status", "started (UTC)", "decision", "version", "failed step"], rows) if rows else "no runs yet")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@store_option
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_id: str, store: str | None, config_path: str | None, as_json: bool) -> None:
+    record = load_run(_config(config_path, store).store, run_id)
+    if as_json:
+        _dump(record.to_dict())
+        return
+    click.echo(f"run {record.run_id}: {record.status} (started {record.started_at}, ended {record.ended_at})")
+    rows = [[s.name, s.status, s.duration_seconds, s.error or ""] for s in record.steps]
+    click.echo(_table(["step", "status", "seconds", "error"], rows))
+    if record.result:
+        click.echo(f"decision: {record.result['decision']} -> version {record.result['version']}: {record.result['decision_reason']}")
+        click.echo(f"report: {record.result['evaluation_uri']}")
 
 
 # --- command groups are attached below (one line each) -----------------------------------

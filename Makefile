@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make run` (the main job on the embedded default)
+# and `make test`. Both create .venv and install what they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STORE ?= ./appsim-store
+# The demo data ends here (fixed, so every clone gets the same data and the same results).
+DEMO_END := 2026-11-02T00:00:00Z
+
+.PHONY: run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+
+$(VENV)/.installed-run: setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e ".[serve]"
+	touch $@
+
+$(VENV)/.installed-test: setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e ".[aws,serve,dev]"
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	@test -f $(STORE)/catalog/apps.parquet || $(BIN)/appsim simulate --store $(STORE) --end $(DEMO_END)
+	$(BIN)/appsim retrain --store $(STORE) --param window_end=$(DEMO_END)
+	$(BIN)/appsim registry list --store $(STORE)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(STORE) *.egg-info .pytest_cache

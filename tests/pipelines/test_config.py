@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, load_config
+
+
+def test_repository_pipeline_yaml_is_valid_and_has_the_seed_threshold():
+    config = load_config()
+    assert config.parameters.min_relative_improvement == pytest.approx(0.03)
+    assert config.parameters.approval_status == "Approved"
+
+
+def test_overrides_take_the_parameter_type():
+    config = load_config().with_overrides(["window_days=14", "use_attributed_clicks=true", "holdout_fraction=0.25"])
+    assert config.parameters.window_days == 14
+    assert config.parameters.use_attributed_clicks is True
+    assert config.parameters.holdout_fraction == 0.25
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("window_days", "NAME=VALUE"),
+        ("no_such=1", "unknown parameter"),
+        ("window_days=-3", "window_days"),
+        ("holdout_fraction=1.5", "holdout_fraction"),
+        ("use_attributed_clicks=maybe", "true or false"),
+        ("window_end=last tuesday", "ISO date-time"),
+        ("approval_status=Yes", "approval_status"),
+    ],
+)
+def test_bad_overrides_name_the_parameter(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config().with_overrides([override])
+
+
+def test_store_choice_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("APPSIM_STORE", raising=False)
+    assert load_config().store.endswith("appsim-store")
+    monkeypatch.setenv("APPSIM_STORE", str(tmp_path / "env"))
+    assert load_config().store == f"file://{tmp_path / 'env'}"
+    assert load_config(store=str(tmp_path / "flag")).store == f"file://{tmp_path / 'flag'}"
+    assert load_config(store=str(tmp_path / "flag")).registry_uri == f"sqlite://{tmp_path / 'flag' / 'registry.db'}"
+
+
+def test_unknown_keys_and_bad_yaml_are_reported(tmp_path: Path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("parameters:\n  windw_days: 3\n")
+    with pytest.raises(ConfigError, match="windw_days"):
+        load_config(bad)
+    bad.write_text("parameters: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_s3_store_needs_an_explicit_registry():
+    config = load_config(store="s3://bucket/prefix")
+    with pytest.raises(ConfigError, match="sagemaker://"):
+        _ = config.registry_uri
