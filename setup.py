@@ -31,6 +31,7 @@ setup(
             "pytest-timeout>=2.3,<3",
             "moto[server]>=5.0.20,<6",
             "httpx>=0.27,<1",
+            "cfn-lint>=1.58,<2",
         ],
     },
     entry_points={"console_scripts": ["appsim=pipelines.cli:main"]},
