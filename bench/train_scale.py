@@ -1,0 +1,82 @@
+"""TrainEmbeddings core at scale: synthetic co-engagement of N apps / M interaction rows.
+
+    .venv/bin/python bench/train_scale.py --apps 200000 --rows 10000000 --users 1000000
+
+Prints wall and CPU seconds per phase and the peak RSS of training alone (data generation is
+measured separately). Nothing here is asserted in tests; rerun it on the target machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import pandas as pd
+
+from models.embedding import EmbeddingParams, train_embeddings
+from models.index import build_index
+from models.progress import Progress
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def synthetic(apps: int, rows: int, users: int, clusters: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    app_cluster = rng.integers(0, clusters, apps)
+    words = np.array([f"word{i}" for i in range(20_000)])
+    catalog = pd.DataFrame({
+        "app_id": [f"app{i:07d}" for i in range(apps)],
+        "category": [f"cat{c % 50}" for c in app_cluster],
+        "region": rng.choice(["us", "eu", "apac"], apps),
+        "pricing_model": rng.choice(["free", "freemium", "paid"], apps),
+        "features": [[f"tag{(c * 7 + j) % 3000}" for j in range(4)] for c in app_cluster],
+        "description": [" ".join(words[(c * 13 + np.arange(15) * 101) % 20_000]) for c in app_cluster],
+        "avg_rating": rng.uniform(1, 5, apps),
+    })
+    order = np.argsort(app_cluster, kind="stable")
+    bounds = np.searchsorted(app_cluster[order], np.arange(clusters + 1))
+    user_home = rng.integers(0, clusters, users)
+    user = rng.integers(0, users, rows)
+    home = user_home[user]
+    app = order[bounds[home] + (rng.random(rows) * (bounds[home + 1] - bounds[home])).astype(np.int64)]
+    noise = rng.random(rows) < 0.2
+    app[noise] = rng.integers(0, apps, int(noise.sum()))
+    interactions = pd.DataFrame({
+        "user_id": np.char.add("u", user.astype(str)),
+        "app_id": catalog["app_id"].to_numpy()[app],
+        "clicks": rng.integers(1, 4, rows),
+        "conversions": (rng.random(rows) < 0.1).astype(np.int64),
+    }).drop_duplicates(["user_id", "app_id"])
+    return catalog, interactions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--apps", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--clusters", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--index-type", default="auto")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    catalog, interactions = synthetic(args.apps, args.rows, args.users, args.clusters, seed=0)
+    print(f"data: {len(catalog):,} apps, {len(interactions):,} (user, app) rows in {time.perf_counter() - started:.1f}s, "
+          f"peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
+    progress = Progress("train", every=10)
+    wall, cpu = time.perf_counter(), time.process_time()
+    trained = train_embeddings(catalog, interactions, EmbeddingParams(args.dim, seed=1), progress)
+    print(f"train_embeddings: wall {time.perf_counter() - wall:.1f}s, cpu {time.process_time() - cpu:.1f}s, "
+          f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    _, info = build_index(trained.embeddings, args.index_type, 100_000, seed=1, progress=progress)
+    print(f"build_index: wall {time.perf_counter() - wall:.1f}s, cpu {time.process_time() - cpu:.1f}s, {info}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""TrainEmbeddings: prepared co-engagement + the catalog -> a model artifact covering every catalog app.
+
+``run`` is the pure core the local runner calls (URIs in, ``<output_uri>/model.tar.gz`` out).
+``python -m steps.train`` is the SageMaker Training entry point: channels from
+``SM_CHANNEL_PREPARED`` / ``SM_CHANNEL_CATALOG`` (folders), the artifact folder written into
+``SM_MODEL_DIR`` (SageMaker tars it), hyper-parameters from ``SM_HPS`` or
+``/opt/ml/input/config/hyperparameters.json`` (values may arrive as strings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from models import dataset, storage
+from models.artifact import TARBALL, ModelArtifact
+from models.embedding import TRAINER_NAME, EmbeddingParams, TrainingDataError, train_embeddings
+from models.index import INDEX_TYPES, build_index
+from models.progress import Progress
+
+CATALOG_FILE = "apps.parquet"
+HYPERPARAMETERS_FILE = "/opt/ml/input/config/hyperparameters.json"
+FAILURE_FILE = Path("/opt/ml/output/failure")
+# Hyper-parameter name -> type; `catalog_uri` locates the catalog when there is no catalog channel.
+HYPERPARAMETERS: dict[str, type] = {
+    "embedding_dim": int,
+    "seed": int,
+    "index_type": str,
+    "exact_index_max_apps": int,
+    "catalog_uri": str,
+}
+DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "index_type": "auto",
+                                           "exact_index_max_apps": 100_000}
+
+
+def code_version() -> str:
+    """``<package version>+<git sha>``; the sha comes from APPSIM_GIT_SHA (set in images) or git, else 'unknown'."""
+    try:
+        package = metadata.version("appsim")
+    except metadata.PackageNotFoundError:
+        package = "unknown"
+    sha = os.environ.get("APPSIM_GIT_SHA", "")
+    if not sha:
+        try:
+            found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                   capture_output=True, text=True, timeout=5, check=True)
+            sha = found.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            sha = "unknown"
+    return f"{package}+{sha or 'unknown'}"
+
+
+def read_catalog(catalog_uri: str) -> pd.DataFrame:
+    """The catalog from ``.../apps.parquet`` or from a folder holding it."""
+    uri = catalog_uri if catalog_uri.endswith(".parquet") else storage.join(catalog_uri, CATALOG_FILE)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"catalog {uri} does not exist; point catalog_uri at <store>/catalog/apps.parquet")
+    with storage.open_uri(uri, "rb") as handle:
+        catalog = pd.read_parquet(handle)
+    if "app_id" not in catalog.columns:
+        raise TrainingDataError(f"catalog {uri} has no app_id column (columns: {', '.join(catalog.columns)})")
+    return catalog
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise TrainingDataError(f"{what} lacks column(s) {', '.join(missing)}; re-run PrepareFeedback with this code version")
+
+
+def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, seed: int, index_type: str = "auto",
+                   exact_index_max_apps: int = 100_000, progress: Progress | None = None) -> ModelArtifact:
+    """Train embeddings, build and check the index, and assemble the (unsaved) artifact."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"index_type '{index_type}' is not one of {', '.join(INDEX_TYPES)}")
+    progress = progress or Progress("train")
+    manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise FileNotFoundError(f"{manifest_uri} is missing: run PrepareFeedback first (appsim retrain runs it)")
+    prepared_manifest = storage.read_json(manifest_uri)
+    if prepared_manifest.get("status", "succeeded") != "succeeded":
+        raise TrainingDataError(
+            f"the prepared data at {prepared_uri} comes from a failed PrepareFeedback run "
+            f"({prepared_manifest.get('error', 'no error recorded')}); fix that run before training"
+        )
+    interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+    _require_columns(interactions, dataset.INTERACTION_COLUMNS, dataset.TRAIN_INTERACTIONS)
+    app_stats = dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS)
+    _require_columns(app_stats, dataset.APP_STATS_COLUMNS, dataset.TRAIN_APP_STATS)
+    catalog = read_catalog(catalog_uri)
+
+    params = EmbeddingParams(embedding_dim=embedding_dim, seed=seed)
+    trained = train_embeddings(catalog, interactions, params, progress)
+    index, index_info = build_index(trained.embeddings, index_type, exact_index_max_apps, seed, progress=progress)
+
+    in_catalog = app_stats["app_id"].astype(str).isin(set(trained.app_ids))
+    stats = app_stats.loc[in_catalog].assign(app_id=lambda f: f["app_id"].astype(str)).sort_values("app_id")
+    manifest = {
+        "trainer": TRAINER_NAME,
+        "seed": seed,
+        "parameters": {**params.to_dict(), "index_type": index_type, "exact_index_max_apps": exact_index_max_apps},
+        "code_version": code_version(),
+        "training_window": prepared_manifest.get("window"),
+        "event_counts": prepared_manifest.get("counts"),
+        "prepared_uri": storage.normalize(prepared_uri),
+        "index": index_info,
+        "warm_apps": trained.summary["warm_apps"],
+        "cold_apps": trained.summary["cold_apps"],
+        "training": trained.summary,
+    }
+    return ModelArtifact(
+        app_ids=trained.app_ids,
+        embeddings=trained.embeddings,
+        index=index,
+        encoder=trained.encoder.to_json(),
+        encoder_weights=trained.encoder.weights_array(),
+        app_stats=stats.reset_index(drop=True),
+        manifest=manifest,
+    )
+
+
+def run(prepared_uri: str, catalog_uri: str, output_uri: str, *, embedding_dim: int, seed: int,
+        index_type: str = "auto", exact_index_max_apps: int = 100_000, progress: Progress | None = None) -> dict:
+    """Train and write ``<output_uri>/model.tar.gz``; returns the artifact manifest."""
+    artifact = train_artifact(prepared_uri, catalog_uri, embedding_dim=embedding_dim, seed=seed, index_type=index_type,
+                              exact_index_max_apps=exact_index_max_apps, progress=progress)
+    artifact.save_tarball(storage.join(output_uri, TARBALL))
+    return artifact.manifest
+
+
+def parse_hyperparameters(raw: dict[str, Any]) -> dict[str, Any]:
+    """SageMaker hyper-parameters (often all strings, sometimes JSON-quoted) -> typed values with defaults."""
+    # The SageMaker SDK adds its own `sagemaker_*` entries; they are not ours to interpret.
+    ours = {name: value for name, value in raw.items() if not name.startswith("sagemaker_")}
+    unknown = sorted(set(ours) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETERS)}")
+    values = dict(DEFAULT_HYPERPARAMETERS)
+    for name, value in ours.items():
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)  # '"auto"' -> 'auto', '64' -> 64
+            except json.JSONDecodeError:
+                pass
+        try:
+            values[name] = HYPERPARAMETERS[name](value)
+        except (TypeError, ValueError):
+            raise ValueError(f"hyper-parameter {name}={value!r} is not a valid {HYPERPARAMETERS[name].__name__}") from None
+    return values
+
+
+def _read_raw_hyperparameters() -> dict[str, Any]:
+    if os.environ.get("SM_HPS"):
+        return json.loads(os.environ["SM_HPS"])
+    path = Path(HYPERPARAMETERS_FILE)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main() -> int:
+    try:
+        hps = parse_hyperparameters(_read_raw_hyperparameters())
+        catalog = os.environ.get("SM_CHANNEL_CATALOG") or hps.get("catalog_uri") or "/opt/ml/input/data/catalog"
+        artifact = train_artifact(
+            os.environ.get("SM_CHANNEL_PREPARED", "/opt/ml/input/data/prepared"),
+            catalog,
+            embedding_dim=hps["embedding_dim"],
+            seed=hps["seed"],
+            index_type=hps["index_type"],
+            exact_index_max_apps=hps["exact_index_max_apps"],
+        )
+        model_dir = artifact.save(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"TrainEmbeddings failed: {error}", file=sys.stderr)
+        if FAILURE_FILE.parent.is_dir():  # SageMaker shows this file as the job's failure reason
+            FAILURE_FILE.write_text(str(error))
+        return 1
+    index = artifact.manifest["index"]
+    print(f"TrainEmbeddings wrote {len(artifact.app_ids):,} apps to {model_dir} "
+          f"(index {index['type']}, recall@10 vs exact {index['recall_at_10_vs_exact']})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The co-engagement + metadata trainer on a small synthetic world with known clusters."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from models.embedding import (EmbeddingParams, TrainingDataError, interaction_matrix, randomized_svd,
+                              train_embeddings)
+from tests.models.coengagement_world import cluster_of, make_world
+
+PARAMS = EmbeddingParams(embedding_dim=16, seed=3)
+
+
+def _neighbours(embeddings: np.ndarray, rows: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+    scores = embeddings[rows] @ embeddings[among].T
+    scores[rows[:, None] == among[None, :]] = -np.inf  # never the app itself
+    return among[np.argsort(-scores, axis=1)[:, :k]]
+
+
+def _same_cluster_share(app_ids: list[str], rows: np.ndarray, neighbours: np.ndarray) -> float:
+    clusters = np.array([cluster_of(a) for a in app_ids])
+    return float((clusters[neighbours] == clusters[rows][:, None]).mean())
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    catalog, train, _ = world
+    return train_embeddings(catalog, train, PARAMS)
+
+
+def test_every_catalog_app_gets_a_unit_float32_embedding(world, trained):
+    catalog, _, _ = world
+    assert trained.app_ids == sorted(catalog["app_id"])
+    assert trained.embeddings.dtype == np.float32 and trained.embeddings.shape == (len(catalog), 16)
+    assert np.allclose(np.linalg.norm(trained.embeddings, axis=1), 1.0, atol=1e-5)
+    assert trained.summary["warm_apps"] == 120 and trained.summary["cold_apps"] == 20
+
+
+def test_co_engagement_alone_recovers_the_clusters(world):
+    """Metadata shuffled across apps carries no cluster signal: the neighbours must come from co-engagement."""
+    catalog, train, _ = world
+    shuffled = catalog.copy()
+    order = np.random.default_rng(0).permutation(len(catalog))
+    for column in ("category", "features", "description"):
+        shuffled[column] = catalog[column].to_numpy()[order]
+    result = train_embeddings(shuffled, train, PARAMS)
+    warm = np.flatnonzero(result.engaged_users >= 5)
+    share = _same_cluster_share(result.app_ids, warm, _neighbours(result.embeddings, warm, warm, 5))
+    assert share > 0.8  # chance is 0.25 with four clusters
+
+
+def test_cold_apps_land_near_their_category(trained):
+    cold = np.flatnonzero(trained.engaged_users == 0)
+    warm = np.flatnonzero(trained.engaged_users > 0)
+    assert len(cold) == 20
+    share = _same_cluster_share(trained.app_ids, cold, _neighbours(trained.embeddings, cold, warm, 5))
+    assert share > 0.8
+
+
+def test_apps_with_little_evidence_lean_on_their_metadata(world):
+    """An app whose metadata says finance but whose only users are puzzle players: CF pulls it
+    towards puzzles in proportion to its evidence, n / (n + shrinkage)."""
+    catalog, train, _ = world
+    stray = catalog.loc[catalog["app_id"] == "finance-034"].assign(app_id="stray")
+    puzzle_users = train.loc[train["app_id"].str.startswith("puzzle"), "user_id"].drop_duplicates().sort_values()
+
+    def puzzle_affinity(users: int) -> float:
+        rows = pd.DataFrame({"user_id": puzzle_users.iloc[:users], "app_id": "stray", "clicks": 2, "conversions": 0,
+                             "first_ts": train["first_ts"].iloc[0], "last_ts": train["last_ts"].iloc[0]})
+        result = train_embeddings(pd.concat([catalog, stray]), pd.concat([train, rows]), PARAMS)
+        position = {a: i for i, a in enumerate(result.app_ids)}
+        vectors = result.embeddings
+        puzzle = vectors[[position[a] for a in result.app_ids if a.startswith("puzzle")]].mean(axis=0)
+        finance = vectors[[position[a] for a in result.app_ids if a.startswith("finance")]].mean(axis=0)
+        return float(vectors[position["stray"]] @ puzzle - vectors[position["stray"]] @ finance)
+
+    few, many = puzzle_affinity(1), puzzle_affinity(60)
+    assert few < 0 < many
+
+
+def test_training_is_deterministic_and_independent_of_row_order(world, trained):
+    catalog, train, _ = world
+    again = train_embeddings(catalog.sample(frac=1.0, random_state=1), train.sample(frac=1.0, random_state=2), PARAMS)
+    digest = lambda a: hashlib.sha256(a.tobytes()).hexdigest()  # noqa: E731
+    assert digest(again.embeddings) == digest(trained.embeddings)
+
+
+def test_interactions_for_unknown_apps_are_dropped_and_counted(world):
+    catalog, train, _ = world
+    extra = train.iloc[:3].assign(app_id="not-in-catalog")
+    built = interaction_matrix(pd.concat([train, extra]), sorted(catalog["app_id"]), conversion_weight=3.0)
+    assert built.dropped_unknown_apps == 3
+    assert built.used_rows == len(train) and built.matrix.nnz == len(train)
+    row = train.iloc[0]
+    users = sorted(train["user_id"].unique())
+    value = built.matrix[users.index(row["user_id"]), sorted(catalog["app_id"]).index(row["app_id"])]
+    assert value == pytest.approx(np.log1p(row["clicks"] + 3.0 * row["conversions"]))
+
+
+def test_no_usable_interactions_is_a_clear_error(world):
+    catalog, train, _ = world
+    with pytest.raises(TrainingDataError, match="none of the .* train interactions"):
+        train_embeddings(catalog, train.assign(app_id="elsewhere"), PARAMS)
+    with pytest.raises(TrainingDataError, match="more than once"):
+        train_embeddings(pd.concat([catalog, catalog.iloc[:1]]), train, PARAMS)
+
+
+def test_randomized_svd_matches_the_exact_decomposition():
+    rng = np.random.default_rng(5)
+    low_rank = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 80)) + 0.01 * rng.standard_normal((300, 80))
+    matrix = sparse.csr_matrix(low_rank.astype(np.float32))
+    values, vectors = randomized_svd(matrix, rank=5, seed=1)
+    _, exact_values, exact_vectors_t = np.linalg.svd(low_rank, full_matrices=False)
+    assert np.allclose(values, exact_values[:5], rtol=1e-3)
+    assert np.allclose(np.abs(vectors.T @ exact_vectors_t[:5].T).diagonal(), 1.0, atol=1e-3)
+    # A matrix of lower rank than asked gives only the vectors it has.
+    rank_two = sparse.csr_matrix(np.outer(np.arange(1, 31), np.ones(10)) + np.outer(np.ones(30), np.arange(10)))
+    assert len(randomized_svd(rank_two, rank=8, seed=1)[0]) == 2

@@ -1,0 +1,88 @@
+"""FAISS index choice and the recall it records against exact search."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from models.index import IndexConfigError, build_index, choose_index_type, ivf_list_count, recall_vs_exact, exact_neighbors
+
+
+def clustered_vectors(n: int = 2000, dim: int = 16, clusters: int = 30, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    vectors = centres[rng.integers(clusters, size=n)] + 0.3 * rng.standard_normal((n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_auto_uses_exact_search_up_to_the_limit_and_ivf_above():
+    assert choose_index_type(100_000, "auto", 100_000) == "flat"
+    assert choose_index_type(100_001, "auto", 100_000) == "ivf"
+    assert choose_index_type(10, "hnsw", 100_000) == "hnsw"
+    with pytest.raises(IndexConfigError, match="auto, flat, hnsw, ivf"):
+        choose_index_type(10, "annoy", 100_000)
+
+
+def test_ivf_list_count_follows_sqrt_but_keeps_enough_points_per_list():
+    assert ivf_list_count(1_000_000) == 4000
+    assert ivf_list_count(3000) == 3000 // 39  # 4 * sqrt(3000) would leave ~14 points per list
+    assert ivf_list_count(10) == 1
+
+
+@pytest.mark.parametrize("index_type, expected_class", [
+    ("flat", faiss.IndexFlatIP), ("hnsw", faiss.IndexHNSWFlat), ("ivf", faiss.IndexIVFFlat),
+])
+def test_each_index_type_finds_the_exact_neighbours_and_records_its_recall(index_type, expected_class):
+    vectors = clustered_vectors()
+    index, info = build_index(vectors, index_type, exact_max_apps=100_000, seed=1, recall_queries=300)
+    assert isinstance(index, expected_class) and index.ntotal == len(vectors)
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert info["type"] == index_type
+    assert info["recall_at_10_vs_exact"] >= 0.9
+    assert info["build_seconds"] >= 0
+    if index_type == "flat":
+        assert info["recall_queries"] == 0 and info["recall_at_10_vs_exact"] == 1.0
+    else:
+        assert info["recall_queries"] == 300
+        assert set(info["params"]) == ({"nlist", "nprobe"} if index_type == "ivf" else {"M", "efConstruction", "efSearch"})
+
+
+def test_search_settings_survive_serialisation():
+    vectors = clustered_vectors(n=2000)
+    for index_type, read_setting in (("ivf", lambda i: faiss.extract_index_ivf(i).nprobe),
+                                     ("hnsw", lambda i: faiss.downcast_index(i).hnsw.efSearch)):
+        index, info = build_index(vectors, index_type, seed=1, recall_queries=100)
+        restored = faiss.deserialize_index(faiss.serialize_index(index))
+        key = "nprobe" if index_type == "ivf" else "efSearch"
+        assert read_setting(restored) == info["params"][key]
+
+
+def test_recall_is_measured_and_the_search_widened_until_it_meets_the_target():
+    """Unclustered vectors are IVF's worst case: one probe misses most neighbours, and the
+    builder raises nprobe above its default until recall@10 reaches the target."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((4000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = np.arange(0, 4000, 20)
+    exact = exact_neighbors(vectors, rows, 10)
+    starved = faiss.IndexIVFFlat(faiss.IndexFlatIP(32), 32, 100, faiss.METRIC_INNER_PRODUCT)
+    starved.train(vectors)
+    starved.add(vectors)
+    starved.nprobe = 1
+    assert recall_vs_exact(starved, vectors, rows, exact) < 0.5
+    _, info = build_index(vectors, "ivf", seed=1, recall_queries=200)
+    assert info["recall_at_10_vs_exact"] >= 0.95
+    assert info["params"]["nprobe"] > 16
+
+
+def test_tied_duplicates_count_as_correct_neighbours():
+    """Cold apps with the same metadata share one embedding; any of the tied apps is a right answer."""
+    vectors = np.repeat(clustered_vectors(n=50), 20, axis=0)
+    _, info = build_index(vectors, "hnsw", seed=1, recall_queries=200)
+    assert info["recall_at_10_vs_exact"] >= 0.95
+
+
+def test_an_index_needs_two_apps():
+    with pytest.raises(IndexConfigError, match="at least 2"):
+        build_index(np.ones((1, 4), dtype=np.float32))

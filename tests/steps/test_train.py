@@ -1,0 +1,126 @@
+"""TrainEmbeddings: the run() core on a prepared folder, and the SageMaker Training entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import dataset, storage
+from models.artifact import EMBEDDINGS, ModelArtifact
+from models.embedding import TRAINER_NAME, TrainingDataError
+from models.features import MetadataEncoder
+from models.progress import Progress
+from steps import train
+from tests.models.coengagement_world import write_world
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("world"))
+
+
+def _run(world, output: Path, **overrides):
+    prepared_uri, catalog_uri = world
+    kwargs = {"embedding_dim": 16, "seed": 11, "progress": Progress.quiet()} | overrides
+    return train.run(prepared_uri, catalog_uri, storage.normalize(output), **kwargs)
+
+
+def test_run_writes_an_artifact_covering_every_catalog_app(world, tmp_path):
+    manifest = _run(world, tmp_path / "model")
+    artifact = ModelArtifact.load_uri(storage.normalize(tmp_path / "model" / "model.tar.gz"))
+    assert len(artifact.app_ids) == 140 and artifact.app_ids == sorted(artifact.app_ids)
+    assert artifact.dim == 16 and artifact.index.ntotal == 140
+    assert manifest["trainer"] == TRAINER_NAME and manifest["seed"] == 11
+    assert manifest["warm_apps"] == 120 and manifest["cold_apps"] == 20
+    assert manifest["training_window"]["start"].startswith("2026-01-01")
+    assert manifest["event_counts"]["events_by_type"]["click"] > 0
+    assert manifest["parameters"]["embedding_dim"] == 16 and manifest["parameters"]["index_type"] == "auto"
+    assert manifest["index"]["type"] == "flat" and manifest["index"]["recall_at_10_vs_exact"] == 1.0
+    assert manifest["code_version"].startswith("0.1.0+")
+    # Stats are kept for catalog apps that had some; cold apps have none.
+    assert set(artifact.app_stats["app_id"]) <= set(artifact.app_ids)
+    assert len(artifact.app_stats) == 120
+    # The stored encoder embeds a cold app exactly as training did.
+    encoder = MetadataEncoder.from_artifact(artifact)
+    assert encoder.embed([{"category": "travel", "description": "flights hotels"}]).shape == (1, 16)
+
+
+def test_same_inputs_and_seed_give_byte_identical_embeddings(world, tmp_path):
+    digests = []
+    for name in ("first", "second"):
+        _run(world, tmp_path / name)
+        with tarfile.open(tmp_path / name / "model.tar.gz") as tar:
+            digests.append(hashlib.sha256(tar.extractfile(EMBEDDINGS).read()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_forced_approximate_index_is_measured(world, tmp_path):
+    manifest = _run(world, tmp_path / "model", index_type="ivf")
+    assert manifest["index"]["type"] == "ivf"
+    assert manifest["index"]["recall_at_10_vs_exact"] >= 0.9
+    assert manifest["index"]["recall_queries"] == 140
+
+
+def test_missing_inputs_name_the_fix(world, tmp_path):
+    prepared_uri, catalog_uri = world
+    with pytest.raises(FileNotFoundError, match="run PrepareFeedback first"):
+        train.run(storage.normalize(tmp_path / "nothing"), catalog_uri, storage.normalize(tmp_path / "out"),
+                  embedding_dim=8, seed=1)
+    with pytest.raises(FileNotFoundError, match="catalog"):
+        train.run(prepared_uri, storage.normalize(tmp_path / "no-catalog"), storage.normalize(tmp_path / "out"),
+                  embedding_dim=8, seed=1)
+    broken = storage.normalize(tmp_path / "broken")
+    for name in (dataset.TRAIN_APP_STATS, dataset.MANIFEST):
+        storage.write_bytes(storage.join(broken, name), storage.read_bytes(storage.join(prepared_uri, name)))
+    interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS).drop(columns=["conversions"])
+    dataset.write_table(interactions, broken, dataset.TRAIN_INTERACTIONS)
+    with pytest.raises(TrainingDataError, match="conversions"):
+        train.run(broken, catalog_uri, storage.normalize(tmp_path / "out"), embedding_dim=8, seed=1)
+    storage.write_json(storage.join(broken, dataset.MANIFEST), {"status": "failed", "error": "TooManyBadEvents: 9%"})
+    with pytest.raises(TrainingDataError, match="failed PrepareFeedback run .*TooManyBadEvents"):
+        train.run(broken, catalog_uri, storage.normalize(tmp_path / "out"), embedding_dim=8, seed=1)
+
+
+def test_hyperparameters_arrive_as_strings_and_are_coerced():
+    values = train.parse_hyperparameters({"embedding_dim": "32", "seed": "7", "index_type": '"hnsw"',
+                                          "sagemaker_program": "x"})
+    assert values == {"embedding_dim": 32, "seed": 7, "index_type": "hnsw", "exact_index_max_apps": 100_000}
+    with pytest.raises(ValueError, match="unknown hyper-parameter.*learning_rate"):
+        train.parse_hyperparameters({"learning_rate": "0.1"})
+    with pytest.raises(ValueError, match="embedding_dim='big' is not a valid int"):
+        train.parse_hyperparameters({"embedding_dim": "big"})
+
+
+def test_sagemaker_entry_point_writes_a_loadable_model_folder(world, tmp_path):
+    prepared_uri, catalog_uri = world
+    model_dir = tmp_path / "opt-ml-model"
+    env = os.environ | {
+        "SM_CHANNEL_PREPARED": str(storage.local_path(prepared_uri)),
+        "SM_CHANNEL_CATALOG": str(storage.local_path(catalog_uri)),
+        "SM_MODEL_DIR": str(model_dir),
+        "SM_HPS": json.dumps({"embedding_dim": "8", "seed": "5", "index_type": "auto",
+                              "exact_index_max_apps": "100000"}),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run([sys.executable, "-m", "steps.train"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "truncated SVD" in done.stderr and "index build" in done.stderr  # progress lines
+    artifact = ModelArtifact.load(model_dir)  # verifies every checksum
+    assert artifact.dim == 8 and len(artifact.app_ids) == 140
+    assert np.allclose(np.linalg.norm(artifact.embeddings, axis=1), 1.0, atol=1e-5)
+
+    env["SM_HPS"] = json.dumps({"embedding_dim": "8", "colour": "blue"})
+    failed = subprocess.run([sys.executable, "-m", "steps.train"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode == 1 and "unknown hyper-parameter(s) colour" in failed.stderr
