@@ -17,6 +17,16 @@ SCHEMA_VERSION = 1
 EVENT_TYPES = ("prediction", "click", "conversion")
 
 
+def parse_utc(text: str) -> datetime:
+    """An ISO-8601 date-time as an aware UTC datetime; no offset means UTC (``Z`` accepted).
+
+    Raises ValueError on anything else. For command-line and config values; event ``ts``
+    is stricter (an offset is required), see ``_EventBase``.
+    """
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
 class InvalidEvent(ValueError):
     """A feedback line that cannot be used; ``reason`` is a stable code for quarantine counts."""
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models import storage
+from models.events import parse_utc
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 STORE_ENV = "APPSIM_STORE"
@@ -47,18 +48,19 @@ class PipelineParameters(_Strict):
     def _iso_or_empty(cls, value: str) -> str:
         if value:
             try:
-                parse_time(value)
+                parse_utc(value)
             except ValueError:
                 raise ValueError(f"'{value}' is not an ISO date-time such as 2026-01-31T00:00:00Z (or leave it empty for now)")
         return value
 
     def resolved_window_end(self) -> datetime:
-        return parse_time(self.window_end) if self.window_end else datetime.now(timezone.utc)
+        return parse_utc(self.window_end) if self.window_end else datetime.now(timezone.utc)
 
 
 class Backends(_Strict):
     store: str = "./appsim-store"
     registry: str = ""
+    experiments: str = ""
 
 
 class SageMakerSettings(_Strict):
@@ -101,6 +103,15 @@ class PipelineConfig(_Strict):
             )
         return f"sqlite://{storage.local_path(self.store) / 'registry.db'}"
 
+    @property
+    def experiments_uri(self) -> str:
+        """A/B experiment state: backends.experiments, else ``<store>/experiments.db`` (local stores)."""
+        if self.backends.experiments:
+            return self.backends.experiments
+        from models.experiments import default_uri
+
+        return default_uri(self.store)
+
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "PipelineConfig":
         """A copy with parameters replaced: ``["NAME=VALUE", ...]`` or a dict."""
         pairs = dict(parse_override(o) for o in overrides) if isinstance(overrides, list) else dict(overrides)
@@ -121,11 +132,6 @@ class PipelineConfig(_Strict):
         if not chosen:
             return self
         return self.model_copy(update={"backends": self.backends.model_copy(update={"store": chosen})})
-
-
-def parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def parse_override(text: str) -> tuple[str, str]:

@@ -53,7 +53,7 @@ import orjson
 import pandas as pd
 
 from models import dataset, storage
-from models.events import EVENT_TYPES, ClickEvent, ConversionEvent, InvalidEvent, parse_line
+from models.events import EVENT_TYPES, ClickEvent, ConversionEvent, InvalidEvent, parse_line, parse_utc
 from models.progress import Progress
 
 LATENESS = timedelta(hours=24)  # how long after window_end an in-window event may still arrive
@@ -493,13 +493,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse_time(text: str) -> datetime:
-    if not text:
-        return datetime.now(timezone.utc)
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _parse_bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -530,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train on recommendation-attributed positives too (true/false; bare flag = true)")
     args = parser.parse_args(argv)
     try:
-        window_end = _parse_time(args.window_end)
+        window_end = parse_utc(args.window_end) if args.window_end else datetime.now(timezone.utc)
     except ValueError:
         parser.error(f"--window-end '{args.window_end}' is not an ISO date-time such as 2026-01-31T00:00:00Z")
     try:
