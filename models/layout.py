@@ -4,6 +4,8 @@
     <store>/feedback/YYYY/MM/DD/HH/*.gz     feedback events in Firehose's layout
     <store>/ground_truth/neighbors.parquet  simulator only: true neighbours (app_id, neighbor_id, rank, similarity)
     <store>/ground_truth/simulation.json    simulator only: what was generated and injected
+    <store>/ground_truth/faults.parquet     simulator only: each injected fault (file, line, kind, reason, event_id, event_type)
+    <store>/ground_truth/apps.parquet       simulator only: latent truth per app (cluster, genre, popularity, latent)
     <store>/runs/<run_id>/run.json          one pipeline run: parameters, step statuses, outputs
     <store>/runs/<run_id>/<step>/...        each step's outputs (prepared data, model.tar.gz, evaluation.json)
     <store>/registry.db                     the embedded (SQLite) model registry
