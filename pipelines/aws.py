@@ -1,0 +1,297 @@
+"""Running the retraining pipeline on AWS with boto3: deploy (upsert), start, watch, schedule.
+
+The definition itself comes from pipelines/sagemaker_pipeline.py (the one module that imports
+the SageMaker SDK, loaded only when a definition is needed); starting, watching and scheduling
+an already deployed pipeline need boto3 alone.
+
+The weekly schedule is an EventBridge Scheduler schedule whose target calls
+``sagemaker:StartPipelineExecution`` with the pipeline parameters of pipeline.yaml, and with
+``window_end`` set to the schedule's own fire time (``<aws.scheduler.scheduled-time>``), so each
+weekly run trains on its own window and never reuses a cached step of the week before.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import boto3
+from botocore.exceptions import ClientError
+
+from models import storage
+from models.registry_sagemaker import SageMakerRegistry
+from pipelines import graph
+from pipelines.config import ConfigError, PipelineConfig
+
+Echo = Callable[[str], None]
+
+# Parameters that only the SageMaker pipeline has: where and on what the jobs run.
+INFRASTRUCTURE_PARAMETERS: tuple[str, ...] = (
+    "processing_instance_type", "processing_instance_count", "training_instance_type", "training_instance_count",
+)
+TERMINAL_STATUSES = ("Succeeded", "Failed", "Stopped")
+# EventBridge Scheduler's universal target for the SageMaker API, and its context attribute
+# for the time the schedule fired (substituted into the target input on every run).
+START_PIPELINE_TARGET = "arn:aws:scheduler:::aws-sdk:sagemaker:startPipelineExecution"
+SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
+
+# Placeholders that let `appsim pipeline definition` show the definition before an AWS
+# account is set up; `check_deployable` refuses them, so they never reach SageMaker.
+PREVIEW_STORE = "s3://your-appsim-bucket/appsim"
+PREVIEW_IMAGE_URI = "000000000000.dkr.ecr.us-east-1.amazonaws.com/appsim:set-sagemaker-image-uri"
+PREVIEW_ROLE_ARN = "arn:aws:iam::000000000000:role/set-sagemaker-role-arn"
+
+
+class PipelineBuildError(ConfigError):
+    """The SageMaker pipeline cannot be built, deployed or started from this configuration."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the pipeline runs: the S3 store, the job image and the execution role."""
+
+    store: str
+    image_uri: str
+    role_arn: str
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, role_arn: str | None = None, preview: bool = False) -> "Target":
+        """The deployment target; with ``preview`` missing values become labelled placeholders."""
+        store = "" if storage.is_local(config.store) else config.store
+        image = config.sagemaker.image_uri
+        role = role_arn or config.sagemaker.role_arn
+        if preview:
+            return cls(store or PREVIEW_STORE, image or PREVIEW_IMAGE_URI, role or PREVIEW_ROLE_ARN)
+        return cls(store, image, role)
+
+    def placeholders(self) -> list[str]:
+        """One note per placeholder in use (empty when deployable)."""
+        notes = []
+        if self.store == PREVIEW_STORE:
+            notes.append(f"store {PREVIEW_STORE} (pass --store s3://bucket/prefix)")
+        if self.image_uri == PREVIEW_IMAGE_URI:
+            notes.append(f"image {PREVIEW_IMAGE_URI} (set sagemaker.image_uri in pipeline.yaml)")
+        if self.role_arn == PREVIEW_ROLE_ARN:
+            notes.append(f"role {PREVIEW_ROLE_ARN} (pass --role-arn or set sagemaker.role_arn)")
+        return notes
+
+
+def check_deployable(target: Target) -> None:
+    """Raise ``PipelineBuildError`` naming every missing setting before anything is sent to AWS."""
+    problems = []
+    if not target.store.startswith("s3://") or target.store == PREVIEW_STORE:
+        problems.append("the store must be on S3: pass --store s3://bucket/prefix or set backends.store")
+    if not target.image_uri or target.image_uri == PREVIEW_IMAGE_URI:
+        problems.append("sagemaker.image_uri is empty: push the appsim image (serving/Dockerfile) to ECR and set it")
+    if not target.role_arn or target.role_arn == PREVIEW_ROLE_ARN:
+        problems.append("no execution role: pass --role-arn arn:aws:iam::<account>:role/<name> or set sagemaker.role_arn")
+    if problems:
+        raise PipelineBuildError("cannot deploy the SageMaker pipeline: " + "; ".join(problems))
+
+
+def sagemaker_client(config: PipelineConfig) -> Any:
+    return boto3.client("sagemaker", region_name=config.sagemaker.region)
+
+
+# -- deploy ----------------------------------------------------------------------------
+def upsert_pipeline(config: PipelineConfig, role_arn: str | None = None, client: Any = None,
+                    definition: dict[str, Any] | None = None) -> str:
+    """Create or update the pipeline; returns its ARN.
+
+    ``definition``: a definition built before (`appsim pipeline definition --out`, reviewed or
+    archived by CI); default: build it now from ``config``.
+    """
+    target = Target.from_config(config, role_arn)
+    check_deployable(target)
+    if definition is None:
+        from pipelines import sagemaker_pipeline  # the SDK is loaded only here
+
+        definition = sagemaker_pipeline.definition(config, target)
+    body = json.dumps(definition)
+    client = client or sagemaker_client(config)
+    # The register steps need the model package group to exist; creating it here means the
+    # execution role never needs to.
+    SageMakerRegistry(config.sagemaker.model_package_group, client=client)
+    request = {
+        "PipelineName": config.pipeline_name,
+        "PipelineDefinition": body,
+        "PipelineDescription": "appsim: prepare feedback, train app embeddings, evaluate, register",
+        "RoleArn": target.role_arn,
+    }
+    try:
+        client.describe_pipeline(PipelineName=config.pipeline_name)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("ResourceNotFound", "ValidationException"):
+            raise
+        return client.create_pipeline(**request)["PipelineArn"]
+    return client.update_pipeline(**request)["PipelineArn"]
+
+
+# -- start and watch -------------------------------------------------------------------
+def parameter_value(value: Any) -> str:
+    """A pipeline parameter value as SageMaker takes it (booleans as true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def execution_parameters(config: PipelineConfig, overrides: dict[str, Any], now: datetime | None = None) -> dict[str, str]:
+    """The parameters to start a run with: the overrides (validated), and an explicit window end.
+
+    An empty ``window_end`` means "now" to the steps, but it would also give every run the same
+    arguments, and a cached PrepareFeedback of an earlier run would be reused: so it is resolved
+    here. Data locations and instance types and counts pass through as given.
+    """
+    model, passthrough = _split(overrides)
+    params = config.with_overrides(model).parameters
+    chosen = {name: getattr(params, name) for name in model}
+    if not params.window_end:
+        moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        chosen["window_end"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {name: parameter_value(value) for name, value in {**chosen, **passthrough}.items()}
+
+
+def _split(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model parameters, validated by the config; data locations and instances, passed as given)."""
+    passthrough_names = set(graph.DATA_PARAMETERS) | set(INFRASTRUCTURE_PARAMETERS)
+    model = {k: v for k, v in overrides.items() if k not in passthrough_names}
+    passthrough = {k: v for k, v in overrides.items() if k in passthrough_names}
+    return model, passthrough
+
+
+def start_execution(pipeline_name: str, parameters: dict[str, str], client: Any, display_name: str = "") -> str:
+    request: dict[str, Any] = {
+        "PipelineName": pipeline_name,
+        "PipelineParameters": [{"Name": k, "Value": v} for k, v in sorted(parameters.items())],
+    }
+    if display_name:
+        request["PipelineExecutionDisplayName"] = display_name
+    return client.start_pipeline_execution(**request)["PipelineExecutionArn"]
+
+
+def execution_steps(execution_arn: str, client: Any) -> list[dict[str, Any]]:
+    """Step name, status and failure reason of an execution, in the order they started."""
+    steps: list[dict[str, Any]] = []
+    for page in client.get_paginator("list_pipeline_execution_steps").paginate(
+        PipelineExecutionArn=execution_arn, SortOrder="Ascending",
+    ):
+        for step in page["PipelineExecutionSteps"]:
+            steps.append({
+                "name": step["StepName"], "status": step.get("StepStatus", ""),
+                "failure_reason": step.get("FailureReason", ""),
+                "cache_hit": bool(step.get("CacheHitResult")),
+            })
+    return steps
+
+
+def wait_for_execution(execution_arn: str, client: Any, echo: Echo, poll_seconds: float = 30.0,
+                       sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Poll until the execution ends, printing every step status change; returns the final state."""
+    seen: dict[str, str] = {}
+    while True:
+        status = client.describe_pipeline_execution(PipelineExecutionArn=execution_arn)["PipelineExecutionStatus"]
+        steps = execution_steps(execution_arn, client)
+        for step in steps:
+            if seen.get(step["name"]) != step["status"]:
+                seen[step["name"]] = step["status"]
+                extra = " (cached)" if step["cache_hit"] else ""
+                extra += f": {step['failure_reason']}" if step["failure_reason"] else ""
+                echo(f"  {step['name']}: {step['status']}{extra}")
+        if status in TERMINAL_STATUSES:
+            echo(f"execution {status}: {execution_arn}")
+            return {"status": status, "steps": steps}
+        sleep(poll_seconds)
+
+
+def retrain_on_sagemaker(config: PipelineConfig, overrides: dict, wait: bool, echo: Echo,
+                         client: Any = None, poll_seconds: float = 30.0) -> dict:
+    """`appsim retrain --on sagemaker`: upsert the pipeline, start it with the overrides, maybe wait."""
+    client = client or sagemaker_client(config)
+    parameters = execution_parameters(config, overrides)
+    pipeline_arn = upsert_pipeline(config, client=client)
+    echo(f"pipeline {config.pipeline_name} deployed: {pipeline_arn}")
+    execution_arn = start_execution(config.pipeline_name, parameters, client)
+    echo(f"started {execution_arn} with " + ", ".join(f"{k}={v}" for k, v in sorted(parameters.items())))
+    result: dict[str, Any] = {"pipeline_arn": pipeline_arn, "execution_arn": execution_arn, "parameters": parameters}
+    if wait:
+        result.update(wait_for_execution(execution_arn, client, echo, poll_seconds))
+    return result
+
+
+# -- schedule --------------------------------------------------------------------------
+def scheduler_client(config: PipelineConfig) -> Any:
+    return boto3.client("scheduler", region_name=config.sagemaker.region)
+
+
+def schedule_target(config: PipelineConfig, role_arn: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The schedule's target: StartPipelineExecution with every parameter of pipeline.yaml."""
+    model, passthrough = _split(overrides or {})
+    params = config.with_overrides(model).parameters.model_dump()
+    params["window_end"] = SCHEDULED_TIME
+    params.update(passthrough)
+    body = {
+        "PipelineName": config.pipeline_name,
+        "PipelineExecutionDescription": f"weekly retrain by schedule {config.schedule.name}",
+        "PipelineParameters": [{"Name": k, "Value": parameter_value(v)} for k, v in sorted(params.items())],
+    }
+    return {"Arn": START_PIPELINE_TARGET, "RoleArn": role_arn, "Input": json.dumps(body, sort_keys=True)}
+
+
+def set_schedule(config: PipelineConfig, role_arn: str, overrides: dict[str, Any] | None = None, client: Any = None) -> str:
+    """Create or update the weekly schedule (cron and timezone from pipeline.yaml); returns its ARN."""
+    if not role_arn:
+        raise PipelineBuildError(
+            "the schedule needs a role EventBridge Scheduler can assume with sagemaker:StartPipelineExecution: "
+            "pass --role-arn arn:aws:iam::<account>:role/<name>"
+        )
+    client = client or scheduler_client(config)
+    request = {
+        "Name": config.schedule.name,
+        "ScheduleExpression": config.schedule.cron,
+        "ScheduleExpressionTimezone": config.schedule.timezone,
+        "FlexibleTimeWindow": {"Mode": "OFF"},
+        "Target": schedule_target(config, role_arn, overrides),
+        "State": "ENABLED",
+        "Description": f"appsim: start SageMaker pipeline {config.pipeline_name}",
+    }
+    try:
+        return client.create_schedule(**request)["ScheduleArn"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ConflictException":
+            raise
+    return client.update_schedule(**request)["ScheduleArn"]
+
+
+def show_schedule(config: PipelineConfig, client: Any = None) -> dict[str, Any] | None:
+    """The schedule as stored (target input decoded), or None when there is none."""
+    client = client or scheduler_client(config)
+    try:
+        schedule = client.get_schedule(Name=config.schedule.name)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return None
+        raise
+    target = schedule.get("Target", {})
+    parameters = {}
+    if target.get("Input"):
+        parameters = {p["Name"]: p["Value"] for p in json.loads(target["Input"]).get("PipelineParameters", [])}
+    return {
+        "name": schedule["Name"], "arn": schedule.get("Arn"), "state": schedule.get("State"),
+        "cron": schedule.get("ScheduleExpression"), "timezone": schedule.get("ScheduleExpressionTimezone"),
+        "target": target.get("Arn"), "role_arn": target.get("RoleArn"), "parameters": parameters,
+    }
+
+
+def delete_schedule(config: PipelineConfig, client: Any = None) -> bool:
+    """Delete the schedule; False when there was none."""
+    client = client or scheduler_client(config)
+    try:
+        client.delete_schedule(Name=config.schedule.name)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return False
+        raise
+    return True
