@@ -10,6 +10,9 @@
   whether an impression is clicked (and converts) depends on user-app affinity, so co-engagement
   carries the latent similarity and a co-engagement model can beat popularity;
 - serving's prediction log and the recommendation-attributed clicks that follow it;
+- optional input drift (``drift_days``): over the last days the apps of ``DRIFT_CATEGORIES``
+  categories become ``DRIFT_BOOST`` times as popular, so the query and impression mix shifts
+  (what ``appsim drift check`` must catch);
 - faults at ``fault_rate`` (duplicates, truncated JSON, missing or mistyped fields, unknown event
   types, unknown app ids, late arrivals), each recorded with its file and line so tests can check
   that prepare quarantines exactly these, with the right reason.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import gzip
 import posixpath
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -57,6 +60,8 @@ PREDICTIONS_PER_IMPRESSION = 0.05  # serving requests per ad impression; each le
 NEIGHBORS_PER_PREDICTION = 10
 TRUE_NEIGHBORS = 20
 ARMS = (("champion", 1, 0.9, 0.35), ("challenger", 2, 0.1, 0.2))  # name, model version, share, noise
+DRIFT_CATEGORIES = 3        # drift mode: categories whose apps become more popular
+DRIFT_BOOST = 6.0
 
 # Hourly traffic shape (UTC), so hour folders differ in size as real ones do.
 DIURNAL = np.array([3, 2, 2, 2, 2, 3, 4, 5, 6, 6, 6, 6, 7, 7, 7, 7, 7, 8, 8, 8, 7, 6, 5, 4], dtype=float)
@@ -137,6 +142,7 @@ class SimulationParameters:
     seed: int
     fault_rate: float
     end: datetime
+    drift_days: int = 0
 
     def validate(self) -> None:
         if self.apps < 2 or self.users < 1 or self.days < 1 or self.events_per_day < 1:
@@ -144,6 +150,8 @@ class SimulationParameters:
                 f"apps ({self.apps}) must be >= 2 and users ({self.users}), days ({self.days}) and "
                 f"events_per_day ({self.events_per_day}) >= 1"
             )
+        if not 0 <= self.drift_days <= self.days:
+            raise SimulationError(f"drift_days ({self.drift_days}) must be between 0 and days ({self.days})")
         if not 0 <= self.fault_rate < 0.5:
             raise SimulationError(f"fault_rate {self.fault_rate} must be in [0, 0.5), e.g. 0.02")
         if self.end.tzinfo is None or self.end.utcoffset() != timedelta(0):
@@ -179,6 +187,16 @@ class World:
     app_first_campaign: np.ndarray  # campaigns of app a are app_first_campaign[a] + range(app_campaign_count[a])
     app_campaign_count: np.ndarray
     app_payout: np.ndarray          # mean revenue per conversion
+
+
+def drifted_world(world: World, seed: int) -> tuple[World, list[str]]:
+    """Input drift: the apps of ``DRIFT_CATEGORIES`` categories (picked by the seed) become
+    ``DRIFT_BOOST`` times as popular; returns the drifted world and those categories."""
+    clusters = np.random.default_rng([seed, 4]).choice(len(CATEGORIES), DRIFT_CATEGORIES, replace=False)
+    popularity = world.popularity * np.where(np.isin(world.cluster, clusters), DRIFT_BOOST, 1.0)
+    popularity /= popularity.sum()
+    drifted = replace(world, popularity=popularity, app_popularity_cdf=np.cumsum(popularity))
+    return drifted, [CATEGORIES[c][0] for c in sorted(clusters)]
 
 
 def _normalize(rows: np.ndarray) -> np.ndarray:
@@ -598,13 +616,14 @@ def _write_catalog_and_truth(store_uri: str, world: World, seed: int) -> np.ndar
 
 def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day: int, seed: int,
              fault_rate: float, end: datetime, progress: Progress | None = None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, drift_days: int = 0) -> dict:
     """Generate the catalog, feedback events and ground truth into ``store_uri``; return the summary.
 
     ``events_per_day`` counts ad impressions (click events); conversions and prediction events come
-    on top. The summary is also written to ``<store>/ground_truth/simulation.json``.
+    on top. The summary is also written to ``<store>/ground_truth/simulation.json``. With
+    ``drift_days`` the last days are drawn from ``drifted_world`` (input drift).
     """
-    params = SimulationParameters(apps, users, days, events_per_day, seed, fault_rate, end)
+    params = SimulationParameters(apps, users, days, events_per_day, seed, fault_rate, end, drift_days)
     params.validate()
     store_uri = storage.normalize(store_uri)
     progress = progress or Progress.quiet("simulate", days)
@@ -617,16 +636,19 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
         true_top = np.resize(true_top, (apps, NEIGHBORS_PER_PREDICTION))
     end_us = int(end.timestamp() * 1_000_000)
     generator = _HourGenerator(world, true_top, end_us)
+    drift_world, drift_categories = drifted_world(world, seed) if drift_days else (world, [])
+    drifted = _HourGenerator(drift_world, true_top, end_us) if drift_days else generator
     injector = _FaultInjector(fault_rate, end_us)
     writer = _FirehoseWriter(store_uri, params)
     event_counts: Counter = Counter()
     for day in range(days):
         hourly = np.random.default_rng([seed, 2, day]).multinomial(events_per_day, DIURNAL)
+        day_generator = drifted if day >= days - drift_days else generator
         for hour_of_day in range(24):
             hour = day * 24 + hour_of_day
             hour_start = params.start + timedelta(hours=hour)
             rng = np.random.default_rng([seed, 3, hour])
-            events, timestamps, counts = generator.generate(
+            events, timestamps, counts = day_generator.generate(
                 int(hour_start.timestamp() * 1_000_000), int(hourly[hour_of_day]), rng, f"{hour_start:%Y%m%d%H}")
             event_counts.update(counts)
             writer.add(injector.deliver(events, timestamps, rng))
@@ -645,6 +667,7 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
         "parameters": {**asdict(params), "end": window_end},
         "window_end": window_end,
         "window_days": days,
+        "drift": {"days": drift_days, "categories": drift_categories, "boost": DRIFT_BOOST if drift_days else None},
         "catalog": {"apps": apps, "categories": len(CATEGORIES), "users": users,
                     "partners": len(world.partner_ids), "campaigns": len(world.campaign_ids)},
         "events": {k: int(event_counts[k]) for k in ("click", "clicked", "attributed_clicks", "conversion", "prediction")},
@@ -693,15 +716,19 @@ def _parse_end(_ctx: click.Context, _param: click.Parameter, value: str) -> date
 @click.option("--end", default=DEFAULT_END, show_default=True, callback=_parse_end,
               help="UTC hour the data ends at (fixed so the demo is reproducible); run prepare with window_end = this.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalog, feedback and ground truth in the store.")
+@click.option("--drift-days", default=0, show_default=True, type=click.IntRange(min=0),
+              help=f"Input drift over the last N days: {DRIFT_CATEGORIES} categories become {DRIFT_BOOST:g}x as popular "
+                   "(`appsim drift check` should alert).")
 def simulate_command(store: str | None, config_path: str | None, apps: int, users: int, days: int,
-                     events_per_day: int, seed: int, fault_rate: float, end: datetime, overwrite: bool) -> None:
+                     events_per_day: int, seed: int, fault_rate: float, end: datetime, overwrite: bool,
+                     drift_days: int) -> None:
     """Generate a synthetic marketplace (catalog, feedback events, ground truth) into the store."""
     from pipelines.config import load_config
 
     store_uri = load_config(config_path, store).store
     try:
         summary = simulate(store_uri, apps=apps, users=users, days=days, events_per_day=events_per_day, seed=seed,
-                           fault_rate=fault_rate, end=end, overwrite=overwrite,
+                           fault_rate=fault_rate, end=end, overwrite=overwrite, drift_days=drift_days,
                            progress=Progress("simulate", total=days, unit="days"))
     except SimulationError as error:
         raise click.UsageError(str(error)) from None
@@ -712,4 +739,6 @@ def simulate_command(store: str | None, config_path: str | None, apps: int, user
                f"{events['conversion']:,} conversions, {events['prediction']:,} predictions; "
                f"{summary['lines_written']:,} lines in {summary['files_written']:,} files")
     click.echo("faults: " + ", ".join(f"{kind} {n:,}" for kind, n in summary["faults"].items()))
+    if drift_days:
+        click.echo(f"drift: the last {drift_days} days favour {', '.join(summary['drift']['categories'])}")
     click.echo(f"next: appsim retrain --param window_end={summary['window_end']} --param window_days={days}")
