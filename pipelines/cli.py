@@ -225,6 +225,14 @@ def runs_show(run_id: str, store: str | None, config_path: str | None, as_json: 
 
 # --- command groups are attached below (one line each) -----------------------------------
 # ATTACH-COMMANDS
+from pipelines.cli_ab import ab_group; cli.add_command(ab_group)  # noqa: E402,E702
+from pipelines.cli_ab import drift_group; cli.add_command(drift_group)  # noqa: E402,E702
+from pipelines.cli_ab import monitoring_group; cli.add_command(monitoring_group)  # noqa: E402,E702
+from pipelines.cli_aws import pipeline_group; cli.add_command(pipeline_group)  # noqa: E402,E702
+from pipelines.cli_aws import schedule_group; cli.add_command(schedule_group)  # noqa: E402,E702
+from pipelines.cli_aws import feedback_group; cli.add_command(feedback_group)  # noqa: E402,E702
+from serving.cli import serve_command; cli.add_command(serve_command)  # noqa: E402,E702
+from pipelines.simulate import simulate_command; cli.add_command(simulate_command)  # noqa: E402,E702
 
 
 def main(argv: list[str] | None = None) -> None:

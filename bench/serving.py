@@ -1,0 +1,371 @@
+"""Serving throughput and latency on loopback: `appsim serve` with a 100K-app and a 1M-app model.
+
+    .venv/bin/python bench/serving.py --apps 100000 --apps 1000000 --workers 2
+
+For each model size: builds (or reuses, under ``--workdir``) a synthetic artifact of clustered
+64-d embeddings with the index the trainer would choose (exact up to 100K apps, IVF above,
+recall@10 against exact search measured and printed), times the search in-process on one
+thread, starts ``appsim serve --model-dir`` on 127.0.0.1 (feedback logging on, to a scratch
+folder), and drives it with ``wrk`` when it is installed (Debian: ``apt-get install wrk``) for
+the saturation runs, else with a small asyncio HTTP/1.1 keep-alive load generator:
+
+- saturation: ``--connections`` closed-loop connections on /ping, /v1/apps/{id}/similar and
+  /v1/predict, each bounded by ``--requests`` and ``--seconds``;
+- steady rate: ``--rate`` req/s open-loop on /similar for ``--seconds``; latency counts from the
+  scheduled send time, so queueing behind a slow answer is included (no coordinated omission).
+
+Prints req/s, p50 and p99 per run, and /similar throughput as a share of /ping's (how close the
+handler gets to the framework floor). The load generator shares the machine's cores with the
+server, so the figures are a floor for what a separate client would see. Model build is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import faiss  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from models.artifact import ModelArtifact  # noqa: E402
+from models.features import MetadataEncoder, tokenize  # noqa: E402
+from models.index import build_index  # noqa: E402
+from models.predictor import Predictor  # noqa: E402
+from models.progress import Progress  # noqa: E402
+
+DIM = 64
+ENCODER_SAMPLE = 20_000  # the cold-start encoder is fitted on a sample: it is not what is measured here
+CATEGORIES = ("games", "finance", "health", "travel", "music", "shopping", "education", "news", "social", "tools")
+
+
+# --- the model -----------------------------------------------------------------------------
+def build_model(n_apps: int, folder: Path, index_type: str, seed: int = 7) -> Path:
+    """A synthetic artifact folder (reused when it already exists)."""
+    if (folder / "manifest.json").is_file():
+        return folder
+    progress = Progress(f"model {n_apps:,} apps")
+    rng = np.random.default_rng(seed)
+    clusters = max(10, n_apps // 100)
+    centers = rng.normal(size=(clusters, DIM)).astype(np.float32)
+    labels = rng.integers(0, clusters, size=n_apps)
+    embeddings = centers[labels] + 0.35 * rng.normal(size=(n_apps, DIM)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    app_ids = [f"app-{i:07d}" for i in range(n_apps)]
+    sample = rng.choice(n_apps, size=min(ENCODER_SAMPLE, n_apps), replace=False)
+    catalog = pd.DataFrame({
+        "app_id": [app_ids[i] for i in sample],
+        "category": [CATEGORIES[labels[i] % len(CATEGORIES)] for i in sample],
+        "region": [("us", "eu", "apac")[i % 3] for i in sample],
+        "pricing_model": [("free", "paid", "freemium")[i % 3] for i in sample],
+        "features": [[f"cluster{labels[i] % 500}", f"tag{i % 50}"] for i in sample],
+        "description": [f"{CATEGORIES[labels[i] % len(CATEGORIES)]} app about topic{labels[i] % 300}" for i in sample],
+        "avg_rating": rng.uniform(2.5, 5.0, size=len(sample)),
+    })
+    tokens = tokenize(catalog)
+    encoder = MetadataEncoder.fit_vocabulary(tokens)
+    encoder.fit(encoder.features(tokens), embeddings[sample].astype(np.float64), np.ones(len(sample)))
+    index, index_info = build_index(embeddings, index_type, exact_max_apps=100_000, seed=seed, progress=progress)
+    impressions = rng.integers(0, 20_000, size=n_apps)
+    clicks = rng.binomial(impressions, 0.02)
+    conversions = rng.binomial(clicks, 0.1)
+    stats = pd.DataFrame({"app_id": app_ids, "impressions": impressions, "clicks": clicks,
+                          "conversions": conversions, "revenue": conversions * 2.0,
+                          "ctr": (clicks + 1) / (impressions + 50), "cvr": (conversions + 1) / (clicks + 10)})
+    artifact = ModelArtifact(app_ids, embeddings, index, encoder.to_json(), encoder.weights_array(), stats,
+                             manifest={"index": index_info, "seed": seed, "trainer": "bench-synthetic"})
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    artifact.save(tmp)
+    tmp.rename(folder)
+    progress.finish("built")
+    return folder
+
+
+def in_process_times(folder: Path, queries: int, seed: int = 1) -> dict[str, tuple[float, float]]:
+    """p50/p99 milliseconds of Predictor.similar and .predict on one thread (what a request does)."""
+    faiss.omp_set_num_threads(1)
+    predictor = Predictor(ModelArtifact.load(folder))
+    rng = np.random.default_rng(seed)
+    ids = [predictor.artifact.app_ids[i] for i in rng.integers(0, len(predictor.artifact.app_ids), size=queries)]
+    out = {}
+    for name, call in (("similar", lambda a: predictor.similar(a, 10)), ("predict", lambda a: predictor.predict(a, k=10))):
+        timings = []
+        for app_id in ids:
+            started = time.perf_counter()
+            call(app_id)
+            timings.append(time.perf_counter() - started)
+        out[name] = (float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 99) * 1e3))
+    out["index"] = predictor.artifact.manifest.get("index", {})  # type: ignore[assignment]
+    return out
+
+
+# --- the load generator ----------------------------------------------------------------------
+class Connection:
+    """One HTTP/1.1 keep-alive connection that sends prepared requests and reads whole answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> "Connection":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        if match:
+            await self.reader.readexactly(int(match.group(1)))
+        return int(head[9:12])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class RunResult:
+    endpoint: str
+    mode: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1e3) if self.latencies else float("nan")
+
+
+@dataclass
+class WrkResult(RunResult):
+    quantiles: dict[int, float]
+
+    def percentile(self, q: float) -> float:
+        return self.quantiles[int(q)]
+
+
+def requests_for(endpoint: str, app_ids: list[str]) -> list[bytes]:
+    host = b"Host: 127.0.0.1\r\n"
+    if endpoint == "/ping":
+        return [b"GET /ping HTTP/1.1\r\n" + host + b"\r\n"]
+    if endpoint == "/similar":
+        return [f"GET /v1/apps/{a}/similar?k=10 HTTP/1.1\r\n".encode() + host + b"\r\n" for a in app_ids]
+    bodies = [f'{{"app_id": "{a}", "k": 10}}'.encode() for a in app_ids]
+    return [b"POST /v1/predict HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body for body in bodies]
+
+
+async def saturate(port: int, endpoint: str, prepared: list[bytes], connections: int, max_requests: int,
+                   max_seconds: float) -> RunResult:
+    conns = [await Connection.open(port) for _ in range(connections)]
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    deadline = time.perf_counter() + max_seconds
+
+    async def loop(conn: Connection) -> None:
+        nonlocal issued, errors
+        while issued < max_requests and time.perf_counter() < deadline:
+            request = prepared[issued % len(prepared)]
+            issued += 1
+            started = time.perf_counter()
+            status = await conn.send(request)
+            latencies.append(time.perf_counter() - started)
+            errors += status >= 300
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in conns))
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return RunResult(endpoint, f"saturation x{connections}", len(latencies), errors, elapsed, latencies)
+
+
+async def steady(port: int, endpoint: str, prepared: list[bytes], rate: float, seconds: float,
+                 connections: int) -> RunResult:
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await Connection.open(port))
+    latencies: list[float] = []
+    errors = 0
+    total = int(rate * seconds)
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        conn = await pool.get()
+        status = await conn.send(prepared[i % len(prepared)])
+        latencies.append(time.perf_counter() - scheduled)  # from the planned send time
+        errors += status >= 300
+        pool.put_nowait(conn)
+
+    tasks = []
+    started = time.perf_counter()
+    for i in range(total):
+        scheduled = started + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    while not pool.empty():
+        pool.get_nowait().close()
+    return RunResult(endpoint, f"steady {rate:g}/s", len(latencies), errors, elapsed, latencies)
+
+
+def wrk_script(endpoint: str, app_ids: list[str]) -> str:
+    """A wrk Lua script that cycles through the app ids (so every request searches a different app)."""
+    ids = ", ".join(f'"{a}"' for a in app_ids)
+    if endpoint == "/ping":
+        make = 'wrk.format("GET", "/ping")'
+    elif endpoint == "/similar":
+        make = 'wrk.format("GET", "/v1/apps/" .. id .. "/similar?k=10")'
+    else:
+        make = ('wrk.format("POST", "/v1/predict", {["Content-Type"] = "application/json"}, '
+                '\'{"app_id": "\' .. id .. \'", "k": 10}\')')
+    return (f"local ids = {{{ids}}}\nlocal i = 0\n"
+            f"request = function()\n  i = i + 1\n  local id = ids[(i % #ids) + 1]\n  return {make}\nend\n")
+
+
+def wrk_saturate(port: int, endpoint: str, app_ids: list[str], connections: int, seconds: float) -> RunResult:
+    """Closed-loop saturation with wrk (a C client: it leaves more of the cores to the server)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(wrk_script(endpoint, app_ids))
+    try:
+        output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--latency",
+                                 "-s", script.name, f"http://127.0.0.1:{port}"],
+                                capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s*([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    quantiles = {int(q): float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+                 for q, v, unit in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)", output)}
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", output)) else 0
+    return WrkResult(endpoint, f"saturation x{connections} (wrk)", requests, errors, requests / rate, [], quantiles)
+
+
+# --- the server ------------------------------------------------------------------------------
+def start_server(model_dir: Path, port: int, workers: int, scratch: Path) -> subprocess.Popen:
+    command = [str(Path(sys.executable).with_name("appsim")), "serve", "--model-dir", str(model_dir), "--model-version", "1",
+               "--port", str(port), "--workers", str(workers), "--feedback", str(scratch / "feedback"),
+               "--spill-dir", str(scratch / "spill"), "--rate-limit", "1e9", "--rate-burst", "1e9",
+               "--log-level", "warning"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")} | {"OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, env=env, cwd=REPO)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"appsim serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("appsim serve did not become ready")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def drive(port: int, app_ids: list[str], args: argparse.Namespace) -> list[RunResult]:
+    results = []
+    for endpoint in ("/ping", "/similar", "/predict"):
+        prepared = requests_for(endpoint, app_ids)
+        await saturate(port, endpoint, prepared, args.connections, 500, 5)  # warm-up, not reported
+        if args.wrk and shutil.which("wrk"):
+            results.append(wrk_saturate(port, endpoint, app_ids, args.connections, args.seconds))
+        else:
+            results.append(await saturate(port, endpoint, prepared, args.connections, args.requests, args.seconds))
+    results.append(await steady(port, "/similar", requests_for("/similar", app_ids), args.rate, args.seconds,
+                                args.connections))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--apps", type=int, action="append", help="model size(s); default 100000")
+    parser.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=30_000, help="cap per saturation run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="cap per run (and the steady run's length)")
+    parser.add_argument("--rate", type=float, default=500.0, help="steady-rate run, requests/s")
+    parser.add_argument("--queries", type=int, default=2000, help="in-process timing queries")
+    parser.add_argument("--wrk", action=argparse.BooleanOptionalAction, default=True, help="use wrk when installed")
+    parser.add_argument("--build-only", action="store_true", help="build (cache) the models, then stop")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(f"machine: {os.cpu_count()} cores; server: {args.workers} uvicorn workers (uvloop, httptools), "
+          f"OMP_NUM_THREADS=1; client: {'wrk' if args.wrk and shutil.which('wrk') else 'asyncio HTTP/1.1'}, "
+          f"{args.connections} keep-alive connections, same machine", flush=True)
+    for n_apps in args.apps or [100_000]:
+        model_dir = build_model(n_apps, args.workdir / f"model-{n_apps}-{args.index}", args.index)
+        if args.build_only:
+            continue
+        timing = in_process_times(model_dir, args.queries)
+        index = timing.pop("index")
+        rng = np.random.default_rng(3)
+        app_ids = [f"app-{i:07d}" for i in rng.integers(0, n_apps, size=2000)]
+        scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
+        port = free_port()
+        started = time.monotonic()
+        server = start_server(model_dir, port, args.workers, scratch)
+        load_seconds = time.monotonic() - started
+        try:
+            results = asyncio.run(drive(port, app_ids, args))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=120)
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"\nmodel: {n_apps:,} apps x {DIM} dims, index {index.get('type')} {index.get('params', {})}, "
+              f"recall@10 vs exact {index.get('recall_at_10_vs_exact')}; server ready in {load_seconds:.1f}s")
+        print(f"in-process, 1 thread: similar p50 {timing['similar'][0]:.3f} ms, p99 {timing['similar'][1]:.3f} ms; "
+              f"predict p50 {timing['predict'][0]:.3f} ms, p99 {timing['predict'][1]:.3f} ms")
+        print(f"{'endpoint':<10} {'run':<24} {'requests':>9} {'non-2xx':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for r in results:
+            print(f"{r.endpoint:<10} {r.mode:<24} {r.requests:>9,} {r.errors:>8} {r.rate:>9,.0f} "
+                  f"{r.percentile(50):>8.2f} {r.percentile(99):>8.2f}")
+        ping, similar = results[0], results[1]
+        print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

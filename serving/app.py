@@ -1,0 +1,553 @@
+"""The serving app: FastAPI on the SageMaker hosting contract plus the partner API (/v1).
+
+- ``GET /ping`` (200 once a model is loaded, else 503) and ``POST /invocations`` (JSON or CSV)
+  are SageMaker's container contract; ``/v1/...`` is the partner API (API keys, rate limits).
+- Handlers are async and answer with orjson; a FAISS search is well under a millisecond up to
+  1M apps (exact index to ~100K, HNSW/IVF above), so it runs inline on the event loop rather
+  than paying a thread hop; large ``/invocations`` batches go to a thread.
+- Every similar/predict answer carries ``request_id``, ``arm`` and ``model_version`` and
+  logs a prediction event through the background batcher (``serving/batcher.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import faiss
+import orjson
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from models.events import InvalidEvent, PredictionEvent, validate_event
+from models.features import MetadataError
+from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
+from serving.batcher import EventBatcher, SpillDir
+from serving.metrics import ARM_SCOPE_KEY, MetricsMiddleware, ServingMetrics
+from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
+from serving.security import ApiError, ApiKeys, RateLimiter
+from serving.settings import ServingSettings, settings_from_env
+from serving.sinks import FeedbackSink, open_sink
+
+log = logging.getLogger("appsim.serving")
+
+DEFAULT_K = 10
+MAX_INSTANCES = 10_000
+# /invocations batches larger than this are searched on a worker thread, not the event loop.
+INLINE_BATCH = 64
+FEEDBACK_TYPES = ("click", "conversion")
+ANONYMOUS_PARTNER = "anonymous"
+SAGEMAKER_PARTNER = "sagemaker"
+
+
+class OrjsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# --- request and response models (they document the API; answers are built as plain dicts) --
+class AppMetadata(BaseModel):
+    """A new app, known only by its metadata (the catalog's columns)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
+        "app_id": "new-app-1", "category": "games", "region": "us", "pricing_model": "free",
+        "features": ["multiplayer", "leaderboards"], "description": "Fast arcade racing", "avg_rating": 4.3}})
+    app_id: str | None = Field(None, description="an id for the new app, logged with the prediction")
+    name: str | None = None
+    category: str | None = None
+    region: str | None = None
+    pricing_model: str | None = None
+    features: list[str] = Field(default_factory=list)
+    description: str | None = None
+    avg_rating: float | None = Field(None, ge=0, le=5)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"app_id", "name"})
+
+
+class SimilarByMetadataRequest(BaseModel):
+    app: AppMetadata
+    k: int = Field(DEFAULT_K, ge=MIN_K, le=MAX_K)
+    partner_id: str | None = None
+
+
+class PredictRequest(BaseModel):
+    app_id: str | None = Field(None, description="a known app; or give `app` for a new one")
+    app: AppMetadata | None = None
+    k: int = Field(DEFAULT_K, ge=MIN_K, le=MAX_K, description="neighbours the prediction is made from")
+    partner_id: str | None = None
+
+
+class NeighborOut(BaseModel):
+    app_id: str
+    score: float
+
+
+class SimilarResponse(BaseModel):
+    request_id: str
+    model_version: int
+    arm: str
+    app_id: str
+    neighbors: list[NeighborOut]
+
+
+class RateOut(BaseModel):
+    estimate: float
+    low: float
+    high: float
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model_version: int
+    arm: str
+    app_id: str
+    ctr: RateOut
+    cvr: RateOut
+    interval: float = 0.95
+    support_impressions: int
+    neighbors: list[NeighborOut]
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    event_ids: list[str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    field: str | None = None
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 422, 429, 503)}
+SAGEMAKER_ERRORS = {code: {"model": ErrorResponse} for code in (404, 413, 415, 422, 503)}
+
+
+# --- the app ---------------------------------------------------------------------------------
+class Services:
+    """What the handlers use, built in the lifespan."""
+
+    def __init__(self, settings: ServingSettings, manager: ModelManager, batcher: EventBatcher | None):
+        self.settings = settings
+        self.manager = manager
+        self.batcher = batcher
+        self.keys = ApiKeys(settings.api_keys)
+        self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+
+    def state(self) -> ServingState:
+        state = self.manager.state
+        if state is None:
+            raise ApiError(503, "not_ready", self.manager.not_ready_reason, headers={"Retry-After": "5"})
+        return state
+
+    def log_prediction(self, request_id: str, partner_id: str, app_id: str, arm: Arm,
+                       neighbors: list[Neighbor], predicted_ctr: float | None = None) -> None:
+        if self.batcher is None:
+            return
+        self.batcher.submit(PredictionEvent(
+            event_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), request_id=request_id, partner_id=partner_id,
+            app_id=app_id, model_version=arm.model.version, arm=arm.name,
+            neighbors=[n.app_id for n in neighbors], scores=[n.score for n in neighbors], predicted_ctr=predicted_ctr,
+        ))
+
+
+def create_app(settings: ServingSettings, *, manager: ModelManager | None = None,
+               sink: FeedbackSink | None = None) -> FastAPI:
+    """The ASGI app. ``manager`` and ``sink`` default to what the settings describe."""
+    metrics = ServingMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One OpenMP thread per search: two threads make one small query 2-2.6x slower here;
+        # throughput comes from worker processes instead.
+        faiss.omp_set_num_threads(1)
+        model_manager = manager or ModelManager(settings)
+        feedback_uri = settings.resolved_feedback_uri()
+        event_sink = sink or (open_sink(feedback_uri) if feedback_uri else None)
+        batcher = None
+        if event_sink is not None:
+            batcher = EventBatcher(event_sink, SpillDir(settings.spill_dir), max_queue=settings.queue_size,
+                                   max_batch=settings.batch_size, flush_seconds=settings.flush_seconds,
+                                   replay_seconds=settings.replay_seconds).start()
+        else:
+            log.warning("feedback logging is off: no store or APPSIM_FEEDBACK_URI, prediction events are not recorded")
+        if not settings.api_keys:
+            log.warning("no API keys configured: /v1 is open (set APPSIM_API_KEYS=partner:key,... to require keys)")
+        metrics.watch(model_manager, batcher)
+        app.state.services = Services(settings, model_manager, batcher)
+        model_manager.start()  # loads in the background: /ping answers 503 until it is done
+        try:
+            yield
+        finally:
+            model_manager.stop()
+            if batcher is not None:
+                batcher.close()  # SIGTERM lands here: every queued event is delivered or spilled
+                log.info("event batcher closed: %s", batcher.stats)
+
+    app = FastAPI(
+        title="appsim",
+        version="1",
+        description="Similar apps (FAISS over learned app embeddings) and performance predictions (CTR/CVR "
+                    "with intervals), on the SageMaker hosting contract. Errors are JSON naming the problem.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Response:
+        if error.status == 429:
+            metrics.rate_limited.inc()
+        return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {error.detail}; the API is described at /docs"
+        return OrjsonResponse({"error": code, "message": message}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        problems = []
+        for item in error.errors():
+            where, *path = item["loc"] or ("body",)
+            field = ".".join(str(p) for p in path) or where
+            problems.append({"field": field, "in": where, "message": item["msg"]})
+        first = problems[0]
+        message = f"{first['in']} field '{first['field']}': {first['message']}"
+        if first["field"] == "k":
+            message += f" (k must be an integer from {MIN_K} to {MAX_K})"
+        return OrjsonResponse({"error": "invalid_request", "message": message, "field": first["field"],
+                               "problems": problems}, status_code=422)
+
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                                  description="Your API key (required when the server has keys configured)")
+
+    def services(request: Request) -> Services:
+        return request.app.state.services
+
+    # async on purpose: FastAPI runs a plain-def dependency on a worker thread, a thread hop per request.
+    async def partner(request: Request, key: str | None = Depends(api_key_header)) -> str | None:
+        """Authenticate and rate-limit a /v1 request; returns the key's partner (None when auth is off)."""
+        svc: Services = request.app.state.services
+        name = svc.keys.partner_for(key)
+        if name is not None:  # limits are per key; with authentication off (local use) there is no key
+            svc.limiter.check(key)  # type: ignore[arg-type]
+        return name
+
+    # --- SageMaker hosting contract ------------------------------------------------------
+    @app.get("/ping", tags=["sagemaker"], responses={503: {"model": ErrorResponse}})
+    async def ping(request: Request) -> Response:
+        state = services(request).state()
+        return OrjsonResponse({"status": "ok", "versions": [arm.model.version for arm in state.arms]})
+
+    @app.post("/invocations", tags=["sagemaker"], responses=SAGEMAKER_ERRORS, openapi_extra={"requestBody": {"content": {
+        "application/json": {"example": {"app_id": "app-00001", "k": 10}},
+        "text/csv": {"example": "app-00001\napp-00002\n"}}}})
+    async def invocations(request: Request) -> Response:
+        """Similar apps: JSON `{"app_id", "k"}` (one answer) or `{"instances": [...]}`, or CSV with one app id a line."""
+        svc = services(request)
+        state = svc.state()
+        body = await request.body()
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        single, instances, k, partner_id = parse_invocation(body, content_type)
+        request_id = uuid.uuid4().hex
+        if single:
+            app_id = instances[0]
+            arm = state.route(partner_id, app_id)
+            request.scope[ARM_SCOPE_KEY] = arm.name
+            neighbors = similar_or_404(arm.model, app_id, k)
+            svc.log_prediction(request_id, partner_id, app_id, arm, neighbors)
+            return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
+        routed = [state.route(partner_id, app_id) for app_id in instances]
+        arm_names = {arm.name for arm in routed}
+        request.scope[ARM_SCOPE_KEY] = arm_names.pop() if len(arm_names) == 1 else "mixed"
+        if len(instances) > INLINE_BATCH:
+            predictions = await asyncio.to_thread(batch_similar, svc, state, request_id, partner_id, instances, routed, k)
+        else:
+            predictions = batch_similar(svc, state, request_id, partner_id, instances, routed, k)
+        return OrjsonResponse({"request_id": request_id, "predictions": predictions})
+
+    # --- partner API ---------------------------------------------------------------------
+    @app.get("/v1/apps/{app_id}/similar", tags=["similarity"], response_model=SimilarResponse, responses=ERRORS)
+    async def similar(request: Request, app_id: str = Path(..., description="a catalog app id"),
+                      k: int = Query(DEFAULT_K, ge=MIN_K, le=MAX_K, description="how many neighbours"),
+                      partner_id: str | None = Query(None, description="who asks (routes the A/B arm)"),
+                      key_partner: str | None = Depends(partner)) -> Response:
+        """The k apps most similar to a known app (never the app itself), best first."""
+        svc = services(request)
+        asker = partner_id or key_partner or ANONYMOUS_PARTNER
+        arm = svc.state().route(asker, app_id)
+        request.scope[ARM_SCOPE_KEY] = arm.name
+        neighbors = similar_or_404(arm.model, app_id, k)
+        request_id = uuid.uuid4().hex
+        svc.log_prediction(request_id, asker, app_id, arm, neighbors)
+        return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
+
+    @app.post("/v1/similar", tags=["similarity"], response_model=SimilarResponse, responses=ERRORS)
+    async def similar_new_app(request: Request, body: SimilarByMetadataRequest,
+                              key_partner: str | None = Depends(partner)) -> Response:
+        """Cold start: apps similar to a new app given by its metadata (category, features, description...)."""
+        svc = services(request)
+        asker = body.partner_id or key_partner or ANONYMOUS_PARTNER
+        request_id = uuid.uuid4().hex
+        app_id = body.app.app_id or f"new:{request_id}"
+        arm = svc.state().route(asker, app_id)
+        request.scope[ARM_SCOPE_KEY] = arm.name
+        try:
+            neighbors = arm.model.predictor.similar_to_metadata(body.app.as_metadata(), body.k)
+        except MetadataError as error:
+            raise ApiError(422, "invalid_metadata", str(error), field="app") from None
+        svc.log_prediction(request_id, asker, app_id, arm, neighbors)
+        return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
+
+    @app.post("/v1/predict", tags=["prediction"], response_model=PredictResponse, responses=ERRORS)
+    async def predict(request: Request, body: PredictRequest, key_partner: str | None = Depends(partner)) -> Response:
+        """Expected CTR and CVR with 95% intervals, from the neighbours' statistics and the app's own."""
+        if (body.app_id is None) == (body.app is None):
+            raise ApiError(422, "invalid_request", "give exactly one of app_id (a known app) or app (a new app's metadata)",
+                           field="app_id")
+        svc = services(request)
+        asker = body.partner_id or key_partner or ANONYMOUS_PARTNER
+        request_id = uuid.uuid4().hex
+        app_id = body.app_id or (body.app.app_id if body.app else None) or f"new:{request_id}"
+        arm = svc.state().route(asker, app_id)
+        request.scope[ARM_SCOPE_KEY] = arm.name
+        try:
+            if body.app_id is not None:
+                prediction = arm.model.predictor.predict(app_id=body.app_id, k=body.k)
+            else:
+                prediction = arm.model.predictor.predict(metadata=body.app.as_metadata(), k=body.k)  # type: ignore[union-attr]
+        except UnknownApp as error:
+            raise ApiError(404, "unknown_app", str(error), field="app_id") from None
+        except MetadataError as error:
+            raise ApiError(422, "invalid_metadata", str(error), field="app") from None
+        svc.log_prediction(request_id, asker, app_id, arm, prediction.neighbors, prediction.ctr)
+        return OrjsonResponse(predict_answer(request_id, arm, app_id, prediction))
+
+    @app.post("/v1/feedback", tags=["feedback"], status_code=202, response_model=FeedbackResponse, responses=ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"example": {"events": [
+                  {"event_type": "click", "app_id": "app-00001", "campaign_id": "c-1", "partner_id": "acme",
+                   "user_id": "u-123", "clicked": True, "request_id": "9f1c...", "ts": "2026-01-31T12:00:00Z"}]}}}}})
+    async def feedback(request: Request, key_partner: str | None = Depends(partner)) -> Response:
+        """Click and conversion events: `{"events": [...]}` or one event object. `event_id` and `ts` are
+        filled in when missing (send your own `event_id` so retries are de-duplicated)."""
+        svc = services(request)
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as error:
+            raise ApiError(422, "malformed_json", f"the body is not valid JSON: {error}", field="body") from None
+        events = validate_feedback(payload, key_partner)
+        if svc.batcher is None:
+            raise ApiError(503, "feedback_disabled", "this server records no feedback (no store or APPSIM_FEEDBACK_URI)")
+        if not svc.batcher.has_room(len(events)):
+            raise ApiError(503, "busy", "the event queue is full; retry shortly with the same event_ids",
+                           headers={"Retry-After": "1"})
+        for event in events:
+            svc.batcher.submit(event)
+        return OrjsonResponse({"accepted": len(events), "event_ids": [e.event_id for e in events]}, status_code=202)
+
+    @app.get("/v1/models", tags=["models"], responses=ERRORS)
+    async def models(request: Request, key_partner: str | None = Depends(partner)) -> Response:
+        """The loaded versions, their arms and traffic weights, and any refused version."""
+        return OrjsonResponse(services(request).manager.describe())
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory (``serving.app:app_from_env``): every worker builds its app from the environment."""
+    return create_app(settings_from_env())
+
+
+# --- request handling helpers (pure where they can be) ----------------------------------------
+def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], int, str]:
+    """(single answer?, app ids, k, partner id) from an /invocations body."""
+    if content_type in ("text/csv", "text/plain"):
+        # One app id a line; a CSV row's first column is the id (extra columns are ignored).
+        ids = [line.split(",")[0].strip().strip('"') for line in body.decode("utf-8", "replace").splitlines()]
+        ids = [i for i in ids if i]
+        return False, check_instances(ids), DEFAULT_K, SAGEMAKER_PARTNER
+    if content_type not in ("application/json", ""):
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {content_type} is not supported; send application/json or text/csv")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(422, "malformed_json", f"the body is not valid JSON: {error}", field="body") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid_request", 'send {"app_id": ..., "k": 10} or {"instances": [...]}', field="body")
+    k = payload.get("k", DEFAULT_K)
+    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
+        raise ApiError(422, "invalid_k", f"k must be an integer from {MIN_K} to {MAX_K}, got {k!r}", field="k")
+    partner_id = payload.get("partner_id") or SAGEMAKER_PARTNER
+    if not isinstance(partner_id, str):
+        raise ApiError(422, "invalid_request", "partner_id must be a string", field="partner_id")
+    if "instances" in payload:
+        raw = payload["instances"]
+        if not isinstance(raw, list):
+            raise ApiError(422, "invalid_request", "instances must be a list of app ids or {\"app_id\": ...} objects",
+                           field="instances")
+        ids = []
+        for i, item in enumerate(raw):
+            app_id = item.get("app_id") if isinstance(item, dict) else item
+            if not isinstance(app_id, str) or not app_id:
+                raise ApiError(422, "invalid_request", f"instances[{i}] must be an app id string or an object with "
+                               "an app_id", field=f"instances[{i}]")
+            ids.append(app_id)
+        return False, check_instances(ids), k, partner_id
+    app_id = payload.get("app_id")
+    if not isinstance(app_id, str) or not app_id:
+        raise ApiError(422, "invalid_request", 'app_id is required: {"app_id": "...", "k": 10}', field="app_id")
+    return True, [app_id], k, partner_id
+
+
+def check_instances(ids: list[str]) -> list[str]:
+    if not ids:
+        raise ApiError(422, "invalid_request", "no app ids in the request", field="instances")
+    if len(ids) > MAX_INSTANCES:
+        raise ApiError(413, "too_many_instances",
+                       f"{len(ids)} instances in one request; send at most {MAX_INSTANCES} per request", field="instances")
+    return ids
+
+
+def similar_or_404(model: LoadedModel, app_id: str, k: int) -> list[Neighbor]:
+    try:
+        return model.predictor.similar(app_id, k)
+    except UnknownApp as error:
+        raise ApiError(404, "unknown_app", str(error), field="app_id") from None
+
+
+def batch_similar(svc: Services, state: ServingState, request_id: str, partner_id: str,
+                  app_ids: list[str], routed: list[Arm], k: int) -> list[dict[str, Any]]:
+    """Answers for many app ids (each routed to its arm), one vectorised search per arm;
+    unknown ids get an error entry instead of failing the batch."""
+    answers: list[dict[str, Any] | None] = [None] * len(app_ids)
+    for arm in state.arms:
+        rows = [i for i, chosen in enumerate(routed) if chosen is arm]
+        if not rows:
+            continue
+        predictor = arm.model.predictor
+        positions, scores = predictor.similar_many([app_ids[i] for i in rows], k)
+        for row, found, found_scores in zip(rows, positions, scores):
+            app_id = app_ids[row]
+            if app_id not in predictor.artifact.positions:
+                answers[row] = {"app_id": app_id, "error": "unknown_app",
+                                "message": str(UnknownApp(app_id, len(predictor.artifact.app_ids)))}
+                continue
+            neighbors = [Neighbor(predictor.artifact.app_ids[p], float(s)) for p, s in zip(found, found_scores) if p >= 0]
+            svc.log_prediction(request_id, partner_id, app_id, arm, neighbors)
+            answers[row] = similar_answer(request_id, arm, app_id, neighbors)
+    return answers  # type: ignore[return-value]
+
+
+def similar_answer(request_id: str, arm: Arm, app_id: str, neighbors: list[Neighbor]) -> dict[str, Any]:
+    return {"request_id": request_id, "model_version": arm.model.version, "arm": arm.name, "app_id": app_id,
+            "neighbors": [{"app_id": n.app_id, "score": n.score} for n in neighbors]}
+
+
+def predict_answer(request_id: str, arm: Arm, app_id: str, prediction: PerformancePrediction) -> dict[str, Any]:
+    return {
+        "request_id": request_id, "model_version": arm.model.version, "arm": arm.name, "app_id": app_id,
+        "ctr": {"estimate": prediction.ctr, "low": prediction.ctr_low, "high": prediction.ctr_high},
+        "cvr": {"estimate": prediction.cvr, "low": prediction.cvr_low, "high": prediction.cvr_high},
+        "interval": 0.95,
+        "support_impressions": prediction.support_impressions,
+        "neighbors": [{"app_id": n.app_id, "score": n.score} for n in prediction.neighbors],
+    }
+
+
+def validate_feedback(payload: Any, key_partner: str | None) -> list[Any]:
+    """Click/conversion events from a feedback body, or ``ApiError`` 422 naming the event and field."""
+    if isinstance(payload, dict) and "events" in payload:
+        raw = payload["events"]
+        if not isinstance(raw, list) or not raw:
+            raise ApiError(422, "invalid_request", "events must be a non-empty list of event objects", field="events")
+    else:
+        raw = [payload]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    events = []
+    for i, item in enumerate(raw):
+        where = f"events[{i}]"
+        if not isinstance(item, dict):
+            raise ApiError(422, "invalid_event", f"{where} must be a JSON object", field=where)
+        if item.get("event_type") not in FEEDBACK_TYPES:
+            raise ApiError(422, "invalid_event", f"{where}.event_type must be one of {', '.join(FEEDBACK_TYPES)} "
+                           "(prediction events are logged by the server itself)", field=f"{where}.event_type")
+        filled = {"event_id": uuid.uuid4().hex, "ts": now, **item}
+        if key_partner and "partner_id" not in item:
+            filled["partner_id"] = key_partner
+        try:
+            events.append(validate_event(filled))
+        except InvalidEvent as error:
+            raise ApiError(422, error.reason, f"{where}: {error.detail}", field=where) from None
+    return events
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit (SageMaker's 6 MB), by Content-Length or while streaming."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await self._reject(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length (chunked): read up to the limit before the app sees anything.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._reject(send)
+                return
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Any) -> None:
+        body = orjson.dumps({"error": "payload_too_large",
+                             "message": f"the request body is over {self.max_bytes:,} bytes (SageMaker's limit is 6 MB); "
+                                        "send fewer instances per request"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

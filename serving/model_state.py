@@ -1,0 +1,246 @@
+"""Which models are served, and swapping them without dropping a request.
+
+The serving state (arms, their weights and loaded predictors) is one immutable object; the
+server reads ``ModelManager.state`` once per request and a swap is a single reference
+assignment, so a request sees either the old state or the new one, never a mix.
+
+Loading happens on the watcher thread, off the event loop: an artifact is downloaded,
+checksum-verified (``ModelArtifact.load_uri``) and warmed up before it is swapped in. A
+version that cannot be loaded (corrupt, mismatched, unreadable) is refused, logged and
+counted; the version already serving keeps serving, and at start the newest Approved version
+that does load is served instead.
+
+Sources: a fixed artifact folder (SageMaker endpoint mode, ``/opt/ml/model``) or a registry
+(the champion, i.e. the newest Approved version, plus an optional challenger at a weight).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from models.artifact import ArtifactError, ModelArtifact
+from models.features import MetadataError
+from models.predictor import Predictor
+from models.registry import ModelVersion, Registry, RegistryError, open_registry
+from models.routing import pick_arm
+from models.storage import StorageError
+from serving.settings import ServingSettings
+
+log = logging.getLogger("appsim.serving.models")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# Errors that mean "this artifact cannot be served", as opposed to a bug in this code. The data
+# errors refuse the version for good (versions are immutable); storage errors may be transient
+# and are retried at the next poll.
+DATA_ERRORS = (ArtifactError, MetadataError, ValueError, KeyError)
+LOAD_ERRORS = DATA_ERRORS + (StorageError, OSError)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    predictor: Predictor
+    artifact_uri: str
+    loaded_at: str
+
+    def describe(self) -> dict[str, Any]:
+        manifest = self.predictor.artifact.manifest
+        return {
+            "model_version": self.version,
+            "artifact_uri": self.artifact_uri,
+            "loaded_at": self.loaded_at,
+            "app_count": manifest.get("app_count"),
+            "embedding_dim": manifest.get("embedding_dim"),
+            "index": manifest.get("index"),
+            "checksum": manifest.get("files", {}).get("embeddings.npy"),
+        }
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    weight: float
+    model: LoadedModel
+
+
+@dataclass(frozen=True)
+class ServingState:
+    arms: tuple[Arm, ...]
+    weights: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", {arm.name: arm.weight for arm in self.arms})
+
+    def route(self, partner_id: str, app_id: str) -> Arm:
+        """The arm serving this request (the seed's sticky md5 routing)."""
+        if len(self.arms) == 1:
+            return self.arms[0]
+        name = pick_arm(partner_id, app_id, self.weights)
+        return next(arm for arm in self.arms if arm.name == name)
+
+    def signature(self) -> tuple[tuple[str, int, float], ...]:
+        return tuple((arm.name, arm.model.version, arm.weight) for arm in self.arms)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"arm": arm.name, "weight": arm.weight, **arm.model.describe()} for arm in self.arms]
+
+
+def load_model(version: int, artifact_uri: str) -> LoadedModel:
+    """Load, verify and warm up one artifact (raises one of ``LOAD_ERRORS`` when it cannot be served)."""
+    artifact = ModelArtifact.load_uri(artifact_uri)
+    predictor = Predictor(artifact)
+    # Warm up here, on the loading thread, so the first requests after a swap pay nothing extra:
+    # one search touches the index, and the cold-start encoder is parsed once.
+    if len(artifact.app_ids) > 1:
+        predictor.similar(artifact.app_ids[0], k=1)
+    _ = predictor.metadata_encoder
+    return LoadedModel(version, predictor, artifact_uri, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class ModelManager:
+    """Holds the serving state and refreshes it from its source (call ``refresh`` or ``start``)."""
+
+    def __init__(self, settings: ServingSettings, registry: Registry | None = None):
+        self.settings = settings
+        self.registry = registry
+        if not settings.endpoint_mode and registry is None:
+            self.registry = open_registry(settings.registry_uri())
+        self.source = settings.model_dir if settings.endpoint_mode else self.registry.uri  # type: ignore[union-attr]
+        self.state: ServingState | None = None
+        self.not_ready_reason = f"loading the model from {self.source}"
+        self.refused: dict[int, str] = {}
+        self.swaps = 0
+        self.load_failures = 0
+        self.poll_errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- background watcher --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="appsim-model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:  # a watcher that dies silently would freeze the served version
+                self.poll_errors += 1
+                log.exception("model refresh failed; the current version keeps serving")
+            if (self.settings.endpoint_mode and self.state is not None) or self._stop.wait(self.settings.poll_seconds):
+                return
+
+    # -- one refresh -----------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Bring the state in line with the source; True when it was swapped."""
+        if self.settings.endpoint_mode:
+            return self._refresh_directory()
+        return self._refresh_registry()
+
+    def _refresh_directory(self) -> bool:
+        if self.state is not None:
+            return False
+        model = self._load(self.settings.model_version, self.settings.model_dir)  # type: ignore[arg-type]
+        if model is None:
+            return False
+        return self._swap(ServingState((Arm(CHAMPION, 1.0, model),)))
+
+    def _refresh_registry(self) -> bool:
+        assert self.registry is not None
+        try:
+            versions = self.registry.list_versions()
+        except (RegistryError, OSError) as error:
+            self.poll_errors += 1
+            log.warning("cannot read the registry %s (%s); the current version keeps serving", self.registry.uri, error)
+            return False
+        champion = self._champion(versions)
+        if champion is None:
+            if self.state is None:
+                self.not_ready_reason = (
+                    f"no loadable Approved model version in {self.registry.uri} yet"
+                    + (f" (refused: {self._refused_text()})" if self.refused else "")
+                )
+            return False
+        arms = [champion]
+        challenger = self._challenger(versions, champion)
+        if challenger is not None:
+            weight = self.settings.challenger_weight
+            arms = [Arm(CHAMPION, 1.0 - weight, champion.model), Arm(CHALLENGER, weight, challenger.model)]
+        return self._swap(ServingState(tuple(arms)))
+
+    def _champion(self, versions: list[ModelVersion]) -> Arm | None:
+        """The newest Approved version that loads (versions come newest first)."""
+        for version in versions:
+            if version.status != "Approved" or version.version in self.refused:
+                continue
+            model = self._reuse_or_load(version)
+            if model is not None:
+                return Arm(CHAMPION, 1.0, model)
+        return None
+
+    def _challenger(self, versions: list[ModelVersion], champion: Arm) -> Arm | None:
+        wanted = self.settings.challenger_version
+        if wanted is None or self.settings.challenger_weight == 0 or wanted == champion.model.version:
+            return None
+        version = next((v for v in versions if v.version == wanted), None)
+        if version is None:
+            log.warning("challenger version %s is not in %s; all traffic goes to the champion", wanted, self.source)
+            return None
+        if version.status == "Rejected" or wanted in self.refused:
+            return None
+        model = self._reuse_or_load(version)
+        return None if model is None else Arm(CHALLENGER, self.settings.challenger_weight, model)
+
+    def _reuse_or_load(self, version: ModelVersion) -> LoadedModel | None:
+        if self.state is not None:
+            for arm in self.state.arms:
+                if arm.model.version == version.version and arm.model.artifact_uri == version.artifact_uri:
+                    return arm.model
+        return self._load(version.version, version.artifact_uri)
+
+    def _load(self, version: int, artifact_uri: str) -> LoadedModel | None:
+        try:
+            model = load_model(version, artifact_uri)
+        except LOAD_ERRORS as error:
+            self.load_failures += 1
+            if isinstance(error, DATA_ERRORS):
+                self.refused[version] = f"{type(error).__name__}: {error}"
+            log.error("refused model version %s from %s: %s", version, artifact_uri, error)
+            if self.state is None:
+                self.not_ready_reason = f"model version {version} could not be loaded: {error}"
+            return None
+        log.info("loaded model version %s from %s (%s apps)", version, artifact_uri, len(model.predictor.artifact.app_ids))
+        return model
+
+    def _swap(self, new: ServingState) -> bool:
+        if self.state is not None and self.state.signature() == new.signature():
+            return False
+        old = self.state
+        self.state = new  # the one assignment requests observe
+        self.swaps += old is not None
+        log.info("serving %s", ", ".join(f"{a.name}=v{a.model.version} ({a.weight:g})" for a in new.arms))
+        return True
+
+    def _refused_text(self) -> str:
+        return "; ".join(f"v{v}: {reason}" for v, reason in sorted(self.refused.items()))
+
+    def describe(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "source": self.source,
+            "mode": "endpoint" if self.settings.endpoint_mode else "registry",
+            "ready": state is not None,
+            "arms": state.describe() if state else [],
+            "refused_versions": {str(v): reason for v, reason in sorted(self.refused.items())},
+            "swaps": self.swaps,
+        }

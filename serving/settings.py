@@ -1,0 +1,136 @@
+"""Serving settings: one typed object, from the CLI or from the environment (the container).
+
+Environment variables (all optional):
+
+- ``SM_MODEL_DIR`` / ``APPSIM_MODEL_DIR``: serve one extracted artifact folder (endpoint mode,
+  SageMaker extracts ``model.tar.gz`` to ``/opt/ml/model``); ``APPSIM_MODEL_VERSION`` numbers it.
+  Without either, ``/opt/ml/model`` is used when it holds a manifest.
+- ``APPSIM_REGISTRY`` (``sqlite:///...`` or ``sagemaker://group``) or ``APPSIM_STORE`` (the registry
+  then defaults to ``<store>/registry.db``): serve the registry's champion, watching for new ones.
+- ``APPSIM_CHALLENGER_VERSION`` + ``APPSIM_CHALLENGER_WEIGHT``: a challenger version and its share.
+- ``APPSIM_FEEDBACK_URI``: where events go (default ``<store>/feedback``; ``none`` turns logging off).
+- ``APPSIM_SPILL_DIR``: local folder for events the sink could not take (replayed later).
+- ``APPSIM_API_KEYS``: ``partner:key,partner2:key2``; empty = no authentication (local use).
+- ``APPSIM_RATE_LIMIT`` / ``APPSIM_RATE_BURST``: token bucket per API key (requests/s, burst).
+- ``APPSIM_POLL_SECONDS``: how often the registry is checked for a new Approved version.
+- ``APPSIM_QUEUE_SIZE`` / ``APPSIM_BATCH_SIZE`` / ``APPSIM_FLUSH_SECONDS``: the event batcher's
+  bounded queue, batch size and the longest an event waits for its batch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models import layout, storage
+
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+SAGEMAKER_MAX_BODY_BYTES = 6 * 1024 * 1024
+SETTINGS_ENV = "APPSIM_SERVING_SETTINGS"
+
+
+class SettingsError(ValueError):
+    """Serving settings that cannot work together."""
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_dir: str | None = None
+    model_version: int = Field(0, ge=0)
+    registry: str | None = None
+    store: str | None = None
+    challenger_version: int | None = Field(None, ge=1)
+    challenger_weight: float = Field(0.0, ge=0.0, le=1.0)
+    poll_seconds: float = Field(30.0, gt=0)
+    feedback_uri: str | None = None
+    spill_dir: str = Field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "appsim-spill"))
+    queue_size: int = Field(10_000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    flush_seconds: float = Field(1.0, gt=0)
+    replay_seconds: float = Field(10.0, gt=0)
+    api_keys: dict[str, str] = Field(default_factory=dict, description="API key -> partner id")
+    rate_per_second: float = Field(200.0, gt=0)
+    rate_burst: float = Field(400.0, ge=1)
+    max_body_bytes: int = Field(SAGEMAKER_MAX_BODY_BYTES, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        return parse_api_keys(value) if isinstance(value, str) else value
+
+    @property
+    def endpoint_mode(self) -> bool:
+        return self.model_dir is not None
+
+    def registry_uri(self) -> str:
+        if self.registry:
+            return self.registry
+        if self.store and storage.is_local(self.store):
+            return f"sqlite://{storage.local_path(self.store) / 'registry.db'}"
+        raise SettingsError(
+            "no model to serve: set APPSIM_MODEL_DIR (an extracted artifact), APPSIM_REGISTRY "
+            "(sqlite:///path/registry.db or sagemaker://group) or a local --store holding registry.db"
+        )
+
+    def resolved_feedback_uri(self) -> str | None:
+        """Where prediction and feedback events go; None when logging is off."""
+        if self.feedback_uri:
+            return None if self.feedback_uri == "none" else self.feedback_uri
+        return layout.feedback_uri(self.store) if self.store else None
+
+    def to_env(self) -> str:
+        """JSON for ``APPSIM_SERVING_SETTINGS``: how the CLI hands settings to uvicorn workers."""
+        return self.model_dump_json()
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """``partner:key,partner2:key2`` -> {key: partner}."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        partner, sep, key = item.partition(":")
+        if not sep or not partner or not key:
+            raise SettingsError(f"API key entry '{item[:4]}...' must look like partner:key (e.g. acme:s3cr3t)")
+        keys[key] = partner
+    return keys
+
+
+_ENV_FIELDS = {
+    "APPSIM_MODEL_VERSION": "model_version",
+    "APPSIM_REGISTRY": "registry",
+    "APPSIM_STORE": "store",
+    "APPSIM_CHALLENGER_VERSION": "challenger_version",
+    "APPSIM_CHALLENGER_WEIGHT": "challenger_weight",
+    "APPSIM_POLL_SECONDS": "poll_seconds",
+    "APPSIM_FEEDBACK_URI": "feedback_uri",
+    "APPSIM_SPILL_DIR": "spill_dir",
+    "APPSIM_API_KEYS": "api_keys",
+    "APPSIM_RATE_LIMIT": "rate_per_second",
+    "APPSIM_RATE_BURST": "rate_burst",
+    "APPSIM_QUEUE_SIZE": "queue_size",
+    "APPSIM_BATCH_SIZE": "batch_size",
+    "APPSIM_FLUSH_SECONDS": "flush_seconds",
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> ServingSettings:
+    """Settings for a worker: the CLI's JSON when present, else the individual variables."""
+    env = os.environ if environ is None else environ
+    try:
+        if env.get(SETTINGS_ENV):
+            return ServingSettings.model_validate_json(env[SETTINGS_ENV])
+        values: dict[str, Any] = {field: env[name] for name, field in _ENV_FIELDS.items() if env.get(name)}
+        model_dir = env.get("APPSIM_MODEL_DIR") or env.get("SM_MODEL_DIR")
+        if not model_dir and not values.get("registry") and not values.get("store") \
+                and (Path(SAGEMAKER_MODEL_DIR) / "manifest.json").is_file():
+            model_dir = SAGEMAKER_MODEL_DIR
+        if model_dir:
+            values["model_dir"] = model_dir
+        return ServingSettings.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise SettingsError(f"invalid serving settings: {problems}") from None

@@ -1,0 +1,92 @@
+"""Loading, refusing and hot-swapping models (the watcher's logic, called directly)."""
+
+import pytest
+
+from models.registry_sqlite import SQLiteRegistry
+from serving.model_state import CHALLENGER, CHAMPION, ModelManager
+from serving.settings import ServingSettings
+from tests.serving.helpers import build_artifact, publish
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    return SQLiteRegistry(tmp_path / "registry.db")
+
+
+def manager_for(registry, **settings):
+    return ModelManager(ServingSettings(registry=registry.uri, **settings), registry)
+
+
+def test_not_ready_until_something_is_approved(registry, tmp_path):
+    manager = manager_for(registry)
+    publish(registry, tmp_path, build_artifact(), status="PendingManualApproval")
+    assert not manager.refresh() and manager.state is None
+    assert "no loadable Approved model version" in manager.not_ready_reason
+    version = publish(registry, tmp_path, build_artifact(seed=1))
+    assert manager.refresh()
+    assert [(a.name, a.model.version, a.weight) for a in manager.state.arms] == [(CHAMPION, version, 1.0)]
+    assert manager.swaps == 0  # the first load is not a swap
+
+
+def test_new_approved_version_is_swapped_in_atomically(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    manager = manager_for(registry)
+    manager.refresh()
+    before = manager.state
+    assert not manager.refresh() and manager.state is before  # nothing new: same object
+    v2 = publish(registry, tmp_path, build_artifact(seed=2))
+    assert manager.refresh()
+    assert manager.state is not before and manager.state.arms[0].model.version == v2
+    assert before.arms[0].model.version == 1  # the old state object is untouched (in-flight requests)
+    assert manager.swaps == 1
+
+
+def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    manager = manager_for(registry)
+    manager.refresh()
+    bad = publish(registry, tmp_path, build_artifact(seed=3), corrupted=True)
+    assert not manager.refresh()
+    assert manager.state.arms[0].model.version == 1
+    assert "checksum mismatch for embeddings.npy" in manager.refused[bad]
+    assert manager.load_failures == 1
+    manager.refresh()
+    assert manager.load_failures == 1  # refused once, not retried every poll
+
+
+def test_at_start_a_corrupt_newest_version_falls_back_to_the_previous_approved(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    bad = publish(registry, tmp_path, build_artifact(seed=4), corrupted=True)
+    manager = manager_for(registry)
+    manager.refresh()
+    assert manager.state.arms[0].model.version == 1 and bad in manager.refused
+
+
+def test_challenger_takes_its_weight_and_follows_the_champion(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    challenger = publish(registry, tmp_path, build_artifact(seed=5), status="PendingManualApproval")
+    manager = manager_for(registry, challenger_version=challenger, challenger_weight=0.3)
+    manager.refresh()
+    assert [(a.name, a.model.version, a.weight) for a in manager.state.arms] == [
+        (CHAMPION, 1, pytest.approx(0.7)), (CHALLENGER, challenger, 0.3)]
+    routed = {manager.state.route("p", f"app-{i:05d}").name for i in range(100)}
+    assert routed == {CHAMPION, CHALLENGER}
+    # The challenger wins and is approved: it becomes the champion, and the experiment ends.
+    registry.set_status(challenger, "Approved")
+    assert manager.refresh()
+    assert [(a.name, a.model.version) for a in manager.state.arms] == [(CHAMPION, challenger)]
+
+
+def test_endpoint_mode_serves_the_model_folder(tmp_path):
+    build_artifact().save(tmp_path / "model")
+    manager = ModelManager(ServingSettings(model_dir=str(tmp_path / "model"), model_version=4))
+    assert manager.refresh()
+    assert manager.state.arms[0].model.version == 4
+    assert manager.describe()["mode"] == "endpoint"
+
+
+def test_endpoint_mode_with_a_broken_folder_is_not_ready(tmp_path):
+    (tmp_path / "model").mkdir()
+    manager = ModelManager(ServingSettings(model_dir=str(tmp_path / "model")))
+    assert not manager.refresh()
+    assert manager.state is None and "holds no manifest.json" in manager.not_ready_reason

@@ -1,0 +1,63 @@
+import pytest
+
+from serving.app import parse_invocation
+from serving.security import ApiError
+from serving.settings import ServingSettings, SettingsError, parse_api_keys, settings_from_env
+
+
+def test_settings_from_environment(tmp_path):
+    settings = settings_from_env({
+        "APPSIM_STORE": str(tmp_path), "APPSIM_CHALLENGER_VERSION": "3", "APPSIM_CHALLENGER_WEIGHT": "0.25",
+        "APPSIM_API_KEYS": "acme:k1, globex:k2", "APPSIM_RATE_LIMIT": "50",
+    })
+    assert not settings.endpoint_mode
+    assert settings.registry_uri() == f"sqlite://{tmp_path}/registry.db"
+    assert settings.resolved_feedback_uri() == f"file://{tmp_path}/feedback"
+    assert (settings.challenger_version, settings.challenger_weight) == (3, 0.25)
+    assert settings.api_keys == {"k1": "acme", "k2": "globex"}
+    assert settings.rate_per_second == 50
+    # The CLI hands settings to workers as JSON; they come back identical.
+    assert settings_from_env({"APPSIM_SERVING_SETTINGS": settings.to_env()}) == settings
+
+
+def test_endpoint_mode_from_sagemaker_model_dir(tmp_path):
+    settings = settings_from_env({"SM_MODEL_DIR": str(tmp_path), "APPSIM_MODEL_VERSION": "7"})
+    assert settings.endpoint_mode and settings.model_version == 7
+    assert settings.resolved_feedback_uri() is None
+
+
+@pytest.mark.parametrize("env", [{"APPSIM_CHALLENGER_WEIGHT": "1.5"}, {"APPSIM_API_KEYS": "no-colon"}])
+def test_bad_settings_name_the_problem(env):
+    with pytest.raises(SettingsError):
+        settings_from_env(env)
+
+
+def test_no_model_source_is_explained():
+    with pytest.raises(SettingsError, match="APPSIM_MODEL_DIR"):
+        ServingSettings(store="s3://bucket/store").registry_uri()
+
+
+def test_parse_api_keys_keeps_colons_in_keys():
+    assert parse_api_keys("acme:a:b") == {"a:b": "acme"}
+
+
+def test_parse_invocation_forms():
+    assert parse_invocation(b'{"app_id": "a", "k": 3}', "application/json") == (True, ["a"], 3, "sagemaker")
+    assert parse_invocation(b'{"instances": ["a", {"app_id": "b"}], "partner_id": "p"}', "application/json") == (
+        False, ["a", "b"], 10, "p")
+    assert parse_invocation(b'a\n\n"b",x\n', "text/csv") == (False, ["a", "b"], 10, "sagemaker")
+
+
+@pytest.mark.parametrize("body, content_type, status, field", [
+    (b'{"app_id": "a", "k": 0}', "application/json", 422, "k"),
+    (b'{"app_id": "a", "k": 101}', "application/json", 422, "k"),
+    (b'{"k": 5}', "application/json", 422, "app_id"),
+    (b'{"instances": [1]}', "application/json", 422, "instances[0]"),
+    (b'not json', "application/json", 422, "body"),
+    (b'', "text/csv", 422, "instances"),
+    (b'a', "application/x-npy", 415, None),
+])
+def test_parse_invocation_errors(body, content_type, status, field):
+    with pytest.raises(ApiError) as caught:
+        parse_invocation(body, content_type)
+    assert caught.value.status == status and caught.value.field == field
