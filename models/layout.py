@@ -38,3 +38,8 @@ def run_uri(store: str, run_id: str) -> str:
 
 def step_uri(store: str, run_id: str, step: str) -> str:
     return storage.join(store, "runs", run_id, step)
+
+
+def default_registry_uri(store: str) -> str:
+    """The embedded registry of a local store: ``sqlite://<store>/registry.db``."""
+    return f"sqlite://{storage.local_path(store) / 'registry.db'}"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models import storage
+from models import layout, storage
 from models.events import parse_utc
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipeline.yaml"
@@ -101,7 +101,7 @@ class PipelineConfig(_Strict):
             raise ConfigError(
                 "the store is on S3 but backends.registry is empty; set it to sagemaker://<model-package-group>"
             )
-        return f"sqlite://{storage.local_path(self.store) / 'registry.db'}"
+        return layout.default_registry_uri(self.store)
 
     @property
     def experiments_uri(self) -> str:

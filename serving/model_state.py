@@ -11,7 +11,10 @@ counted; the version already serving keeps serving, and at start the newest Appr
 that does load is served instead.
 
 Sources: a fixed artifact folder (SageMaker endpoint mode, ``/opt/ml/model``) or a registry
-(the champion, i.e. the newest Approved version, plus an optional challenger at a weight).
+(the champion, i.e. the newest Approved version, plus an optional challenger at a weight). The
+challenger and its weight come from the active A/B experiment (``appsim ab start``, which
+``appsim ab report --apply`` ramps), read at every poll; without one, from the static
+settings ``APPSIM_CHALLENGER_VERSION`` / ``APPSIM_CHALLENGER_WEIGHT``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from models.artifact import ArtifactError, ModelArtifact
+from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, ExperimentError, ExperimentStore, open_experiments
 from models.features import MetadataError
 from models.predictor import Predictor
 from models.registry import ModelVersion, Registry, RegistryError, open_registry
@@ -32,8 +36,8 @@ from serving.settings import ServingSettings
 
 log = logging.getLogger("appsim.serving.models")
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+CHAMPION = CHAMPION_ARM
+CHALLENGER = CHALLENGER_ARM
 # Errors that mean "this artifact cannot be served", as opposed to a bug in this code. The data
 # errors refuse the version for good (versions are immutable); storage errors may be transient
 # and are retried at the next poll.
@@ -105,11 +109,15 @@ def load_model(version: int, artifact_uri: str) -> LoadedModel:
 class ModelManager:
     """Holds the serving state and refreshes it from its source (call ``refresh`` or ``start``)."""
 
-    def __init__(self, settings: ServingSettings, registry: Registry | None = None):
+    def __init__(self, settings: ServingSettings, registry: Registry | None = None,
+                 experiments: ExperimentStore | None = None):
         self.settings = settings
         self.registry = registry
         if not settings.endpoint_mode and registry is None:
             self.registry = open_registry(settings.registry_uri())
+        self.experiments = experiments
+        if experiments is None and not settings.endpoint_mode and settings.experiments_uri():
+            self.experiments = open_experiments(settings.experiments_uri())  # type: ignore[arg-type]
         self.source = settings.model_dir if settings.endpoint_mode else self.registry.uri  # type: ignore[union-attr]
         self.state: ServingState | None = None
         self.not_ready_reason = f"loading the model from {self.source}"
@@ -172,11 +180,28 @@ class ModelManager:
                 )
             return False
         arms = [champion]
-        challenger = self._challenger(versions, champion)
+        wanted, weight = self._challenger_plan()
+        challenger = self._challenger(versions, champion, wanted, weight)
         if challenger is not None:
-            weight = self.settings.challenger_weight
-            arms = [Arm(CHAMPION, 1.0 - weight, champion.model), Arm(CHALLENGER, weight, challenger.model)]
+            arms = [Arm(CHAMPION, 1.0 - weight, champion.model), challenger]
         return self._swap(ServingState(tuple(arms)))
+
+    def _challenger_plan(self) -> tuple[int | None, float]:
+        """(challenger version, weight): the active experiment's, else the static settings'."""
+        if self.experiments is not None:
+            try:
+                experiment = self.experiments.active()
+            except (ExperimentError, OSError) as error:
+                self.poll_errors += 1
+                log.warning("cannot read experiments (%s); keeping the current split", error)
+                current = self.state.weights.get(CHALLENGER) if self.state else None
+                if self.state is not None and current is not None:
+                    arm = next(a for a in self.state.arms if a.name == CHALLENGER)
+                    return arm.model.version, current
+                return None, 0.0
+            if experiment is not None:
+                return experiment.challenger_version, experiment.challenger_weight
+        return self.settings.challenger_version, self.settings.challenger_weight
 
     def _champion(self, versions: list[ModelVersion]) -> Arm | None:
         """The newest Approved version that loads (versions come newest first)."""
@@ -188,9 +213,8 @@ class ModelManager:
                 return Arm(CHAMPION, 1.0, model)
         return None
 
-    def _challenger(self, versions: list[ModelVersion], champion: Arm) -> Arm | None:
-        wanted = self.settings.challenger_version
-        if wanted is None or self.settings.challenger_weight == 0 or wanted == champion.model.version:
+    def _challenger(self, versions: list[ModelVersion], champion: Arm, wanted: int | None, weight: float) -> Arm | None:
+        if wanted is None or weight == 0 or wanted == champion.model.version:
             return None
         version = next((v for v in versions if v.version == wanted), None)
         if version is None:
@@ -199,7 +223,7 @@ class ModelManager:
         if version.status == "Rejected" or wanted in self.refused:
             return None
         model = self._reuse_or_load(version)
-        return None if model is None else Arm(CHALLENGER, self.settings.challenger_weight, model)
+        return None if model is None else Arm(CHALLENGER, weight, model)
 
     def _reuse_or_load(self, version: ModelVersion) -> LoadedModel | None:
         if self.state is not None:

@@ -7,7 +7,11 @@ Environment variables (all optional):
   Without either, ``/opt/ml/model`` is used when it holds a manifest.
 - ``APPSIM_REGISTRY`` (``sqlite:///...`` or ``sagemaker://group``) or ``APPSIM_STORE`` (the registry
   then defaults to ``<store>/registry.db``): serve the registry's champion, watching for new ones.
-- ``APPSIM_CHALLENGER_VERSION`` + ``APPSIM_CHALLENGER_WEIGHT``: a challenger version and its share.
+- ``APPSIM_EXPERIMENTS`` (``sqlite:///...`` or ``dynamodb://ab_experiments``; default
+  ``<store>/experiments.db`` for a local store): the A/B experiment state; an active experiment
+  sets the challenger and its weight.
+- ``APPSIM_CHALLENGER_VERSION`` + ``APPSIM_CHALLENGER_WEIGHT``: a static challenger and its share,
+  used when no experiment is active.
 - ``APPSIM_FEEDBACK_URI``: where events go (default ``<store>/feedback``; ``none`` turns logging off).
 - ``APPSIM_SPILL_DIR``: local folder for events the sink could not take (replayed later).
 - ``APPSIM_API_KEYS``: ``partner:key,partner2:key2``; empty = no authentication (local use).
@@ -27,6 +31,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models import layout, storage
+from models.experiments import default_uri as default_experiments_uri
 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 SAGEMAKER_MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -44,6 +49,7 @@ class ServingSettings(BaseModel):
     model_version: int = Field(0, ge=0)
     registry: str | None = None
     store: str | None = None
+    experiments: str | None = None
     challenger_version: int | None = Field(None, ge=1)
     challenger_weight: float = Field(0.0, ge=0.0, le=1.0)
     poll_seconds: float = Field(30.0, gt=0)
@@ -71,11 +77,17 @@ class ServingSettings(BaseModel):
         if self.registry:
             return self.registry
         if self.store and storage.is_local(self.store):
-            return f"sqlite://{storage.local_path(self.store) / 'registry.db'}"
+            return layout.default_registry_uri(self.store)
         raise SettingsError(
             "no model to serve: set APPSIM_MODEL_DIR (an extracted artifact), APPSIM_REGISTRY "
             "(sqlite:///path/registry.db or sagemaker://group) or a local --store holding registry.db"
         )
+
+    def experiments_uri(self) -> str | None:
+        """Where A/B experiment state is read; None when there is nowhere to read it from."""
+        if self.experiments:
+            return self.experiments
+        return default_experiments_uri(self.store) if self.store and storage.is_local(self.store) else None
 
     def resolved_feedback_uri(self) -> str | None:
         """Where prediction and feedback events go; None when logging is off."""
@@ -103,6 +115,7 @@ _ENV_FIELDS = {
     "APPSIM_MODEL_VERSION": "model_version",
     "APPSIM_REGISTRY": "registry",
     "APPSIM_STORE": "store",
+    "APPSIM_EXPERIMENTS": "experiments",
     "APPSIM_CHALLENGER_VERSION": "challenger_version",
     "APPSIM_CHALLENGER_WEIGHT": "challenger_weight",
     "APPSIM_POLL_SECONDS": "poll_seconds",

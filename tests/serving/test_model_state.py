@@ -90,3 +90,33 @@ def test_endpoint_mode_with_a_broken_folder_is_not_ready(tmp_path):
     manager = ModelManager(ServingSettings(model_dir=str(tmp_path / "model")))
     assert not manager.refresh()
     assert manager.state is None and "holds no manifest.json" in manager.not_ready_reason
+
+
+def test_the_active_experiment_sets_the_challenger_and_its_ramped_weight(registry, tmp_path):
+    from models.experiments import Experiment, SQLiteExperiments
+
+    experiments = SQLiteExperiments(tmp_path / "experiments.db")
+    v1 = publish(registry, tmp_path, build_artifact())
+    v2 = publish(registry, tmp_path, build_artifact(seed=5), status="PendingManualApproval")
+    manager = ModelManager(ServingSettings(registry=registry.uri), registry, experiments)
+    manager.refresh()
+    assert [a.name for a in manager.state.arms] == [CHAMPION]  # no experiment yet
+
+    experiment = experiments.create(Experiment.start(v1, v2, 0.1))
+    assert manager.refresh()
+    assert [(a.name, a.model.version, a.weight) for a in manager.state.arms] == [
+        (CHAMPION, v1, pytest.approx(0.9)), (CHALLENGER, v2, 0.1)]
+
+    experiment = experiments.update(experiment.record("ramp", 0.2, "won the first week"))
+    assert manager.refresh()
+    assert manager.state.weights[CHALLENGER] == 0.2
+
+    experiments.update(experiment.record("stop", 0.0, "regression"))
+    assert manager.refresh()
+    assert [(a.name, a.model.version) for a in manager.state.arms] == [(CHAMPION, v1)]
+
+
+def test_settings_default_to_the_store_experiments(tmp_path):
+    settings = ServingSettings(store=str(tmp_path))
+    assert settings.experiments_uri() == f"sqlite://{tmp_path / 'experiments.db'}"
+    assert ServingSettings(store="s3://bucket/x", registry="sagemaker://g").experiments_uri() is None
