@@ -32,6 +32,12 @@ setup(
             "moto[server]>=5.0.20,<6",
             "httpx>=0.27,<1",
             "cfn-lint>=1.58,<2",
+            # tests/notebooks: execute every notebook top to bottom on the .venv's own kernel
+            "nbclient>=0.10,<0.12",
+            "nbformat>=5.10,<6",
+            "ipykernel>=6.29,<8",
+            # bench/quality.py and tests/evaluation: the ALS/BPR baselines (never imported at run time)
+            "implicit>=0.7.2,<0.8",
         ],
     },
     entry_points={"console_scripts": ["appsim=pipelines.cli:main"]},

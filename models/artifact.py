@@ -7,7 +7,9 @@ A folder (``model.tar.gz`` when shipped; SageMaker extracts it to ``/opt/ml/mode
   parameters, seed, code version, and the sha256 of every other file;
 - ``app_ids.json``: the app ids, row i of the embeddings is app i;
 - ``embeddings.npy``: float32, L2-normalised rows (loaded with ``allow_pickle=False``);
-- ``index.faiss``: the FAISS index over the embeddings (inner product = cosine);
+- ``index.faiss``: the FAISS inner-product index searched with the embeddings; it holds each
+  app's unit-norm item vector, which is the embedding itself for a symmetric (cosine) model and
+  the asymmetric inner-product form for the trainer's (models/embedding.py);
 - ``encoder.json`` + ``encoder_weights.npy``: the metadata encoder for cold start
   (vocabulary and the projection from metadata tokens to the embedding space);
 - ``app_stats.parquet``: per-app performance statistics (impressions, clicks, conversions,

@@ -51,9 +51,12 @@ def choose_index_type(n_vectors: int, index_type: str, exact_max_apps: int) -> s
     return "flat" if n_vectors <= exact_max_apps else "ivf"
 
 
-def exact_neighbors(embeddings: np.ndarray, query_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    exact = faiss.IndexFlatIP(embeddings.shape[1])
-    exact.add(embeddings)
+def exact_neighbors(embeddings: np.ndarray, query_rows: np.ndarray, k: int,
+                    item_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-(k + 1) of ``embeddings[query_rows]`` among ``item_vectors`` (default: the embeddings)."""
+    indexed = embeddings if item_vectors is None else item_vectors
+    exact = faiss.IndexFlatIP(indexed.shape[1])
+    exact.add(indexed)
     return exact.search(embeddings[query_rows], k + 1)
 
 
@@ -76,9 +79,18 @@ def recall_vs_exact(index: faiss.Index, embeddings: np.ndarray, query_rows: np.n
 
 
 def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_apps: int = 100_000, seed: int = 42,
-                recall_queries: int = RECALL_QUERIES, progress: Progress | None = None) -> tuple[faiss.Index, dict[str, Any]]:
-    """A FAISS inner-product index over ``embeddings`` and a record of what was built and how well it does."""
+                recall_queries: int = RECALL_QUERIES, progress: Progress | None = None,
+                item_vectors: np.ndarray | None = None) -> tuple[faiss.Index, dict[str, Any]]:
+    """A FAISS inner-product index and a record of what was built and how well it does.
+
+    The index holds ``item_vectors`` (row i = app i) when given, else the embeddings themselves; the
+    embeddings are the queries (an asymmetric model, models/embedding.py, searches with one and
+    indexes the other). Recall is measured with the embeddings as queries either way.
+    """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    indexed = embeddings if item_vectors is None else np.ascontiguousarray(item_vectors, dtype=np.float32)
+    if indexed.shape != embeddings.shape:
+        raise IndexConfigError(f"item vectors {indexed.shape} and embeddings {embeddings.shape} must have the same shape")
     n_vectors, dim = embeddings.shape
     if n_vectors < 2:
         raise IndexConfigError(f"an index needs at least 2 apps to find neighbours, got {n_vectors}")
@@ -88,12 +100,12 @@ def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_apps
     params: dict[str, Any]
     if chosen == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
-        index.add(embeddings)
+        index.add(indexed)
         params = {}
     elif chosen == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.add(embeddings)
+        index.add(indexed)
         index.hnsw.efSearch = HNSW_EF_SEARCH
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     else:
@@ -101,8 +113,8 @@ def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_apps
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(embeddings)
-        index.add(embeddings)
+        index.train(indexed)
+        index.add(indexed)
         index.nprobe = min(IVF_NPROBE, nlist)
         params = {"nlist": nlist}
     build_seconds = time.perf_counter() - started
@@ -112,7 +124,7 @@ def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_apps
     else:
         rng = np.random.default_rng(seed)
         query_rows = np.sort(rng.choice(n_vectors, size=min(recall_queries, n_vectors), replace=False))
-        exact = exact_neighbors(embeddings, query_rows, min(RECALL_K, n_vectors - 1))
+        exact = exact_neighbors(embeddings, query_rows, min(RECALL_K, n_vectors - 1), indexed)
         recall = recall_vs_exact(index, embeddings, query_rows, exact, min(RECALL_K, n_vectors - 1))
         # Widen the search until the target recall is met or the search is exhaustive.
         while recall < RECALL_TARGET:

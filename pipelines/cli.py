@@ -111,6 +111,7 @@ def retrain(store: str | None, config_path: str | None, params: tuple[str, ...],
     click.echo(f"decision: {result['decision']}  ->  version {result['version']} registered as {result['status']}")
     click.echo(f"why: {result['decision_reason']}")
     click.echo(f"run: {record.run_id}   report: {result['evaluation_uri']}")
+    click.echo(f"html report: {_html_report_uri(result['evaluation_uri'])}")
 
 
 # --- registry -----------------------------------------------------------------------------
@@ -210,8 +211,12 @@ def runs_list(store: str | None, config_path: str | None, as_json: bool) -> None
 @store_option
 @config_option
 @click.option("--json", "as_json", is_flag=True)
-def runs_show(run_id: str, store: str | None, config_path: str | None, as_json: bool) -> None:
+@click.option("--open", "open_report", is_flag=True, help="Print the path of the run's report.html and open it in a browser.")
+def runs_show(run_id: str, store: str | None, config_path: str | None, as_json: bool, open_report: bool) -> None:
     record = load_run(_config(config_path, store).store, run_id)
+    if open_report:
+        _open_report(record.result.get("evaluation_uri") if record.result else None, run_id)
+        return
     if as_json:
         _dump(record.to_dict())
         return
@@ -221,6 +226,24 @@ def runs_show(run_id: str, store: str | None, config_path: str | None, as_json: 
     if record.result:
         click.echo(f"decision: {record.result['decision']} -> version {record.result['version']}: {record.result['decision_reason']}")
         click.echo(f"report: {record.result['evaluation_uri']}")
+        click.echo(f"html report: {_html_report_uri(record.result['evaluation_uri'])} (open it: --open)")
+
+
+def _html_report_uri(evaluation_uri: str) -> str:
+    from evaluation.report import REPORT
+
+    return evaluation_uri.rsplit("/", 1)[0] + "/" + REPORT
+
+
+def _open_report(evaluation_uri: str | None, run_id: str) -> None:
+    import webbrowser
+
+    if not evaluation_uri:
+        raise click.ClickException(f"run {run_id} has no evaluation (it failed or has not reached EvaluateCandidate)")
+    uri = _html_report_uri(evaluation_uri)
+    click.echo(uri)
+    if uri.startswith("file://"):
+        webbrowser.open(uri)  # a no-op without a browser (e.g. over ssh): the printed path is the answer
 
 
 # --- command groups are attached below (one line each) -----------------------------------

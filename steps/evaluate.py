@@ -17,29 +17,66 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluation import baselines, report
 from evaluation import compare as cmp
+from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
 from models import dataset, storage
 from models.artifact import TARBALL, ModelArtifact
 from models.predictor import Predictor
 from models.registry import ModelVersion, open_registry
+from models.storage import StorageError
+from steps.train import read_catalog
 
-REPORT = "evaluation.json"
+REPORT = "evaluation.json"  # report.html (evaluation/report.py) is written beside it
 
 
-def score_model(queries: HoldoutQueries, artifact: ModelArtifact, observed: pd.Series, *, catalog_size: int) -> cmp.RankerScores:
-    """A model's top-10 neighbours for every query and its CTR predictions for the observed holdout apps."""
-    predictor = Predictor(artifact)
+def model_rankings(queries: HoldoutQueries, predictor: Predictor, k: int) -> np.ndarray:
+    """A model's top-k neighbours for every query (positions into its app ids)."""
     # Many users share query apps: search each distinct app once.
     distinct, inverse = np.unique(queries.query_items, return_inverse=True)
-    neighbours, _ = predictor.similar_many([queries.app_ids[i] for i in distinct], cmp.K)
+    neighbours, _ = predictor.similar_many([queries.app_ids[i] for i in distinct], k)
+    return neighbours[inverse]
+
+
+def score_model(queries: HoldoutQueries, artifact: ModelArtifact, observed: pd.Series, *, catalog_size: int,
+                rankings: np.ndarray | None = None) -> cmp.RankerScores:
+    """A model's top-10 neighbours for every query (the first 10 columns of ``rankings`` when given) and its
+    CTR predictions for the observed holdout apps."""
+    predictor = Predictor(artifact)
+    rankings = model_rankings(queries, predictor, cmp.K) if rankings is None else rankings[:, : cmp.K]
     known = [app_id for app_id in observed.index if app_id in artifact.positions]
     predicted = pd.Series(predictor.global_ctr, index=observed.index)  # an unknown app gets the model's average
     predicted[known] = [p.ctr for p in predictor.predict_many(known, cmp.K)]
     return cmp.score_rankings(
-        queries, neighbours[inverse], artifact.app_ids, catalog_size=catalog_size,
+        queries, rankings, artifact.app_ids, catalog_size=catalog_size,
         ctr_predicted=predicted.to_numpy(), ctr_observed=observed.to_numpy(),
     )
+
+
+def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries,
+                      models: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int) -> str:
+    """``report.html`` beside evaluation.json: the models' and the baselines' recall curves and segments."""
+    notes = []
+    catalog = None
+    manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
+    manifest = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else {}
+    catalog_uri = (manifest.get("inputs") or {}).get("catalog_uri")
+    try:
+        if not catalog_uri:
+            raise FileNotFoundError(f"{manifest_uri} names no catalog")
+        catalog = read_catalog(catalog_uri)
+    except (FileNotFoundError, StorageError) as error:
+        notes.append(f"the catalog could not be read ({error}): no content-only baseline, no category/region segments")
+    query_apps = queries.query_app_ids
+    rankings = [*models, baselines.popularity(train_interactions, query_apps, report.CURVE_K),
+                baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
+    if catalog is not None:
+        rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed))
+    page = report.build(evaluation, queries, rankings, report.query_segments(queries, train_interactions, catalog), notes)
+    uri = storage.join(output_uri, report.REPORT)
+    storage.write_bytes(uri, page.encode("utf-8"))
+    return uri
 
 
 def score_popularity(queries: HoldoutQueries, train_interactions: pd.DataFrame, train_app_stats: pd.DataFrame,
@@ -78,17 +115,24 @@ def run(
     candidate_artifact = ModelArtifact.load_uri(candidate_uri)
     # One catalog size for every ranker, so coverage figures are comparable.
     catalog_size = len(candidate_artifact.app_ids)
-    candidate = score_model(queries, candidate_artifact, observed, catalog_size=catalog_size)
+    # Top-50 lists for the report's recall@k curves; the metrics and the gate use their first 10 columns.
+    models = [Ranking("candidate", model_rankings(queries, Predictor(candidate_artifact), report.CURVE_K),
+                      candidate_artifact.app_ids)]
+    candidate = score_model(queries, candidate_artifact, observed, catalog_size=catalog_size, rankings=models[0].rankings)
+    train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
     baseline = score_popularity(
         queries,
-        dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS),
+        train_interactions,
         dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS),
         observed,
         catalog_size=catalog_size,
     )
     champion_scores = None
     if champion is not None:
-        champion_scores = score_model(queries, ModelArtifact.load_uri(champion.artifact_uri), observed, catalog_size=catalog_size)
+        champion_artifact = ModelArtifact.load_uri(champion.artifact_uri)
+        models.append(Ranking(f"champion v{champion.version}", model_rankings(queries, Predictor(champion_artifact), report.CURVE_K),
+                              champion_artifact.app_ids))
+        champion_scores = score_model(queries, champion_artifact, observed, catalog_size=catalog_size, rankings=models[1].rankings)
 
     reference, against, label = (
         (champion_scores, "champion", f"champion v{champion.version}")
@@ -98,7 +142,7 @@ def run(
     comparison = cmp.compare(candidate, reference, samples=bootstrap_samples, seed=seed)
     improved = cmp.is_improved(comparison, min_relative_improvement)
     summary = cmp.summarize(candidate, samples=bootstrap_samples, seed=seed)
-    report = {
+    evaluation = {
         "candidate": _metrics(candidate),
         "champion": _metrics(champion_scores) if champion_scores is not None else None,
         "baseline": {"name": "popularity", **_metrics(baseline)},
@@ -123,8 +167,10 @@ def run(
             for name, entry in summary.items()
         },
     }
-    storage.write_json(storage.join(output_uri, REPORT), report)
-    return report
+    storage.write_json(storage.join(output_uri, REPORT), evaluation)
+    write_html_report(output_uri, prepared_uri, evaluation, queries, models, train_interactions,
+                      candidate_artifact.dim, seed)
+    return evaluation
 
 
 def _model_uri(path: str) -> str:
@@ -144,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--approval-status", default="Approved", choices=("Approved", "PendingManualApproval"))
     args = parser.parse_args(argv)
     champion = open_registry(args.registry).champion() if args.registry else None
-    report = run(
+    evaluation = run(
         storage.normalize(args.prepared), _model_uri(args.model), storage.normalize(args.output),
         champion=champion, min_relative_improvement=args.min_relative_improvement,
         bootstrap_samples=args.bootstrap_samples, seed=args.seed, approval_status=args.approval_status,
     )
-    print(f"EvaluateCandidate: {report['decision']}: {report['decision_reason']}", file=sys.stderr)
+    print(f"EvaluateCandidate: {evaluation['decision']}: {evaluation['decision_reason']}", file=sys.stderr)
     return 0
 
 

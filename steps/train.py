@@ -98,7 +98,8 @@ def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, s
 
     params = EmbeddingParams(embedding_dim=embedding_dim, seed=seed)
     trained = train_embeddings(catalog, interactions, params, progress)
-    index, index_info = build_index(trained.embeddings, index_type, exact_index_max_apps, seed, progress=progress)
+    index, index_info = build_index(trained.embeddings, index_type, exact_index_max_apps, seed, progress=progress,
+                                   item_vectors=trained.item_vectors)
 
     in_catalog = app_stats["app_id"].astype(str).isin(set(trained.app_ids))
     stats = app_stats.loc[in_catalog].assign(app_id=lambda f: f["app_id"].astype(str)).sort_values("app_id")

@@ -31,8 +31,8 @@ def test_round_trip_through_a_tarball_keeps_everything(artifact, tmp_path):
     assert np.array_equal(loaded.encoder_weights, artifact.encoder_weights)
     assert loaded.encoder == json.loads(json.dumps(artifact.encoder))
     assert loaded.app_stats.equals(artifact.app_stats.reset_index(drop=True))
-    _, ids = loaded.index.search(loaded.embeddings[:3], 1)
-    assert list(ids[:, 0]) == [0, 1, 2]
+    # The loaded index answers exactly as the trained one (it holds item vectors, not necessarily the embeddings).
+    assert np.array_equal(loaded.index.search(loaded.embeddings, 5)[1], artifact.index.search(artifact.embeddings, 5)[1])
     assert loaded.checksum == loaded.manifest["files"][EMBEDDINGS]
     # The tarball is deterministic: saving again gives the same bytes.
     again = artifact.save_tarball(storage.normalize(tmp_path / "again.tar.gz"))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from models.embedding import (EmbeddingParams, TrainingDataError, interaction_matrix, randomized_svd,
-                              train_embeddings)
+from models.embedding import (EmbeddingParams, TrainingDataError, asymmetric_vectors, interaction_matrix,
+                              normalize_degrees, randomized_svd, train_embeddings)
 from tests.models.coengagement_world import cluster_of, make_world
 
 PARAMS = EmbeddingParams(embedding_dim=16, seed=3)
@@ -126,3 +126,43 @@ def test_randomized_svd_matches_the_exact_decomposition():
     # A matrix of lower rank than asked gives only the vectors it has.
     rank_two = sparse.csr_matrix(np.outer(np.arange(1, 31), np.ones(10)) + np.outer(np.ones(30), np.arange(10)))
     assert len(randomized_svd(rank_two, rank=8, seed=1)[0]) == 2
+
+
+def test_query_and_item_vectors_rank_by_the_inner_product_of_the_factors():
+    rng = np.random.default_rng(2)
+    factors = rng.standard_normal((30, 5)) * rng.uniform(0.05, 2.0, (30, 1))
+    factors[7] = 0.0  # an app with no factor at all
+    queries, items = asymmetric_vectors(factors)
+    assert np.allclose(np.linalg.norm(items, axis=1), 1.0)
+    assert np.allclose(np.linalg.norm(np.delete(queries, 7, axis=0), axis=1), 1.0) and not queries[7].any()
+    assert (queries[:, -1] == 0).all()
+    scores, inner = queries @ items.T, factors @ factors.T
+    for row in np.delete(np.arange(30), 7):
+        assert np.argsort(-scores[row], kind="stable").tolist() == np.argsort(-inner[row], kind="stable").tolist()
+
+
+def test_index_vectors_are_unit_and_cold_apps_embed_as_serving_embeds_them(world, trained):
+    catalog, _, _ = world
+    assert trained.item_vectors.shape == trained.embeddings.shape and trained.item_vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(trained.item_vectors, axis=1), 1.0, atol=1e-5)
+    cold = np.flatnonzero(trained.engaged_users == 0)
+    rows = catalog.set_index("app_id").loc[[trained.app_ids[i] for i in cold]].reset_index()
+    # Serving embeds a new app with the stored encoder: it must land where training put the cold apps.
+    assert np.allclose(trained.encoder.embed(rows), trained.embeddings[cold], atol=1e-5)
+
+
+def test_a_one_dimensional_embedding_is_refused(world):
+    catalog, train, _ = world
+    with pytest.raises(TrainingDataError, match="embedding_dim must be at least 2"):
+        train_embeddings(catalog, train, EmbeddingParams(embedding_dim=1))
+
+
+def test_degree_normalisation_adds_the_regularisation_to_every_nonzero_degree():
+    matrix = sparse.csr_matrix(np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    users, apps = np.array([3.0, 3.0]), np.array([1.0, 5.0])  # nonzero degrees; mean 3 and 3
+    tau = 0.5
+    expected = np.zeros((3, 3))
+    for (u, a), value in zip([(0, 0), (0, 1), (1, 1)], [1.0, 2.0, 3.0]):
+        expected[u, a] = value / np.sqrt(users[u] + tau * 3.0) / (apps[a] + tau * 3.0) ** 0.25
+    found = normalize_degrees(matrix, user_exponent=0.5, app_exponent=0.25, regularization=tau).toarray()
+    assert np.allclose(found, expected, rtol=1e-6)

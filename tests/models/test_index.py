@@ -86,3 +86,21 @@ def test_tied_duplicates_count_as_correct_neighbours():
 def test_an_index_needs_two_apps():
     with pytest.raises(IndexConfigError, match="at least 2"):
         build_index(np.ones((1, 4), dtype=np.float32))
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_an_asymmetric_model_indexes_item_vectors_and_measures_recall_with_its_queries(index_type):
+    from models.embedding import asymmetric_vectors
+
+    rng = np.random.default_rng(4)
+    factors = clustered_vectors(3000, dim=15) * rng.uniform(0.2, 1.0, (3000, 1))
+    queries, items = (v.astype(np.float32) for v in asymmetric_vectors(factors))
+    index, info = build_index(queries, index_type, exact_max_apps=100_000, seed=1, recall_queries=200, item_vectors=items)
+    assert index.ntotal == 3000 and info["recall_at_10_vs_exact"] >= 0.95
+    if index_type == "flat":  # exact: the query's top-5 by the inner product of the factors
+        _, found = index.search(queries[:50], 6)
+        inner = factors[:50] @ factors.T
+        for row in range(50):
+            assert set([j for j in np.argsort(-inner[row], kind="stable") if j != row][:5]) <= set(found[row].tolist())
+    with pytest.raises(IndexConfigError, match="same shape"):
+        build_index(queries, "flat", item_vectors=items[:10])

@@ -1,0 +1,193 @@
+"""Baseline rankers, scored by the same code as the candidate (``evaluation/compare.py``).
+
+Every baseline answers the evaluation's question, "which apps are most like query app q?", as
+a ``Ranking``: for each query app its top-k other apps (positions into the ranking's own app
+list, ``-1`` padding where it has nothing to offer, e.g. an app it never saw). That is the shape
+``compare.score_rankings`` takes, so a baseline and a model are scored on the same queries by the
+same metric code.
+
+- **popularity**: the most engaged apps for every query (``compare.popularity_rankings``).
+- **content-only**: metadata alone. The encoder's IDF-weighted token blocks
+  (``models/features.py``, without the bias) reduced by a truncated SVD (LSA) to the embedding
+  dimension, cosine neighbours. LSA rather than exact token cosine because an exact sparse
+  product over 200K catalogs costs ~10^10 operations; at the same dimension it is also the
+  like-for-like comparison for a cold app's metadata embedding.
+- **item-kNN**: cosine between apps' columns of the user x app engagement matrix (the one the
+  trainer builds), computed only for the query apps, in blocks, never as an app x app matrix.
+- **ALS / BPR**: the ``implicit`` library's models on the same matrix (confidence ``alpha * x``
+  for ALS), neighbours by cosine of item factors, as the library's ``similar_items`` does.
+  ``implicit`` is a dev/bench dependency only, imported when these run.
+- **oracle** (simulated data only): cosine of the simulator's ground-truth latent positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from evaluation.compare import popularity_rankings
+from evaluation.metrics import PADDING
+from models.embedding import interaction_matrix, randomized_svd
+from models.features import MetadataEncoder, l2_normalize, tokenize
+
+SEARCH_BATCH = 4096
+KNN_BATCH = 1024
+DEFAULT_CONVERSION_WEIGHT = 3.0
+
+
+class BaselineError(ValueError):
+    """A baseline that cannot be computed from what it was given."""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top-k lists for queries: ``rankings[i]`` are positions into ``app_ids`` (best first, -1 = padding)."""
+
+    name: str
+    rankings: np.ndarray
+    app_ids: list[str]
+
+
+def _distinct(query_app_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct query apps (sorted) and, per query, the position of its app among them: many users share query apps."""
+    distinct, inverse = np.unique(np.asarray(query_app_ids, dtype=object).astype(str), return_inverse=True)
+    return distinct.tolist(), inverse
+
+
+def embedding_rankings(name: str, app_ids: Sequence[str], embeddings: np.ndarray, query_app_ids: Sequence[str],
+                       k: int, item_vectors: np.ndarray | None = None) -> Ranking:
+    """Exact top-k neighbours (query excluded) of each query app; unknown query apps get padding.
+
+    Queries are rows of ``embeddings``, searched by inner product among ``item_vectors`` (default:
+    the embeddings, i.e. cosine). Rows are L2-normalised here (all-zero rows, e.g. apps a model
+    never saw, score 0 against everything).
+    """
+    app_ids = [str(a) for a in app_ids]
+    vectors = np.ascontiguousarray(l2_normalize(np.asarray(embeddings, dtype=np.float64)), dtype=np.float32)
+    indexed = vectors if item_vectors is None else \
+        np.ascontiguousarray(l2_normalize(np.asarray(item_vectors, dtype=np.float64)), dtype=np.float32)
+    if vectors.shape[0] != len(app_ids) or indexed.shape != vectors.shape:
+        raise BaselineError(f"{vectors.shape} embeddings and {indexed.shape} item vectors for {len(app_ids)} app ids")
+    distinct, inverse = _distinct(query_app_ids)
+    position = pd.Index(app_ids)
+    rows = position.get_indexer(distinct)
+    index = faiss.IndexFlatIP(indexed.shape[1])
+    index.add(indexed)
+    found = np.full((len(distinct), k), PADDING, dtype=np.int64)
+    known = np.flatnonzero(rows >= 0)
+    for start in range(0, known.size, SEARCH_BATCH):
+        batch = known[start : start + SEARCH_BATCH]
+        own = rows[batch]
+        _, neighbours = index.search(vectors[own], min(k + 1, len(app_ids)))
+        dropped = (neighbours == own[:, None]) | (neighbours < 0)
+        order = np.argsort(dropped, axis=1, kind="stable")[:, :k]
+        kept = np.where(np.take_along_axis(dropped, order, axis=1), PADDING, np.take_along_axis(neighbours, order, axis=1))
+        found[batch, : kept.shape[1]] = kept
+    return Ranking(name, found[inverse], app_ids)
+
+
+def popularity(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int) -> Ranking:
+    rankings, app_ids = popularity_rankings(train_interactions, query_app_ids, k)
+    return Ranking("popularity", rankings, app_ids)
+
+
+def content_embeddings(catalog: pd.DataFrame, dim: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Metadata-only app vectors: LSA of the encoder's IDF-weighted token blocks (catalog order)."""
+    if "app_id" not in catalog.columns:
+        raise BaselineError("the catalog has no app_id column")
+    tokens = tokenize(catalog)
+    features = MetadataEncoder.fit_vocabulary(tokens).features(tokens)[:, 1:]  # column 0 is the bias
+    values, vectors = randomized_svd(sparse.csr_matrix(features, dtype=np.float32), dim, seed)
+    embeddings = np.zeros((features.shape[0], dim))
+    embeddings[:, : len(values)] = features @ vectors
+    return catalog["app_id"].astype(str).tolist(), l2_normalize(embeddings)
+
+
+def content_only(catalog: pd.DataFrame, query_app_ids: Sequence[str], k: int, *, dim: int, seed: int) -> Ranking:
+    app_ids, embeddings = content_embeddings(catalog, dim, seed)
+    return embedding_rankings("content-only", app_ids, embeddings, query_app_ids, k)
+
+
+def _train_matrix(train_interactions: pd.DataFrame, conversion_weight: float) -> tuple[list[str], sparse.csr_matrix]:
+    """The trainer's user x app engagement matrix over the apps that have any train positive."""
+    positive = (train_interactions["clicks"] > 0) | (train_interactions["conversions"] > 0)
+    app_ids = sorted(train_interactions.loc[positive, "app_id"].astype(str).unique().tolist())
+    if not app_ids:
+        raise BaselineError("the train interactions hold no positive (click or conversion) to learn from")
+    return app_ids, interaction_matrix(train_interactions, app_ids, conversion_weight).matrix
+
+
+def _sparse_row_top_k(columns: np.ndarray, values: np.ndarray, k: int, exclude: int) -> np.ndarray:
+    """The k best positive entries of one sparse row (best first, ties by column), ``exclude`` left out."""
+    keep = (values > 0) & (columns != exclude)
+    columns, values = columns[keep], values[keep]
+    if columns.size > k:  # everything tied with the k-th value stays in, so the tie order below is exact
+        threshold = np.partition(values, columns.size - k)[columns.size - k]
+        columns, values = columns[values >= threshold], values[values >= threshold]
+    best = columns[np.lexsort((columns, -values))][:k]
+    return np.concatenate([best, np.full(k - best.size, PADDING, dtype=np.int64)])
+
+
+def item_knn(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int,
+             conversion_weight: float = DEFAULT_CONVERSION_WEIGHT) -> Ranking:
+    """Top-k apps by cosine of engagement columns; only apps sharing a user with the query can be ranked.
+
+    Similarities are sparse products of the query apps' columns with the matrix, a block of
+    queries at a time: the cost follows the co-engagement actually present, never apps x apps.
+    """
+    app_ids, matrix = _train_matrix(train_interactions, conversion_weight)
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel())
+    normalized = (matrix @ sparse.diags(1.0 / np.where(norms > 0, norms, 1.0))).astype(np.float32).tocsr()
+    by_app = normalized.T.tocsr()  # apps x users
+    distinct, inverse = _distinct(query_app_ids)
+    rows = pd.Index(app_ids).get_indexer(distinct)
+    found = np.full((len(distinct), k), PADDING, dtype=np.int64)
+    known = np.flatnonzero(rows >= 0)
+    for start in range(0, known.size, KNN_BATCH):
+        batch = known[start : start + KNN_BATCH]
+        similarity = (by_app[rows[batch]] @ normalized).tocsr()
+        for offset, query in enumerate(batch):
+            entries = slice(similarity.indptr[offset], similarity.indptr[offset + 1])
+            found[query] = _sparse_row_top_k(similarity.indices[entries].astype(np.int64), similarity.data[entries], k,
+                                             rows[query])
+    return Ranking("item-kNN", found[inverse], app_ids)
+
+
+def implicit_embeddings(train_interactions: pd.DataFrame, method: str, *, dim: int, seed: int,
+                        conversion_weight: float = DEFAULT_CONVERSION_WEIGHT, alpha: float = 10.0,
+                        regularization: float = 0.05, iterations: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Item factors of ``implicit``'s ALS (``method="als"``) or BPR (``"bpr"``) on the engagement matrix."""
+    from threadpoolctl import threadpool_limits  # implicit's advice: one BLAS thread, its own threads do the work
+
+    app_ids, matrix = _train_matrix(train_interactions, conversion_weight)
+    with threadpool_limits(1, "blas"):
+        if method == "als":
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            model = AlternatingLeastSquares(factors=dim, regularization=regularization, alpha=alpha,
+                                            iterations=iterations or 15, random_state=seed)
+        elif method == "bpr":
+            from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+            model = BayesianPersonalizedRanking(factors=dim, learning_rate=0.05, regularization=0.01,
+                                                iterations=iterations or 100, random_state=seed)
+        else:
+            raise BaselineError(f"implicit method '{method}' is not one of als, bpr")
+        model.fit(matrix, show_progress=False)
+    return app_ids, np.asarray(model.item_factors, dtype=np.float64)
+
+
+def implicit_model(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int, method: str, *,
+                   dim: int, seed: int, **options: float) -> Ranking:
+    app_ids, factors = implicit_embeddings(train_interactions, method, dim=dim, seed=seed, **options)
+    return embedding_rankings(f"implicit {method.upper()}", app_ids, factors, query_app_ids, k)
+
+
+def oracle(app_ids: Sequence[str], latent_positions: np.ndarray, query_app_ids: Sequence[str], k: int) -> Ranking:
+    """Ground-truth neighbours: cosine of the simulator's latent app positions (``ground_truth/apps.parquet``)."""
+    return embedding_rankings("oracle", app_ids, latent_positions, query_app_ids, k)

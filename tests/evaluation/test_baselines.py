@@ -1,0 +1,148 @@
+"""Baseline rankers: each checked against an independent brute-force computation on small data, and
+scored through the same code as the candidate (compare.score_rankings)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation import baselines
+from evaluation.compare import score_rankings
+from evaluation.holdout import build_queries
+from evaluation.metrics import PADDING
+from models import dataset
+from models.embedding import asymmetric_vectors, interaction_matrix
+from tests.models.coengagement_world import cluster_of, make_world
+
+T = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    return pd.DataFrame([{"user_id": u, "app_id": a, "clicks": c, "conversions": 0, "first_ts": T, "last_ts": T}
+                         for u, a, c in rows], columns=list(dataset.INTERACTION_COLUMNS))
+
+
+def brute_force_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row: columns by descending score, ties by column, -inf entries never listed (padding)."""
+    out = np.full((scores.shape[0], k), PADDING)
+    for row, values in enumerate(scores):
+        order = sorted((c for c in range(len(values)) if np.isfinite(values[c])), key=lambda c: (-values[c], c))[:k]
+        out[row, : len(order)] = order
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(warm_per_cluster=20, cold_per_cluster=3, users=300, seed=4)
+
+
+def test_item_knn_is_cosine_of_engagement_columns_query_excluded_unknown_padded():
+    train = interactions([("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 1), ("u2", "c", 1), ("u3", "b", 1),
+                          ("u3", "c", 3), ("u4", "d", 1)])
+    ranking = baselines.item_knn(train, ["a", "a", "d", "zz"], k=3)
+    assert ranking.app_ids == ["a", "b", "c", "d"]
+    matrix = interaction_matrix(train, ranking.app_ids, 3.0).matrix.toarray()
+    unit = matrix / np.linalg.norm(matrix, axis=0)
+    cosine = unit.T @ unit
+    cosine[cosine <= 0] = -np.inf
+    np.fill_diagonal(cosine, -np.inf)
+    expected = brute_force_top(cosine, 3)
+    assert ranking.rankings[0].tolist() == ranking.rankings[1].tolist() == expected[0].tolist()
+    # d shares no user with anyone: nothing to recommend; an unknown app gets padding too.
+    assert ranking.rankings[2].tolist() == ranking.rankings[3].tolist() == [PADDING] * 3
+
+
+def test_item_knn_agrees_with_brute_force_on_random_data():
+    rng = np.random.default_rng(3)
+    rows = [(f"u{u}", f"app{a:02d}", int(rng.integers(1, 4))) for u in range(60) for a in rng.choice(25, 4, replace=False)]
+    train = interactions(rows)
+    apps = sorted({a for _, a, _ in rows})
+    ranking = baselines.item_knn(train, apps, k=5)
+    matrix = interaction_matrix(train, apps, 3.0).matrix.toarray().astype(np.float64)
+    unit = matrix / np.linalg.norm(matrix, axis=0)
+    cosine = (unit.T @ unit).astype(np.float32)
+    cosine[cosine <= 0] = -np.inf
+    np.fill_diagonal(cosine, -np.inf)
+    expected = brute_force_top(cosine, 5)
+    # float32 ties may order differently: compare the scores at each position instead of the ids.
+    found_scores = np.take_along_axis(cosine, np.where(ranking.rankings >= 0, ranking.rankings, 0), axis=1)
+    expected_scores = np.take_along_axis(cosine, np.where(expected >= 0, expected, 0), axis=1)
+    assert np.allclose(found_scores, expected_scores, atol=1e-5)
+
+
+def test_embedding_rankings_search_items_by_inner_product_with_the_query_excluded():
+    rng = np.random.default_rng(8)
+    factors = rng.standard_normal((40, 6)) * rng.uniform(0.1, 3.0, (40, 1))  # very different norms
+    ids = [f"app{i:02d}" for i in range(40)]
+    queries, items = asymmetric_vectors(factors)
+    ranking = baselines.embedding_rankings("mips", ids, queries, ids, k=5, item_vectors=items)
+    inner = factors @ factors.T
+    np.fill_diagonal(inner, -np.inf)
+    assert ranking.rankings.tolist() == brute_force_top(inner, 5).tolist()
+    # Without item vectors it is cosine, which orders differently when norms differ.
+    cosine = baselines.embedding_rankings("cos", ids, factors, ids, k=5)
+    unit = factors / np.linalg.norm(factors, axis=1, keepdims=True)
+    expected_cosine = unit @ unit.T
+    np.fill_diagonal(expected_cosine, -np.inf)
+    assert cosine.rankings.tolist() == brute_force_top(expected_cosine, 5).tolist()
+    assert cosine.rankings.tolist() != ranking.rankings.tolist()
+
+
+def test_content_only_finds_same_category_apps_from_metadata_alone(world):
+    catalog, _, _ = world
+    ids = catalog["app_id"].tolist()
+    ranking = baselines.content_only(catalog, ids, k=5, dim=8, seed=1)
+    clusters = np.array([cluster_of(a) for a in ranking.app_ids])
+    same = clusters[ranking.rankings] == np.array([cluster_of(a) for a in ids])[:, None]
+    assert same.mean() > 0.8  # four categories: chance is 0.25
+    app_ids, vectors = baselines.content_embeddings(catalog, dim=8, seed=1)
+    assert app_ids == ids and vectors.shape == (len(ids), 8)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+
+
+def test_popularity_is_the_pipeline_baseline():
+    train = interactions([("u1", "a", 1), ("u2", "a", 1), ("u3", "a", 1), ("u1", "b", 1), ("u2", "b", 1), ("u1", "c", 1)])
+    ranking = baselines.popularity(train, ["a", "c"], k=2)
+    names = [[ranking.app_ids[i] for i in row] for row in ranking.rankings]
+    assert names == [["b", "c"], ["a", "b"]]
+
+
+def test_oracle_ranks_by_latent_cosine():
+    latent = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    ranking = baselines.oracle(["w", "x", "y", "z"], latent, ["w", "y"], k=1)
+    assert [[ranking.app_ids[i] for i in row] for row in ranking.rankings] == [["x"], ["z"]]
+
+
+@pytest.mark.parametrize("method", ["als", "bpr"])
+def test_implicit_models_learn_the_clusters(world, method):
+    pytest.importorskip("implicit")
+    _, train, _ = world
+    ids, factors = baselines.implicit_embeddings(train, method, dim=8, seed=1,
+                                                 **({"iterations": 300} if method == "bpr" else {}))
+    assert ids == sorted(train["app_id"].unique()) and factors.shape[0] == len(ids)
+    ranking = baselines.embedding_rankings(method, ids, factors, ids, k=5)
+    clusters = np.array([cluster_of(a) for a in ids])
+    assert (clusters[ranking.rankings] == clusters[:, None]).mean() > 0.5  # chance is 0.25
+
+
+def test_a_baseline_is_scored_by_the_same_code_as_a_model():
+    holdout = interactions([("h1", "a", 1), ("h1", "b", 1), ("h2", "c", 1), ("h2", "a", 1)])
+    queries = build_queries(holdout, seed=0)
+    train = interactions([("u1", "a", 1), ("u1", "b", 1), ("u2", "b", 1), ("u2", "c", 1)])
+    ranking = baselines.item_knn(train, queries.query_app_ids, k=10)
+    scores = score_rankings(queries, ranking.rankings, ranking.app_ids, catalog_size=3,
+                            ctr_predicted=np.zeros(0), ctr_observed=np.zeros(0)).metrics()
+    # h1: a -> b (hit), b -> a (hit); h2: a -> b only (miss c), c -> b only (miss a): users 1.0 and 0.0.
+    assert scores["recall_at_10"] == pytest.approx(0.5)
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(baselines.BaselineError, match="no positive"):
+        baselines.item_knn(interactions([("u1", "a", 0)]), ["a"], k=3)
+    with pytest.raises(baselines.BaselineError, match="not one of als, bpr"):
+        baselines.implicit_embeddings(interactions([("u1", "a", 1), ("u1", "b", 1)]), "svd", dim=2, seed=0)
+    with pytest.raises(baselines.BaselineError, match="app ids"):
+        baselines.embedding_rankings("x", ["a"], np.ones((2, 3)), ["a"], k=1)
