@@ -33,6 +33,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.sqlite_file import SQLiteFile
 from models import storage
 
 ExperimentStatus = Literal["active", "completed", "stopped"]
@@ -205,22 +206,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_active_experiment ON experiments (status) 
 """
 
 
-class SQLiteExperiments(ExperimentStore):
+class SQLiteExperiments(SQLiteFile, ExperimentStore):
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.uri = f"sqlite://{self.path}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            yield conn
-        finally:
-            conn.close()
+        SQLiteFile.__init__(self, path, _SCHEMA)
 
     def create(self, experiment: Experiment) -> Experiment:
         saved = experiment.model_copy(update={"revision": 1})

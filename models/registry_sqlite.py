@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from models.sqlite_file import SQLiteFile
 from models.registry import ModelVersion, Registry, Status, VersionNotFound, check_status
 
 _SCHEMA = """
@@ -30,22 +31,9 @@ CREATE TABLE IF NOT EXISTS model_versions (
 """
 
 
-class SQLiteRegistry(Registry):
+class SQLiteRegistry(SQLiteFile, Registry):
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.uri = f"sqlite://{self.path}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            yield conn
-        finally:
-            conn.close()
+        SQLiteFile.__init__(self, path, _SCHEMA)
 
     @staticmethod
     def _row(row: tuple) -> ModelVersion:
