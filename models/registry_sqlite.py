@@ -8,11 +8,9 @@ the same number.
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from models.sqlite_file import SQLiteFile
 from models.registry import ModelVersion, Registry, Status, VersionNotFound, check_status
