@@ -24,7 +24,10 @@ setup(
     ],
     extras_require={
         # The SageMaker SDK is imported only by the pipeline builder (pipelines/sagemaker_pipeline.py).
-        "aws": ["sagemaker==3.27.0", "boto3>=1.34,<2", "s3fs>=2024.6"],
+        # s3fs's aiobotocore pins botocore to a narrow window, and sagemaker-mlops pulls pyiceberg[glue] (boto3
+        # again): with open ranges pip backtracks through s3fs, boto3 and pyiceberg releases for over 15 minutes
+        # on a fresh machine. These are the versions that resolve together (checked with `uv pip compile`).
+        "aws": ["sagemaker==3.27.0", "boto3==1.43.117", "s3fs==2026.9.0", "pyiceberg>=0.12,<0.13"],
         "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.30,<1", "prometheus-client>=0.20,<1"],
         "dev": [
             "pytest>=8,<10",
