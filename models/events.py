@@ -86,6 +86,21 @@ class PredictionEvent(_EventBase):
     predicted_ctr: float | None = None
 
 
+def prediction_record(*, event_id: str, ts: datetime, request_id: str, partner_id: str, app_id: str,
+                      model_version: int, arm: str, neighbors: list[str], scores: list[float],
+                      predicted_ctr: float | None = None) -> dict:
+    """A prediction event as the JSON-ready dict ``PredictionEvent(...).to_json_dict()`` gives, without validating.
+
+    Serving logs one per answer from values it made itself; building and dumping a pydantic model
+    for each cost more than the rest of the logging. tests/models/test_events.py checks that the two
+    agree and that the record parses back as a PredictionEvent.
+    """
+    return {"event_id": event_id, "ts": ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "schema_version": SCHEMA_VERSION, "event_type": "prediction", "request_id": request_id,
+            "partner_id": partner_id, "app_id": app_id, "model_version": model_version, "arm": arm,
+            "neighbors": neighbors, "scores": scores, "predicted_ctr": predicted_ctr}
+
+
 class ClickEvent(_EventBase):
     """An ad impression and its outcome."""
 

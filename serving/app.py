@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from models.events import InvalidEvent, PredictionEvent, validate_event
+from models.events import InvalidEvent, prediction_record, validate_event
 from models.features import MetadataError
 from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
 from serving.batcher import EventBatcher, SpillDir
@@ -155,7 +155,7 @@ class Services:
                        neighbors: list[Neighbor], predicted_ctr: float | None = None) -> None:
         if self.batcher is None:
             return
-        self.batcher.submit(PredictionEvent(
+        self.batcher.submit(prediction_record(
             event_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), request_id=request_id, partner_id=partner_id,
             app_id=app_id, model_version=arm.model.version, arm=arm.name,
             neighbors=[n.app_id for n in neighbors], scores=[n.score for n in neighbors], predicted_ctr=predicted_ctr,

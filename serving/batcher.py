@@ -1,7 +1,7 @@
 """The background event batcher: requests hand events over, a thread delivers them in batches.
 
-A request only does ``submit`` (a non-blocking put on a bounded queue); serialisation and
-delivery happen on the batcher's thread, never on the response path. When the queue is full
+A request only does ``submit`` (an append to a bounded deque); serialisation and delivery
+happen on the batcher's thread, never on the response path. When the queue is full
 the event is dropped and counted (a slow sink must not slow answers down). A batch the sink
 refuses is spilled to a local folder and replayed once the sink takes writes again; spills
 left by a previous process are replayed at start. ``close`` (the server's shutdown, on
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,7 +27,6 @@ from serving.sinks import FeedbackSink, encode_lines
 
 log = logging.getLogger("appsim.serving.batcher")
 
-_STOP = object()
 SPILL_SUFFIX = ".jsonl"
 
 
@@ -96,17 +95,26 @@ def _json_ready(event: BaseModel | dict) -> dict:
 
 
 class EventBatcher:
+    """Requests append to a deque (atomic under the GIL: no lock, no thread wake-up per event);
+    the delivery thread wakes every ``flush_seconds``, or as soon as a full batch is waiting.
+
+    A ``queue.Queue`` here cost a fifth of a /similar request's CPU: every put notified the
+    waiting thread, which took the GIL from the event loop once per event.
+    """
+
     def __init__(self, sink: FeedbackSink, spill: SpillDir, *, max_queue: int = 10_000, max_batch: int = 500,
                  flush_seconds: float = 1.0, replay_seconds: float = 10.0,
                  clock: Callable[[], float] = time.monotonic):
         self.sink = sink
         self.spill = spill
+        self.max_queue = max_queue
         self.max_batch = max_batch
         self.flush_seconds = flush_seconds
         self.replay_seconds = replay_seconds
         self.clock = clock
         self.stats = BatcherStats()
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._pending: deque = deque()
+        self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="appsim-event-batcher", daemon=True)
 
@@ -117,23 +125,21 @@ class EventBatcher:
 
     def submit(self, event: BaseModel | dict) -> bool:
         """Queue one event (an Event model or a JSON-ready dict); False when it was dropped."""
-        if self._closed:
+        if self._closed or len(self._pending) >= self.max_queue:
             self.stats.dropped += 1
             return False
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.stats.dropped += 1
-            return False
+        self._pending.append(event)
         self.stats.submitted += 1
+        if len(self._pending) >= self.max_batch and not self._wake.is_set():
+            self._wake.set()
         return True
 
     def has_room(self, count: int) -> bool:
-        return self._queue.maxsize - self._queue.qsize() >= count
+        return self.max_queue - len(self._pending) >= count
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
 
     def close(self, timeout: float = 60.0) -> None:
         """Flush: deliver (or spill) everything queued, try the spill once more, close the sink."""
@@ -141,61 +147,37 @@ class EventBatcher:
             return
         self._closed = True
         if self._thread.is_alive():
-            self._queue.put(_STOP, timeout=timeout)
+            self._wake.set()
             self._thread.join(timeout)
-        else:  # never started: deliver on this thread
-            self._drain_remaining()
-            self.sink.close()
+        # Whatever a request appended while the thread was finishing (or everything, if it never started).
+        self._drain_remaining()
+        self.sink.close()
 
     # -- delivery thread ---------------------------------------------------------------
     def _run(self) -> None:
         next_replay = 0.0  # replay what a previous process spilled, right away
-        stopping = False
-        while not stopping:
-            batch, stopping = self._collect()
-            delivered = self._deliver(batch) if batch else False
-            if stopping:
-                self._drain_remaining()
+        while True:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            stopping = self._closed
+            delivered = False
+            while self._pending:
+                delivered = self._deliver(self._take(self.max_batch)) or delivered
             if (delivered or stopping or self.clock() >= next_replay) and self.spill.pending():
                 self._replay()
                 next_replay = self.clock() + self.replay_seconds
-        self.sink.close()
+            if stopping:
+                return
 
-    def _collect(self) -> tuple[list, bool]:
-        """Up to ``max_batch`` events, waiting at most ``flush_seconds`` after the first."""
-        batch: list = []
-        try:
-            first = self._queue.get(timeout=self.replay_seconds)
-        except queue.Empty:
-            return batch, False
-        if first is _STOP:
-            return batch, True
-        batch.append(first)
-        deadline = self.clock() + self.flush_seconds
-        while len(batch) < self.max_batch:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            try:
-                item = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
+    def _take(self, limit: int) -> list:
+        batch = []
+        while self._pending and len(batch) < limit:
+            batch.append(self._pending.popleft())
+        return batch
 
     def _drain_remaining(self) -> None:
-        batch: list = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                batch.append(item)
-        for start in range(0, len(batch), self.max_batch):
-            self._deliver(batch[start:start + self.max_batch])
+        while self._pending:
+            self._deliver(self._take(self.max_batch))
 
     def _deliver(self, batch: list) -> bool:
         events = [_json_ready(e) for e in batch]

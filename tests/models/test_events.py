@@ -1,8 +1,11 @@
 import json
+from datetime import datetime, timedelta, timezone
 
+import orjson
 import pytest
 
-from models.events import ClickEvent, ConversionEvent, InvalidEvent, PredictionEvent, parse_line, validate_event
+from models.events import (ClickEvent, ConversionEvent, InvalidEvent, PredictionEvent, parse_line, prediction_record,
+                           validate_event)
 
 CLICK = {
     "event_id": "e-1", "event_type": "click", "ts": "2026-03-01T10:00:00Z", "schema_version": 1,
@@ -67,3 +70,14 @@ def test_json_round_trip_is_stable():
 
 def test_extra_fields_from_newer_producers_are_tolerated():
     assert parse_line(line(new_field="x")).app_id == "app-1"
+
+
+@pytest.mark.parametrize("predicted_ctr", [None, 0.0123])
+def test_prediction_record_is_what_the_validated_model_dumps(predicted_ctr):
+    fields = dict(event_id="e-1", ts=datetime(2026, 3, 1, 13, 5, 7, 120, tzinfo=timezone(timedelta(hours=2))),
+                  request_id="r-1", partner_id="acme", app_id="app-1", model_version=3, arm="challenger",
+                  neighbors=["app-2", "app-3"], scores=[0.9, 0.25], predicted_ctr=predicted_ctr)
+    record = prediction_record(**fields)
+    assert record == PredictionEvent(**fields).to_json_dict()
+    assert record["ts"] == "2026-03-01T11:05:07.000120Z"
+    assert parse_line(orjson.dumps(record)) == PredictionEvent(**fields)

@@ -67,6 +67,17 @@ def test_close_flushes_everything_still_queued(tmp_path):
     assert len(sink.events) == 300
 
 
+def test_a_full_batch_is_delivered_without_waiting_for_the_flush_interval(tmp_path):
+    sink = MemorySink()
+    batcher = make(sink, tmp_path, flush_seconds=60, max_batch=25).start()
+    for i in range(60):
+        batcher.submit(event(i))
+    wait_for(lambda: len(sink.events) >= 50, timeout=10)  # two full batches, long before 60 s
+    assert all(len(b) == 25 for b in sink.batches[:2])
+    batcher.close()
+    assert [e["event_id"] for e in sink.events] == [f"e{i}" for i in range(60)]
+
+
 def test_sink_down_spills_then_replays_when_it_recovers(tmp_path):
     sink = MemorySink()
     sink.down = True
