@@ -6,6 +6,7 @@ serving lazily (the CLI is the one edge allowed to, so the pipeline never needs 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import Any
@@ -31,7 +32,20 @@ config_option = click.option("--config", "config_path", default=None, type=click
                              help="pipeline.yaml to use (default: the repository's).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose ``LAZY_COMMANDS`` are imported the first time they are looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """appsim: app similarity and performance prediction that keeps improving."""
 
@@ -246,16 +260,19 @@ def _open_report(evaluation_uri: str | None, run_id: str) -> None:
         webbrowser.open(uri)  # a no-op without a browser (e.g. over ssh): the printed path is the answer
 
 
-# --- command groups are attached below (one line each) -----------------------------------
-# ATTACH-COMMANDS
-from pipelines.cli_ab import ab_group; cli.add_command(ab_group)  # noqa: E402,E702
-from pipelines.cli_ab import drift_group; cli.add_command(drift_group)  # noqa: E402,E702
-from pipelines.cli_ab import monitoring_group; cli.add_command(monitoring_group)  # noqa: E402,E702
-from pipelines.cli_aws import pipeline_group; cli.add_command(pipeline_group)  # noqa: E402,E702
-from pipelines.cli_aws import schedule_group; cli.add_command(schedule_group)  # noqa: E402,E702
-from pipelines.cli_aws import feedback_group; cli.add_command(feedback_group)  # noqa: E402,E702
-from serving.cli import serve_command; cli.add_command(serve_command)  # noqa: E402,E702
-from pipelines.simulate import simulate_command; cli.add_command(simulate_command)  # noqa: E402,E702
+# --- command groups that live beside the code they drive ------------------------------------
+# Imported only when used: cli_ab alone pulls in scipy.stats (a second of start-up for every command).
+# ATTACH-COMMANDS: name -> "module:attribute"
+LAZY_COMMANDS = {
+    "ab": "pipelines.cli_ab:ab_group",
+    "drift": "pipelines.cli_ab:drift_group",
+    "monitoring": "pipelines.cli_ab:monitoring_group",
+    "pipeline": "pipelines.cli_aws:pipeline_group",
+    "schedule": "pipelines.cli_aws:schedule_group",
+    "feedback": "pipelines.cli_aws:feedback_group",
+    "serve": "serving.cli:serve_command",
+    "simulate": "pipelines.simulate:simulate_command",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
