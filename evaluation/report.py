@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
 
 from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries
@@ -92,19 +93,15 @@ def segment_recall(queries: HoldoutQueries, rankings: Sequence[Ranking], labels:
 
 
 # -- rendering ---------------------------------------------------------------------------
-def _png(figure) -> str:
+def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _curve_plot(curves: Mapping[str, np.ndarray]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7.5, 4.2))
+    figure = Figure(figsize=(7.5, 4.2))
+    axis = figure.subplots()
     for name, curve in curves.items():
         axis.plot(np.arange(1, len(curve) + 1), curve, label=name, linewidth=2.2 if name == "candidate" else 1.4)
     axis.axvline(SEGMENT_K, color="#999", linestyle=":", linewidth=1)
@@ -114,19 +111,13 @@ def _curve_plot(curves: Mapping[str, np.ndarray]) -> str:
     axis.set_ylim(0, None)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
-    encoded = _png(figure)
-    plt.close(figure)
-    return encoded
+    return _png(figure)
 
 
 def _segment_plot(title: str, segments: Sequence[SegmentRecall]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(segments[0].recall) if segments else []
-    figure, axis = plt.subplots(figsize=(7.5, 0.5 + 0.42 * max(len(segments), 1) * max(len(names), 1) ** 0.5))
+    figure = Figure(figsize=(7.5, 0.5 + 0.42 * max(len(segments), 1) * max(len(names), 1) ** 0.5))
+    axis = figure.subplots()
     height = 0.8 / max(len(names), 1)
     positions = np.arange(len(segments))
     for j, name in enumerate(names):
@@ -138,9 +129,7 @@ def _segment_plot(title: str, segments: Sequence[SegmentRecall]) -> str:
     axis.set_title(title, fontsize=10)
     axis.grid(axis="x", alpha=0.3)
     axis.legend(fontsize=7, loc="lower right")
-    encoded = _png(figure)
-    plt.close(figure)
-    return encoded
+    return _png(figure)
 
 
 def _fmt(value: object) -> str:

@@ -226,13 +226,11 @@ def _report_json(analysis: dict[str, Any]) -> dict[str, Any]:
 
 
 def _figure(comparisons: dict[str, LiftComparison]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure state (safe in a notebook)
     from scipy import stats
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig = Figure(figsize=(11, 7))
+    axes = fig.subplots(2, 2)
     for row, (name, comparison) in enumerate(comparisons.items()):
         density = axes[row][0]
         for label, posterior in (("champion", comparison.champion), ("challenger", comparison.challenger)):
@@ -257,7 +255,6 @@ def _figure(comparisons: dict[str, LiftComparison]) -> bytes:
     fig.subplots_adjust(left=0.06, right=0.98, top=0.95, bottom=0.06, hspace=0.3, wspace=0.2)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return buffer.getvalue()
 
 
