@@ -259,7 +259,7 @@ def test_schedule_create_update_show_delete(aws_env, config_path):
         assert shown["target"] == aws.START_PIPELINE_TARGET and shown["role_arn"] == SCHEDULER_ROLE
         assert shown["parameters"]["embedding_dim"] == "32"
         assert shown["parameters"]["window_end"] == aws.SCHEDULED_TIME
-        assert set(shown["parameters"]) == set(config.parameters.model_fields)
+        assert set(shown["parameters"]) == set(type(config.parameters).model_fields)
         assert aws.set_schedule(config, SCHEDULER_ROLE, {"embedding_dim": "48"}, client=client) == arn  # update
         assert aws.show_schedule(config, client)["parameters"]["embedding_dim"] == "48"
         assert aws.delete_schedule(config, client) is True
