@@ -14,8 +14,10 @@ alone (ranking the queries is not counted).
 Methods (``evaluation/baselines.py``): popularity, content-only, item-kNN (cosine), implicit ALS
 and BPR (neighbours by cosine of item factors, as the library's ``similar_items``), implicit ALS
 ranked by the inner product of its factors (reported for transparency: it needs an asymmetric
-index like ours to serve), appsim (models/embedding.py), and the oracle (ground-truth latent
-positions). All factor models use the same embedding dimension.
+index like ours to serve), appsim (models/embedding.py), the oracle (ground-truth latent
+positions) and the engagement oracle (the simulator's own expected co-engagement: exposure by
+cluster and popularity times click probability; the ceiling, not a method). All factor models use
+the same embedding dimension.
 
 Cold start: a seeded 10% of the apps lose all their train interactions; "appsim" and
 "content-only" are retrained without them and scored on the queries about those apps only.
@@ -73,7 +75,7 @@ SIZES = {
     "200k": Size(200_000, 500_000, 330_000),  # ~10M feedback lines
 }
 METHODS = ("popularity", "content-only", "item-kNN", "implicit ALS", "implicit BPR", "implicit ALS (inner product)",
-           "appsim", "oracle")
+           "appsim", "oracle", "engagement oracle")
 COLD_METHODS = ("content-only", "appsim")
 # ALS gets the same care as the trainer: its options are chosen on the validation split (the ALS rows then use
 # the best one for each way of ranking), so the comparison is not against a badly set baseline.
@@ -171,9 +173,17 @@ def _rank(method: str, catalog: pd.DataFrame, train: pd.DataFrame, query_apps: l
         timing = fitted()
         return baselines.embedding_rankings(method, trained.app_ids, trained.embeddings, query_apps, K,
                                             trained.item_vectors), *timing
-    if method == "oracle":
+    if method in ("oracle", "engagement oracle"):
         truth = pd.read_parquet(Path(store.removeprefix("file://")) / "ground_truth" / "apps.parquet")
-        return baselines.oracle(truth["app_id"].tolist(), np.stack(truth["latent"].to_numpy()), query_apps, K), 0.0, 0.0
+        latent = np.stack(truth["latent"].to_numpy())
+        if method == "oracle":
+            return baselines.oracle(truth["app_id"].tolist(), latent, query_apps, K), 0.0, 0.0
+        from pipelines import simulate  # the simulator's own constants: this row is its ceiling, not a method
+
+        return baselines.engagement_oracle(
+            truth["app_id"].tolist(), latent, truth["cluster"].to_numpy(), truth["popularity"].to_numpy(), query_apps, K,
+            targeted_fraction=simulate.TARGETED_FRACTION, click_bias=simulate.CLICK_BIAS,
+            click_slope=simulate.CLICK_SLOPE), 0.0, 0.0
     raise ValueError(f"unknown method {method}")
 
 

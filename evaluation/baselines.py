@@ -18,6 +18,10 @@ same metric code.
   for ALS), neighbours by cosine of item factors, as the library's ``similar_items`` does.
   ``implicit`` is a dev/bench dependency only, imported when these run.
 - **oracle** (simulated data only): cosine of the simulator's ground-truth latent positions.
+- **engagement oracle** (simulated data only): the simulator's own expected co-engagement, the
+  exposure of app j to a user like q (targeted at q's cluster, by popularity) times the chance
+  that such a user clicks j. It reads the hidden truth, so it is not a method: it is the ceiling
+  a co-engagement model can approach on that data.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from models.features import MetadataEncoder, l2_normalize, tokenize
 
 SEARCH_BATCH = 4096
 KNN_BATCH = 1024
+ORACLE_CELLS = 8_000_000  # query x app scores held at once by the engagement oracle
 DEFAULT_CONVERSION_WEIGHT = 3.0
 
 
@@ -191,3 +196,43 @@ def implicit_model(train_interactions: pd.DataFrame, query_app_ids: Sequence[str
 def oracle(app_ids: Sequence[str], latent_positions: np.ndarray, query_app_ids: Sequence[str], k: int) -> Ranking:
     """Ground-truth neighbours: cosine of the simulator's latent app positions (``ground_truth/apps.parquet``)."""
     return embedding_rankings("oracle", app_ids, latent_positions, query_app_ids, k)
+
+
+def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, cluster: np.ndarray, popularity: np.ndarray,
+                      query_app_ids: Sequence[str], k: int, *, targeted_fraction: float, click_bias: float,
+                      click_slope: float) -> Ranking:
+    """The simulator's expected co-engagement with query app q, the user's taste taken to be q's position:
+
+        score(q, j) = exposure(j | q) * sigmoid(click_bias + click_slope * cos(q, j)),
+        exposure(j | q) = (1 - targeted_fraction) * pop(j) + targeted_fraction * [c(j) = c(q)] * pop(j) / pop(c(q))
+
+    (an ad is targeted at the user's cluster and picks an app there by popularity, or else picks
+    one by popularity overall). Exact, in blocks of queries: O(queries x apps) time.
+    """
+    app_ids = [str(a) for a in app_ids]
+    positions = np.asarray(l2_normalize(np.asarray(latent_positions, dtype=np.float64)), dtype=np.float32)
+    cluster = np.asarray(cluster, dtype=np.int64)
+    popularity = np.asarray(popularity, dtype=np.float64)
+    if not len(positions) == len(cluster) == len(popularity) == len(app_ids):
+        raise BaselineError(f"{len(app_ids)} app ids but {len(positions)} positions, {len(cluster)} clusters, "
+                            f"{len(popularity)} popularities")
+    cluster_mass = np.bincount(cluster, weights=popularity)
+    distinct, inverse = _distinct(query_app_ids)
+    rows = pd.Index(app_ids).get_indexer(distinct)
+    found = np.full((len(distinct), k), PADDING, dtype=np.int64)
+    known = np.flatnonzero(rows >= 0)
+    block = max(1, ORACLE_CELLS // max(len(app_ids), 1))
+    for start in range(0, known.size, block):
+        batch = known[start : start + block]
+        own = rows[batch]
+        affinity = positions[own] @ positions.T
+        click = 1.0 / (1.0 + np.exp(-(click_bias + click_slope * affinity)))
+        same = cluster[own][:, None] == cluster[None, :]
+        exposure = popularity * ((1.0 - targeted_fraction) + targeted_fraction * same / cluster_mass[cluster[own]][:, None])
+        score = exposure * click
+        score[np.arange(len(own)), own] = -np.inf  # never the query itself
+        take = min(k, len(app_ids) - 1)
+        top = np.argpartition(-score, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
+        found[batch, :take] = np.take_along_axis(top, order, axis=1)
+    return Ranking("engagement oracle", found[inverse], app_ids)

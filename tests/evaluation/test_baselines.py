@@ -116,6 +116,43 @@ def test_oracle_ranks_by_latent_cosine():
     assert [[ranking.app_ids[i] for i in row] for row in ranking.rankings] == [["x"], ["z"]]
 
 
+def _engagement(slope, targeted, queries=("q",), k=3):
+    latent = np.array([[1.0, 0.0], [0.9, 0.1], [1.0, 0.05], [0.0, 1.0]])  # q, a (near), b (near, other cluster), c (far)
+    ranking = baselines.engagement_oracle(["q", "a", "b", "c"], latent, np.array([0, 0, 1, 0]),
+                                          np.array([0.1, 0.1, 0.3, 0.5]), list(queries), k,
+                                          targeted_fraction=targeted, click_bias=-5.0, click_slope=slope)
+    return [[ranking.app_ids[i] if i >= 0 else None for i in row] for row in ranking.rankings]
+
+
+def test_engagement_oracle_weighs_exposure_against_affinity():
+    # Clicks follow affinity: the near app of q's cluster first; fully targeted ads never show b to q's users.
+    assert _engagement(slope=10.0, targeted=1.0) == [["a", "c", "b"]]
+    # No affinity effect: exposure alone, the popular app of q's cluster first.
+    assert _engagement(slope=0.0, targeted=1.0) == [["c", "a", "b"]]
+    # Untargeted ads: b's popularity and nearness put it first; the query is never its own neighbour.
+    assert _engagement(slope=10.0, targeted=0.0) == [["b", "a", "c"]]
+    assert _engagement(slope=10.0, targeted=1.0, queries=("q", "nobody"), k=2) == [["a", "c"], [None, None]]
+
+
+def test_engagement_oracle_matches_brute_force_across_blocks(monkeypatch):
+    rng = np.random.default_rng(5)
+    n = 300
+    latent, cluster, popularity = rng.normal(size=(n, 4)), rng.integers(0, 5, n), rng.dirichlet(np.ones(n))
+    ids = [f"app-{i}" for i in range(n)]
+    monkeypatch.setattr(baselines, "ORACLE_CELLS", 7 * n)  # several query blocks
+    queries = [ids[i] for i in rng.integers(0, n, 40)]
+    ranking = baselines.engagement_oracle(ids, latent, cluster, popularity, queries, 5, targeted_fraction=0.75,
+                                          click_bias=-5.0, click_slope=6.5)
+    unit = latent / np.linalg.norm(latent, axis=1, keepdims=True)
+    mass = np.bincount(cluster, weights=popularity)
+    for query, row in zip(queries, ranking.rankings):
+        q = ids.index(query)
+        exposure = popularity * (0.25 + 0.75 * (cluster == cluster[q]) / mass[cluster[q]])
+        score = exposure / (1 + np.exp(-(-5.0 + 6.5 * unit @ unit[q])))
+        score[q] = -np.inf
+        assert list(row) == list(np.argsort(-score, kind="stable")[:5])
+
+
 @pytest.mark.parametrize("method", ["als", "bpr"])
 def test_implicit_models_learn_the_clusters(world, method):
     pytest.importorskip("implicit")
