@@ -1,7 +1,7 @@
 """Similarity quality of the trainer against the baselines, on the simulator at several sizes.
 
     .venv/bin/python bench/quality.py --quick              # one small world, a few minutes
-    .venv/bin/python bench/quality.py                      # ~5K, 50K and 200K apps (about an hour on 2 cores)
+    .venv/bin/python bench/quality.py                      # ~5K, 50K and 200K apps (about 20 minutes on 2 cores)
     .venv/bin/python bench/quality.py --sizes 5k --tune    # also the validation-split choice of the defaults
 
 For each size the simulator writes a store (cached under ``--work``: the same parameters are not
