@@ -19,6 +19,7 @@ settings ``APPSIM_CHALLENGER_VERSION`` / ``APPSIM_CHALLENGER_WEIGHT``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -104,6 +105,19 @@ def load_model(version: int, artifact_uri: str) -> LoadedModel:
         predictor.similar(artifact.app_ids[0], k=1)
     _ = predictor.metadata_encoder
     return LoadedModel(version, predictor, artifact_uri, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def freeze_heap() -> None:
+    """Put what is alive now (the loaded models) out of the cyclic garbage collector's reach.
+
+    A full collection walks every tracked object: with a 1M-app model loaded that took 70 ms here,
+    with the GIL held, and serving's short-lived objects trigger one every several seconds, so at
+    500 req/s p99.9 was 74 ms. Frozen objects are still freed by reference counting when a swap
+    drops them; unfreezing first lets one collection reclaim the previous model's cycles.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ModelManager:
@@ -252,6 +266,8 @@ class ModelManager:
         old = self.state
         self.state = new  # the one assignment requests observe
         self.swaps += old is not None
+        del old
+        freeze_heap()
         log.info("serving %s", ", ".join(f"{a.name}=v{a.model.version} ({a.weight:g})" for a in new.arms))
         return True
 

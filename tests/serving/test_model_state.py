@@ -1,5 +1,8 @@
 """Loading, refusing and hot-swapping models (the watcher's logic, called directly)."""
 
+import gc
+import weakref
+
 import pytest
 
 from models.registry_sqlite import SQLiteRegistry
@@ -39,6 +42,23 @@ def test_new_approved_version_is_swapped_in_atomically(registry, tmp_path):
     assert manager.state is not before and manager.state.arms[0].model.version == v2
     assert before.arms[0].model.version == 1  # the old state object is untouched (in-flight requests)
     assert manager.swaps == 1
+
+
+def test_served_models_are_frozen_out_of_the_collector_and_a_replaced_one_is_freed(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    manager = manager_for(registry)
+    try:
+        manager.refresh()
+        first = manager.state.arms[0].model.predictor
+        # Frozen: full collections no longer walk the model (gc.get_objects skips the permanent generation).
+        assert not any(o is first for o in gc.get_objects())
+        replaced = weakref.ref(first)
+        del first
+        publish(registry, tmp_path, build_artifact(seed=2))
+        assert manager.refresh()
+        assert replaced() is None  # the old version's memory is returned after the swap
+    finally:
+        gc.unfreeze()
 
 
 def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(registry, tmp_path):
