@@ -16,7 +16,7 @@ and BPR (neighbours by cosine of item factors, as the library's ``similar_items`
 ranked by the inner product of its factors (reported for transparency: it needs an asymmetric
 index like ours to serve), appsim (models/embedding.py), the oracle (ground-truth latent
 positions) and the engagement oracle (the simulator's own expected co-engagement: exposure by
-cluster and popularity times click probability; the ceiling, not a method). All factor models use
+cluster and popularity times click probability; a reference for the ceiling, not a method). All factor models use
 the same embedding dimension.
 
 Cold start: a seeded 10% of the apps lose all their train interactions; "appsim" and
@@ -178,7 +178,7 @@ def _rank(method: str, catalog: pd.DataFrame, train: pd.DataFrame, query_apps: l
         latent = np.stack(truth["latent"].to_numpy())
         if method == "oracle":
             return baselines.oracle(truth["app_id"].tolist(), latent, query_apps, K), 0.0, 0.0
-        from pipelines import simulate  # the simulator's own constants: this row is its ceiling, not a method
+        from pipelines import simulate  # the simulator's own constants: a reference, not a method
 
         return baselines.engagement_oracle(
             truth["app_id"].tolist(), latent, truth["cluster"].to_numpy(), truth["popularity"].to_numpy(), query_apps, K,

@@ -285,8 +285,8 @@ def start_server(model_dir: Path, port: int, workers: int, scratch: Path) -> sub
         try:
             # Each request is a new connection, which either worker may accept: READY_PINGS 200s in a row
             # mean every worker has its model (one 200 may come from the first worker while another loads).
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                ready_in_a_row = ready_in_a_row + 1 if answer.status == 200 else 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                ready_in_a_row += 1  # urlopen raises HTTPError (an OSError) on the 503 of a worker still loading
             if ready_in_a_row >= READY_PINGS:
                 return server
             continue

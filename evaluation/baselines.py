@@ -20,8 +20,9 @@ same metric code.
 - **oracle** (simulated data only): cosine of the simulator's ground-truth latent positions.
 - **engagement oracle** (simulated data only): the simulator's own expected co-engagement, the
   exposure of app j to a user like q (targeted at q's cluster, by popularity) times the chance
-  that such a user clicks j. It reads the hidden truth, so it is not a method: it is the ceiling
-  a co-engagement model can approach on that data.
+  that such a user clicks j. It reads the hidden truth, so it is not a method but a reference
+  for the ceiling a co-engagement model can reach on that data (approximate: the user's taste is
+  taken to be q's position).
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
     found = np.full((len(distinct), k), PADDING, dtype=np.int64)
     known = np.flatnonzero(rows >= 0)
     block = max(1, ORACLE_CELLS // max(len(app_ids), 1))
+    take = min(k, len(app_ids) - 1)
     for start in range(0, known.size, block):
         batch = known[start : start + block]
         own = rows[batch]
@@ -231,7 +233,6 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
         exposure = popularity * ((1.0 - targeted_fraction) + targeted_fraction * same / cluster_mass[cluster[own]][:, None])
         score = exposure * click
         score[np.arange(len(own)), own] = -np.inf  # never the query itself
-        take = min(k, len(app_ids) - 1)
         top = np.argpartition(-score, take - 1, axis=1)[:, :take]
         order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
         found[batch, :take] = np.take_along_axis(top, order, axis=1)

@@ -27,6 +27,11 @@ def parse_utc(text: str) -> datetime:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
+def format_ts(moment: datetime) -> str:
+    """An event ``ts`` as written everywhere events are produced: UTC, microseconds, a trailing Z."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class InvalidEvent(ValueError):
     """A feedback line that cannot be used; ``reason`` is a stable code for quarantine counts."""
 
@@ -67,7 +72,7 @@ class _EventBase(BaseModel):
 
     def to_json_dict(self) -> dict:
         data = self.model_dump(mode="json")
-        data["ts"] = self.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        data["ts"] = format_ts(self.ts)
         return data
 
 
@@ -95,7 +100,7 @@ def prediction_record(*, event_id: str, ts: datetime, request_id: str, partner_i
     for each cost more than the rest of the logging. tests/models/test_events.py checks that the two
     agree and that the record parses back as a PredictionEvent.
     """
-    return {"event_id": event_id, "ts": ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    return {"event_id": event_id, "ts": format_ts(ts),
             "schema_version": SCHEMA_VERSION, "event_type": "prediction", "request_id": request_id,
             "partner_id": partner_id, "app_id": app_id, "model_version": model_version, "arm": arm,
             "neighbors": neighbors, "scores": scores, "predicted_ctr": predicted_ctr}

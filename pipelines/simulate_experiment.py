@@ -29,6 +29,7 @@ import orjson
 from evaluation.ab import ArmStats, sample_ratio_check
 from evaluation.ab_decision import Decision, DecisionRules, decide
 from models import storage
+from models.events import format_ts
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment
 from models.routing import pick_arm
 
@@ -180,18 +181,18 @@ def feedback_events(traffic: DayTraffic, scenario: ExperimentScenario) -> Iterat
         arm = CHALLENGER_ARM if traffic.challenger[i] else CHAMPION_ARM
         moment = traffic.start + timedelta(seconds=float(seconds[i]))
         request_id = f"req-{scenario.seed}-{traffic.day}-{i}"
-        yield {"event_id": f"{request_id}-p", "event_type": "prediction", "ts": _iso(moment),
+        yield {"event_id": f"{request_id}-p", "event_type": "prediction", "ts": format_ts(moment),
                "request_id": request_id, "partner_id": partner, "app_id": app, "arm": arm,
                "model_version": scenario.challenger_version if traffic.challenger[i] else scenario.champion_version,
                "neighbors": [], "scores": [], "predicted_ctr": None}
         clicks, conversions = int(traffic.clicks[i]), int(traffic.conversions[i])
         for n in range(int(traffic.impressions[i])):
-            yield {"event_id": f"{request_id}-i{n}", "event_type": "click", "ts": _iso(moment + timedelta(seconds=30)),
+            yield {"event_id": f"{request_id}-i{n}", "event_type": "click", "ts": format_ts(moment + timedelta(seconds=30)),
                    "app_id": f"ad-{n}", "campaign_id": "campaign-1", "partner_id": partner, "user_id": f"user-{i}",
                    "clicked": n < clicks, "request_id": request_id}
         for n in range(conversions):
             yield {"event_id": f"{request_id}-c{n}", "event_type": "conversion",
-                   "ts": _iso(moment + timedelta(seconds=90)), "app_id": f"ad-{n}", "campaign_id": "campaign-1",
+                   "ts": format_ts(moment + timedelta(seconds=90)), "app_id": f"ad-{n}", "campaign_id": "campaign-1",
                    "partner_id": partner, "user_id": f"user-{i}", "converted": True,
                    "revenue": scenario.revenue_per_conversion, "request_id": request_id}
 
@@ -213,6 +214,3 @@ def write_experiment_feedback(feedback_uri: str, scenario: ExperimentScenario, s
             written += len(lines)
     return written
 
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

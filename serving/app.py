@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from models.events import InvalidEvent, prediction_record, validate_event
+from models.events import InvalidEvent, format_ts, prediction_record, validate_event
 from models.features import MetadataError
 from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
 from serving.batcher import EventBatcher, SpillDir
@@ -481,7 +481,7 @@ def validate_feedback(payload: Any, key_partner: str | None) -> list[Any]:
             raise ApiError(422, "invalid_request", "events must be a non-empty list of event objects", field="events")
     else:
         raw = [payload]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = format_ts(datetime.now(timezone.utc))
     events = []
     for i, item in enumerate(raw):
         where = f"events[{i}]"

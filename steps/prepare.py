@@ -53,7 +53,7 @@ import orjson
 import pandas as pd
 
 from models import dataset, storage
-from models.events import EVENT_TYPES, ClickEvent, ConversionEvent, InvalidEvent, parse_line, parse_utc
+from models.events import EVENT_TYPES, ClickEvent, ConversionEvent, InvalidEvent, format_ts, parse_line, parse_utc
 from models.progress import Progress
 
 LATENESS = timedelta(hours=24)  # how long after window_end an in-window event may still arrive
@@ -107,7 +107,7 @@ class Window:
         return hours
 
     def to_json(self) -> dict[str, str]:
-        return {"start": _iso(self.start), "end": _iso(self.end), "cut": _iso(self.cut)}
+        return {"start": format_ts(self.start), "end": format_ts(self.end), "cut": format_ts(self.cut)}
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: dat
         "status": "running",
         "window": window.to_json(),
         "parameters": {
-            "window_end": _iso(window.end), "window_days": window_days, "holdout_fraction": holdout_fraction,
+            "window_end": format_ts(window.end), "window_days": window_days, "holdout_fraction": holdout_fraction,
             "max_bad_fraction": max_bad_fraction, "use_attributed_clicks": use_attributed_clicks,
             "lateness_hours": LATENESS.total_seconds() / 3600,
         },
@@ -459,9 +459,9 @@ def _check_quality(counts: dict[str, Any], max_bad_fraction: float, quarantine_u
         )
     if counts["good"] == 0:
         raise NoEventsInWindow(
-            f"no usable events with ts in [{_iso(window.start)}, {_iso(window.end)}): read {counts['lines_read']:,} "
-            f"lines from {len(found.files)} files in the hour folders {_iso(window.arrival_hours()[0])} .. "
-            f"{_iso(window.arrival_hours()[-1])}. Check window_end and the feedback location."
+            f"no usable events with ts in [{format_ts(window.start)}, {format_ts(window.end)}): read {counts['lines_read']:,} "
+            f"lines from {len(found.files)} files in the hour folders {format_ts(window.arrival_hours()[0])} .. "
+            f"{format_ts(window.arrival_hours()[-1])}. Check window_end and the feedback location."
         )
 
 
@@ -487,10 +487,6 @@ def _epoch_us(moment: datetime) -> int:
 
 def _timestamps(epoch_us: np.ndarray) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(epoch_us.astype("datetime64[us]")).tz_localize("UTC")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_bool(text: str | bool) -> bool:
