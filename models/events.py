@@ -11,10 +11,33 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("prediction", "click", "conversion")
+# Event times outside [TS_MIN, TS_MAX) are typos or clock faults (a year-1 ts once reached the store as
+# "1-01-01T..."). Fixed bounds, not "now +- skew", so validation gives the same answer on every rerun.
+TS_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
+TS_MAX = datetime(2100, 1, 1, tzinfo=timezone.utc)
+MAX_ID_LENGTH = 256
+MAX_EVENT_ID_LENGTH = 128
+
+
+def _utf8_encodable(value: str) -> str:
+    # json.loads turns "\ud800" into a lone surrogate that no UTF-8 writer can encode: accepted
+    # unchecked, it once killed serving's logging thread. Reject it where the event enters.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone UTF-16 surrogate (e.g. \\ud800); send valid Unicode text") from None
+    return value
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(_utf8_encodable)]
+"""An id field (app, partner, user, campaign, request, arm): 1-256 characters of valid Unicode."""
+EventId = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_ID_LENGTH), AfterValidator(_utf8_encodable)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+"""A float that is neither infinite nor NaN (JSON has no such numbers; "Infinity" strings are refused)."""
 
 
 def parse_utc(text: str) -> datetime:
@@ -46,7 +69,7 @@ class _EventBase(BaseModel):
     # producers that add fields do not get quarantined by an older pipeline.
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
-    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    event_id: EventId
     ts: datetime
     schema_version: int = SCHEMA_VERSION
 
@@ -61,7 +84,11 @@ class _EventBase(BaseModel):
             raise ValueError("ts must be an ISO-8601 string such as 2026-01-31T12:00:00Z")
         if parsed.tzinfo is None:
             raise ValueError("ts must carry a timezone (UTC, e.g. a trailing Z)")
-        return parsed.astimezone(timezone.utc)
+        parsed = parsed.astimezone(timezone.utc)
+        if not TS_MIN <= parsed < TS_MAX:
+            raise ValueError(f"ts {value!s} is outside {TS_MIN.year}-01-01..{TS_MAX.year - 1}-12-31; "
+                             "send the event's UTC time, e.g. 2026-01-31T12:00:00Z")
+        return parsed
 
     @field_validator("schema_version")
     @classmethod
@@ -76,19 +103,16 @@ class _EventBase(BaseModel):
         return data
 
 
-NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
-
-
 class PredictionEvent(_EventBase):
     event_type: Literal["prediction"] = "prediction"
-    request_id: NonEmpty
-    partner_id: NonEmpty
-    app_id: NonEmpty
+    request_id: Identifier
+    partner_id: Identifier
+    app_id: Identifier
     model_version: int
-    arm: NonEmpty
-    neighbors: list[str]
-    scores: list[float]
-    predicted_ctr: float | None = None
+    arm: Identifier
+    neighbors: list[Identifier]
+    scores: list[FiniteFloat]
+    predicted_ctr: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
 
 
 def prediction_record(*, event_id: str, ts: datetime, request_id: str, partner_id: str, app_id: str,
@@ -110,23 +134,23 @@ class ClickEvent(_EventBase):
     """An ad impression and its outcome."""
 
     event_type: Literal["click"] = "click"
-    app_id: NonEmpty
-    campaign_id: NonEmpty
-    partner_id: NonEmpty
-    user_id: NonEmpty
+    app_id: Identifier
+    campaign_id: Identifier
+    partner_id: Identifier
+    user_id: Identifier
     clicked: bool
-    request_id: str | None = None
+    request_id: Identifier | None = None
 
 
 class ConversionEvent(_EventBase):
     event_type: Literal["conversion"] = "conversion"
-    app_id: NonEmpty
-    campaign_id: NonEmpty
-    partner_id: NonEmpty
-    user_id: NonEmpty
+    app_id: Identifier
+    campaign_id: Identifier
+    partner_id: Identifier
+    user_id: Identifier
     converted: bool
-    revenue: Annotated[float, Field(ge=0)] = 0.0
-    request_id: str | None = None
+    revenue: Annotated[FiniteFloat, Field(ge=0)] = 0.0
+    request_id: Identifier | None = None
 
 
 FeedbackEvent = Annotated[Union[PredictionEvent, ClickEvent, ConversionEvent], Field(discriminator="event_type")]

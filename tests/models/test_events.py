@@ -81,3 +81,30 @@ def test_prediction_record_is_what_the_validated_model_dumps(predicted_ctr):
     assert record == PredictionEvent(**fields).to_json_dict()
     assert record["ts"] == "2026-03-01T11:05:07.000120Z"
     assert parse_line(orjson.dumps(record)) == PredictionEvent(**fields)
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"partner_id": "\ud800"}, "partner_id"),             # a lone surrogate no UTF-8 writer can encode
+        ({"request_id": "r\udfff"}, "request_id"),            # also in optional ids
+        ({"ts": "0001-01-01T00:00:00Z"}, "ts"),               # once stored as "1-01-01T..."
+        ({"ts": "2100-01-01T00:00:00Z"}, "ts"),
+        ({"app_id": "a" * 257}, "app_id"),
+        ({"event_type": "conversion", "clicked": ..., "converted": True, "revenue": "Infinity"}, "revenue"),
+        ({"event_type": "conversion", "clicked": ..., "converted": True, "revenue": float("nan")}, "revenue"),
+    ],
+)
+def test_the_edge_refuses_what_no_writer_or_trainer_can_use(changes, field):
+    """What the API accepts is what prepare accepts: both paths refuse these, naming the field."""
+    data = {k: v for k, v in {**CLICK, **changes}.items() if v is not ...}
+    with pytest.raises(InvalidEvent) as api:
+        validate_event(data)
+    assert api.value.reason == "invalid_field" and field in str(api.value)
+    with pytest.raises(InvalidEvent):
+        parse_line(json.dumps(data))
+
+
+def test_the_bounds_themselves_are_accepted():
+    assert parse_line(line(ts="2000-01-01T00:00:00Z")).ts.year == 2000
+    assert len(validate_event({**CLICK, "app_id": "a" * 256}).app_id) == 256
