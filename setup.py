@@ -34,6 +34,8 @@ setup(
             "pytest-timeout>=2.3,<3",
             "moto[server]>=5.0.20,<6",
             "httpx>=0.27,<1",
+            # tests/integration/test_feedback_boundary.py: random API bodies through serving into prepare
+            "hypothesis>=6.100,<7",
             "cfn-lint>=1.58,<2",
             # tests/notebooks: execute every notebook top to bottom on the .venv's own kernel
             "nbclient>=0.10,<0.12",

@@ -21,6 +21,7 @@ TS_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
 TS_MAX = datetime(2100, 1, 1, tzinfo=timezone.utc)
 MAX_ID_LENGTH = 256
 MAX_EVENT_ID_LENGTH = 128
+NOT_UNICODE = "contains a lone UTF-16 surrogate (e.g. \\ud800); send valid Unicode text"
 
 
 def _utf8_encodable(value: str) -> str:
@@ -29,7 +30,7 @@ def _utf8_encodable(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("contains a lone UTF-16 surrogate (e.g. \\ud800); send valid Unicode text") from None
+        raise ValueError(NOT_UNICODE) from None
     return value
 
 

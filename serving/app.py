@@ -16,26 +16,26 @@ import logging
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator
 
 import faiss
 import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from models.events import InvalidEvent, format_ts, prediction_record, validate_event
+from models.events import NOT_UNICODE, Identifier, InvalidEvent, format_ts, prediction_record, validate_event
 from models.features import MetadataError
 from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
-from serving.batcher import EventBatcher, SpillDir
+from serving.batcher import EventBatcher, JournalError, SpillDir
 from serving.metrics import ARM_SCOPE_KEY, MetricsMiddleware, ServingMetrics
 from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
 from serving.security import ApiError, ApiKeys, RateLimiter
 from serving.settings import ServingSettings, settings_from_env
-from serving.sinks import FeedbackSink, open_sink
+from serving.sinks import FeedbackSink, encode_line, open_sink
 
 log = logging.getLogger("appsim.serving")
 
@@ -62,7 +62,7 @@ class AppMetadata(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
         "app_id": "new-app-1", "category": "games", "region": "us", "pricing_model": "free",
         "features": ["multiplayer", "leaderboards"], "description": "Fast arcade racing", "avg_rating": 4.3}})
-    app_id: str | None = Field(None, description="an id for the new app, logged with the prediction")
+    app_id: Identifier | None = Field(None, description="an id for the new app, logged with the prediction")
     name: str | None = None
     category: str | None = None
     region: str | None = None
@@ -78,14 +78,14 @@ class AppMetadata(BaseModel):
 class SimilarByMetadataRequest(BaseModel):
     app: AppMetadata
     k: int = Field(DEFAULT_K, ge=MIN_K, le=MAX_K)
-    partner_id: str | None = None
+    partner_id: Identifier | None = None
 
 
 class PredictRequest(BaseModel):
-    app_id: str | None = Field(None, description="a known app; or give `app` for a new one")
+    app_id: Identifier | None = Field(None, description="a known app; or give `app` for a new one")
     app: AppMetadata | None = None
     k: int = Field(DEFAULT_K, ge=MIN_K, le=MAX_K, description="neighbours the prediction is made from")
-    partner_id: str | None = None
+    partner_id: Identifier | None = None
 
 
 class NeighborOut(BaseModel):
@@ -177,9 +177,10 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         event_sink = sink or (open_sink(feedback_uri) if feedback_uri else None)
         batcher = None
         if event_sink is not None:
-            batcher = EventBatcher(event_sink, SpillDir(settings.spill_dir), max_queue=settings.queue_size,
-                                   max_batch=settings.batch_size, flush_seconds=settings.flush_seconds,
-                                   replay_seconds=settings.replay_seconds).start()
+            batcher = EventBatcher(event_sink, SpillDir(settings.spill_dir, fsync=settings.journal_fsync),
+                                   max_queue=settings.queue_size, max_batch=settings.batch_size,
+                                   flush_seconds=settings.flush_seconds, replay_seconds=settings.replay_seconds,
+                                   stall_seconds=settings.stall_seconds).start()
         else:
             log.warning("feedback logging is off: no store or APPSIM_FEEDBACK_URI, prediction events are not recorded")
         if not settings.api_keys:
@@ -224,7 +225,9 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         for item in error.errors():
             where, *path = item["loc"] or ("body",)
             field = ".".join(str(p) for p in path) or where
-            problems.append({"field": field, "in": where, "message": item["msg"]})
+            # pydantic's own words for a lone surrogate ("unable to parse raw data as a unicode string") name no fix
+            message = NOT_UNICODE if item["type"] == "string_unicode" else item["msg"]
+            problems.append({"field": field, "in": where, "message": message})
         first = problems[0]
         message = f"{first['in']} field '{first['field']}': {first['message']}"
         if first["field"] == "k":
@@ -250,7 +253,11 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
     # --- SageMaker hosting contract ------------------------------------------------------
     @app.get("/ping", tags=["sagemaker"], responses={503: {"model": ErrorResponse}})
     async def ping(request: Request) -> Response:
-        state = services(request).state()
+        svc = services(request)
+        state = svc.state()
+        stalled = svc.batcher.stall_reason() if svc.batcher is not None else None
+        if stalled:  # the watchdog: answers without their events are worse than no answers
+            raise ApiError(503, "event_logging_stalled", stalled)
         return OrjsonResponse({"status": "ok", "versions": [arm.model.version for arm in state.arms]})
 
     @app.post("/invocations", tags=["sagemaker"], responses=SAGEMAKER_ERRORS, openapi_extra={"requestBody": {"content": {
@@ -282,9 +289,10 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
 
     # --- partner API ---------------------------------------------------------------------
     @app.get("/v1/apps/{app_id}/similar", tags=["similarity"], response_model=SimilarResponse, responses=ERRORS)
-    async def similar(request: Request, app_id: str = Path(..., description="a catalog app id"),
+    async def similar(request: Request, app_id: Annotated[Identifier, Path(description="a catalog app id")],
                       k: int = Query(DEFAULT_K, ge=MIN_K, le=MAX_K, description="how many neighbours"),
-                      partner_id: str | None = Query(None, description="who asks (routes the A/B arm)"),
+                      # Annotated: with `= Query(...)` as the default FastAPI would drop Identifier's constraints
+                      partner_id: Annotated[Identifier | None, Query(description="who asks (routes the A/B arm)")] = None,
                       key_partner: str | None = Depends(partner)) -> Response:
         """The k apps most similar to a known app (never the app itself), best first."""
         svc = services(request)
@@ -343,7 +351,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
                    "user_id": "u-123", "clicked": True, "request_id": "9f1c...", "ts": "2026-01-31T12:00:00Z"}]}}}}})
     async def feedback(request: Request, key_partner: str | None = Depends(partner)) -> Response:
         """Click and conversion events: `{"events": [...]}` or one event object. `event_id` and `ts` are
-        filled in when missing (send your own `event_id` so retries are de-duplicated)."""
+        filled in when missing (send your own `event_id` so retries are de-duplicated). The 202 is sent
+        once the events are on the server's disk (fsynced); a 503 means none of them were recorded."""
         svc = services(request)
         try:
             payload = orjson.loads(await request.body())
@@ -352,11 +361,12 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         events = validate_feedback(payload, key_partner)
         if svc.batcher is None:
             raise ApiError(503, "feedback_disabled", "this server records no feedback (no store or APPSIM_FEEDBACK_URI)")
-        if not svc.batcher.has_room(len(events)):
-            raise ApiError(503, "busy", "the event queue is full; retry shortly with the same event_ids",
-                           headers={"Retry-After": "1"})
-        for event in events:
-            svc.batcher.submit(event)
+        try:
+            await svc.batcher.journal.commit([encode_line(e.to_json_dict()) for e in events],
+                                             svc.settings.journal_timeout_seconds)
+        except JournalError as error:
+            raise ApiError(503, "not_recorded", f"{error}; none of the events were recorded, retry with the same "
+                           "event_ids", headers={"Retry-After": "1"}) from None
         return OrjsonResponse({"accepted": len(events), "event_ids": [e.event_id for e in events]}, status_code=202)
 
     @app.get("/v1/models", tags=["models"], responses=ERRORS)
@@ -396,9 +406,7 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
     k = payload.get("k", DEFAULT_K)
     if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
         raise ApiError(422, "invalid_k", f"k must be an integer from {MIN_K} to {MAX_K}, got {k!r}", field="k")
-    partner_id = payload.get("partner_id") or SAGEMAKER_PARTNER
-    if not isinstance(partner_id, str):
-        raise ApiError(422, "invalid_request", "partner_id must be a string", field="partner_id")
+    partner_id = identifier(payload.get("partner_id") or SAGEMAKER_PARTNER, "partner_id")
     if "instances" in payload:
         raw = payload["instances"]
         if not isinstance(raw, list):
@@ -415,7 +423,7 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
     app_id = payload.get("app_id")
     if not isinstance(app_id, str) or not app_id:
         raise ApiError(422, "invalid_request", 'app_id is required: {"app_id": "...", "k": 10}', field="app_id")
-    return True, [app_id], k, partner_id
+    return True, [identifier(app_id, "app_id")], k, partner_id
 
 
 def check_instances(ids: list[str]) -> list[str]:
@@ -424,7 +432,18 @@ def check_instances(ids: list[str]) -> list[str]:
     if len(ids) > MAX_INSTANCES:
         raise ApiError(413, "too_many_instances",
                        f"{len(ids)} instances in one request; send at most {MAX_INSTANCES} per request", field="instances")
-    return ids
+    return [identifier(app_id, f"instances[{i}]") for i, app_id in enumerate(ids)]
+
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+def identifier(value: Any, field: str) -> str:
+    """``value`` as an event id field (models.events.Identifier), or a 422 naming the field and the problem."""
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", f"{field}: {error.errors()[0]['msg']}", field=field) from None
 
 
 def similar_or_404(model: LoadedModel, app_id: str, k: int) -> list[Neighbor]:

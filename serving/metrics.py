@@ -63,13 +63,26 @@ class _StateCollector(Collector):
         if self.batcher is not None:
             stats = self.batcher.stats
             yield GaugeMetricFamily("appsim_sink_queue_depth", "Events waiting for the sink", value=self.batcher.depth)
-            yield GaugeMetricFamily("appsim_spill_pending_batches", "Spilled batches waiting for replay",
-                                    value=len(self.batcher.spill.pending()))
-            events = CounterMetricFamily("appsim_events", "Feedback events by outcome", labels=["outcome"])
-            for outcome in ("submitted", "dropped", "written", "spilled", "replayed", "lost"):
+            yield GaugeMetricFamily("appsim_spill_pending_batches",
+                                    "Files of events on local disk waiting for the sink (journal and spill, "
+                                    "including files being replayed or left claimed by a dead process)",
+                                    value=self.batcher.spill.backlog())
+            # submitted = written + spilled + rejected + lost + queue depth (lost only when the local disk fails)
+            events = CounterMetricFamily("appsim_events", "Events by outcome", labels=["outcome"])
+            for outcome in ("submitted", "written", "spilled", "rejected", "lost", "dropped", "replayed"):
                 events.add_metric([outcome], getattr(stats, outcome))
             yield events
             yield CounterMetricFamily("appsim_sink_errors", "Sink writes that failed", value=stats.sink_errors)
+            yield CounterMetricFamily("appsim_feedback_journal_commits",
+                                      "Group commits (write + fsync) of the feedback journal", value=stats.journal_commits)
+            yield CounterMetricFamily("appsim_event_batcher_loop_errors",
+                                      "Unexpected errors in the event batcher (counted; the loop goes on)",
+                                      value=stats.loop_errors)
+            yield CounterMetricFamily("appsim_spill_quarantined_files", "Spill files that could not be read back",
+                                      value=stats.quarantined_files)
+            yield GaugeMetricFamily("appsim_event_logging_stalled",
+                                    "1 while the watchdog sees event logging stuck (/ping answers 503)",
+                                    value=int(self.batcher.stall_reason() is not None))
 
 
 class MetricsMiddleware:

@@ -19,6 +19,9 @@ Environment variables (all optional):
 - ``APPSIM_POLL_SECONDS``: how often the registry is checked for a new Approved version.
 - ``APPSIM_QUEUE_SIZE`` / ``APPSIM_BATCH_SIZE`` / ``APPSIM_FLUSH_SECONDS``: the event batcher's
   bounded queue, batch size and the longest an event waits for its batch.
+- ``APPSIM_STALL_SECONDS``: event logging that makes no progress this long fails /ping (503).
+- ``APPSIM_JOURNAL_FSYNC``: ``false`` skips the fsync of the feedback journal (a 202 then survives a
+  crash of the process, not of the machine); for benchmarks, not production.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class ServingSettings(BaseModel):
     batch_size: int = Field(500, ge=1)
     flush_seconds: float = Field(1.0, gt=0)
     replay_seconds: float = Field(10.0, gt=0)
+    stall_seconds: float = Field(60.0, gt=0, description="no logging progress for this long fails /ping")
+    journal_fsync: bool = Field(True, description="fsync the feedback journal before answering 202")
+    journal_timeout_seconds: float = Field(10.0, gt=0, description="longest a feedback request waits for the journal")
     api_keys: dict[str, str] = Field(default_factory=dict, description="API key -> partner id")
     rate_per_second: float = Field(200.0, gt=0)
     rate_burst: float = Field(400.0, ge=1)
@@ -127,6 +133,8 @@ _ENV_FIELDS = {
     "APPSIM_QUEUE_SIZE": "queue_size",
     "APPSIM_BATCH_SIZE": "batch_size",
     "APPSIM_FLUSH_SECONDS": "flush_seconds",
+    "APPSIM_STALL_SECONDS": "stall_seconds",
+    "APPSIM_JOURNAL_FSYNC": "journal_fsync",
 }
 
 

@@ -1,7 +1,8 @@
 """Where prediction and feedback events go: the sink protocol and the Firehose-layout file sink.
 
 A sink takes a batch of JSON-ready event dicts and either delivers all of them or raises
-``SinkError``; the batcher (``serving/batcher.py``) spills a failed batch to local disk and
+``SinkError``; it encodes the whole batch before delivering any of it (so an event that cannot be
+encoded fails the write before anything is sent, and the batcher rejects just that event); the batcher (``serving/batcher.py``) spills a failed batch to local disk and
 replays it later, so a sink never has to buffer or retry by itself.
 
 - ``FirehoseFileSink``: gzip JSON-lines objects under ``<feedback>/YYYY/MM/DD/HH/``, exactly
@@ -37,9 +38,15 @@ class FeedbackSink(Protocol):
         """Release connections; called once, after the last write."""
 
 
+def encode_line(event: dict) -> bytes:
+    """One event as a JSON line (newline-terminated); orjson's JSONEncodeError (a TypeError) when it cannot
+    be encoded, e.g. a string holding a lone surrogate."""
+    return orjson.dumps(event) + b"\n"
+
+
 def encode_lines(events: Sequence[dict]) -> bytes:
     """Newline-joined JSON objects, one event a line (Firehose's record framing)."""
-    return b"".join(orjson.dumps(event) + b"\n" for event in events)
+    return b"".join(map(encode_line, events))
 
 
 class FirehoseFileSink:

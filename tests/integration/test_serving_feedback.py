@@ -38,12 +38,14 @@ def test_sigterm_flushes_every_queued_event(tmp_path):
                     assert server.poll() is None, server.stdout.read().decode()
                     return False
             wait_for(ready, timeout=60)
-            ids = [http.get(f"/v1/apps/app-{i:05d}/similar").json()["request_id"] for i in range(150)]
+            # Feedback is journaled (on disk before the 202) and forwarded to the store right away.
             accepted = http.post("/v1/feedback", json={"events": [
                 {"event_type": "click", "app_id": "app-00001", "campaign_id": "c", "user_id": f"u{i}", "clicked": True}
                 for i in range(20)]}).json()["event_ids"]
-            assert "appsim_sink_queue_depth" in http.get("/metrics").text
-        assert read_feedback(tmp_path / "feedback") == []  # still queued
+            wait_for(lambda: len(read_feedback(tmp_path / "feedback")) == 20)
+            ids = [http.get(f"/v1/apps/app-{i:05d}/similar").json()["request_id"] for i in range(150)]
+            assert "appsim_sink_queue_depth 150.0" in http.get("/metrics").text
+        assert len(read_feedback(tmp_path / "feedback")) == 20  # the prediction events are still queued
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=60)[0].decode()
     finally:
