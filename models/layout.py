@@ -13,7 +13,36 @@
 
 from __future__ import annotations
 
+import os
+
 from models import storage
+
+
+class StoreNotAFolder(storage.StorageError):
+    """--store names a file (or a path through one): a usage error."""
+
+
+class StoreReadOnly(storage.StorageError):
+    """A command that writes was pointed at a store this process cannot write."""
+
+
+def check_store(store: str, writing: bool) -> None:
+    """A local store must be a folder (created on first write), and writable for commands that write.
+
+    Checked up front so that the user reads one line naming the store and the fix, instead of an
+    error from whichever file happened to be touched first."""
+    if not storage.is_local(store):
+        return
+    path = storage.local_path(store)
+    nearest = path
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent  # the folder a new store would be created in
+    if not nearest.is_dir():
+        raise StoreNotAFolder(f"the store {path} is {'a file' if nearest == path else f'under the file {nearest}'}, "
+                              "not a folder: pass --store with a folder (a new one is created) or move the file away")
+    if writing and not os.access(nearest, os.W_OK):
+        raise StoreReadOnly(f"the store {path} is read-only for this process and this command writes to it: run it "
+                            f"on a writable store (fix the permissions, or copy it: cp -r {path} NEW and --store NEW)")
 
 
 def catalog_uri(store: str) -> str:

@@ -44,6 +44,7 @@ from models import layout, storage
 from models.events import InvalidEvent, parse_line, parse_utc
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment, ExperimentError, open_experiments, utcnow
 from models.registry import RegistryError, open_registry
+from models.sqlite_file import SQLiteFileError
 from pipelines.config import PipelineConfig, load_config
 
 LATENESS = timedelta(hours=2)  # outcomes (clicks, conversions) arrive after their request
@@ -65,6 +66,8 @@ class UserError(click.ClickException):
 def _user_errors() -> Iterator[None]:
     try:
         yield
+    except SQLiteFileError:
+        raise  # a damaged or read-only database is not a usage error: `appsim`'s edge exits 1 with it
     except (ExperimentError, ABError, DriftError, RegistryError) as error:
         raise UserError(str(error)) from None
 
