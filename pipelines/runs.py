@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
@@ -64,8 +64,14 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
-        steps = [StepRecord(**s) for s in data.get("steps", [])]
-        return cls(**{**data, "steps": steps})
+        """Fields a newer appsim added are ignored, so an older reader still lists the runs."""
+        steps = [StepRecord(**_known(StepRecord, s)) for s in data.get("steps", [])]
+        return cls(**{**_known(cls, data), "steps": steps})
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(kind)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def now() -> str:

@@ -75,3 +75,13 @@ def test_records_of_a_copied_store_point_into_the_copy(tmp_path):
     assert shown.store == new and shown.parameters["catalog_uri"] == new + "/catalog/apps.parquet"
     assert shown.result == {"evaluation_uri": new + "/runs/20261101T000000Z-done/evaluate/evaluation.json",
                             "note": old + "-not-a-child"}
+
+
+def test_fields_a_newer_version_adds_are_ignored(tmp_path):
+    store = storage.normalize(tmp_path)
+    newer = {"run_id": "20261101T000000Z-new", "started_at": "2026-11-01T00:00:00+00:00", "parameters": {},
+             "store": store, "registry": "sqlite:///r.db", "status": "succeeded", "labels": {"team": "ua"},
+             "steps": [{"name": "PrepareFeedback", "status": "succeeded", "attempts": 2}]}
+    storage.write_json(storage.join(store, "runs", newer["run_id"], "run.json"), newer)
+    [shown] = list_runs(store)
+    assert shown.status == "succeeded" and shown.step("PrepareFeedback").status == "succeeded"
