@@ -175,7 +175,8 @@ def test_every_user_error_is_one_line_with_its_exit_code_and_a_read_only_store_s
     ]
     works = [(["registry", "list", "--store", str(read_only)], "Approved"),
              (["registry", "show", "1", "--store", str(read_only)], '"version": 1'),
-             (["runs", "list", "--store", str(read_only)], "20261101T000000Z-r1")]
+             (["runs", "list", "--store", str(read_only)], "20261101T000000Z-r1"),
+             (["runs", "show", "20261101T000000Z-r1", "--store", str(read_only)], "succeeded")]
     try:
         started = [subprocess.Popen(appsim(*args, wrap=wrap), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, cwd=REPO, env=_env())
