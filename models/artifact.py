@@ -15,15 +15,20 @@ A folder (``model.tar.gz`` when shipped; SageMaker extracts it to ``/opt/ml/mode
 - ``app_stats.parquet``: per-app performance statistics (impressions, clicks, conversions,
   revenue, smoothed CTR and CVR) that predictions are made from.
 
-``ModelArtifact.load`` verifies every checksum before anything is used, so a truncated or
-tampered artifact is refused with ``ArtifactError``.
+``ModelArtifact.load`` verifies every checksum before anything is used. An artifact that does
+not load is refused with one ``ArtifactError`` subclass whose ``reason`` code says why
+(``missing``, ``corrupt``, ``manifest_missing``, ``unknown_format``, ``checksum_mismatch``,
+``inconsistent``); only ``missing`` may heal by itself (a copy still in flight, a restore).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +52,44 @@ TARBALL = "model.tar.gz"
 
 
 class ArtifactError(RuntimeError):
-    """An artifact that is missing, corrupt, or of an unknown format."""
+    """An artifact that cannot be loaded; ``reason`` is a stable code for metrics and logs."""
+
+    reason = "invalid"
+
+
+class ArtifactMissing(ArtifactError):
+    """The artifact (or its folder) is not there: it may appear later, so callers retry."""
+
+    reason = "missing"
+
+
+class ArtifactCorrupt(ArtifactError):
+    """The tarball does not decompress or unpack (truncated, random bytes, unsafe entries)."""
+
+    reason = "corrupt"
+
+
+class ManifestMissing(ArtifactError):
+    reason = "manifest_missing"
+
+
+class UnknownFormat(ArtifactError):
+    reason = "unknown_format"
+
+
+class ChecksumMismatch(ArtifactError):
+    reason = "checksum_mismatch"
+
+
+class InconsistentArtifact(ArtifactError):
+    """Files that verify but disagree with the manifest or with each other."""
+
+    reason = "inconsistent"
+
+
+# What a damaged tar.gz raises while being read: a truncated stream (EOFError), a bad header or
+# member (tarfile.ReadError), a broken deflate stream (zlib.error), not gzip at all (BadGzipFile).
+_DAMAGED_TARBALL = (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile)
 
 
 def sha256_file(path: Path) -> str:
@@ -124,36 +166,47 @@ class ModelArtifact:
         return uri
 
     # -- reading -----------------------------------------------------------------------
+    @staticmethod
+    def verify(directory: str | Path) -> dict[str, Any]:
+        """Check an extracted artifact's format and every checksum; returns its manifest."""
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise ArtifactMissing(f"model folder {folder} does not exist")
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise ManifestMissing(f"{folder} holds no {MANIFEST}: not a model artifact")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ArtifactCorrupt(f"{manifest_path} is not valid JSON: {error}") from error
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            version = manifest.get("format_version") if isinstance(manifest, dict) else None
+            raise UnknownFormat(f"artifact format {version!r} is not supported (this code reads {FORMAT_VERSION})")
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise InconsistentArtifact(f"{manifest_path} lists no file checksums")
+        for name, expected in files.items():
+            path = folder / name
+            if not path.is_file():
+                raise InconsistentArtifact(f"artifact file {name} is missing from {folder}")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ChecksumMismatch(f"checksum mismatch for {name}: manifest says {str(expected)[:12]}, file is {actual[:12]}")
+        missing = {APP_IDS, EMBEDDINGS, INDEX, ENCODER, ENCODER_WEIGHTS, APP_STATS} - set(files)
+        if missing:
+            raise InconsistentArtifact(f"manifest lists no checksum for {', '.join(sorted(missing))}")
+        return manifest
+
     @classmethod
     def load(cls, directory: str | Path) -> "ModelArtifact":
         """Load an extracted artifact, verifying format and every checksum first."""
         folder = Path(directory)
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise ArtifactError(f"{folder} holds no {MANIFEST}: not a model artifact")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ArtifactError(f"{manifest_path} is not valid JSON: {error}") from error
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(
-                f"artifact format {manifest.get('format_version')!r} is not supported (this code reads {FORMAT_VERSION})"
-            )
-        for name, expected in manifest.get("files", {}).items():
-            path = folder / name
-            if not path.is_file():
-                raise ArtifactError(f"artifact file {name} is missing from {folder}")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise ArtifactError(f"checksum mismatch for {name}: manifest says {expected[:12]}, file is {actual[:12]}")
-        missing = {APP_IDS, EMBEDDINGS, INDEX, ENCODER, ENCODER_WEIGHTS, APP_STATS} - set(manifest.get("files", {}))
-        if missing:
-            raise ArtifactError(f"manifest lists no checksum for {', '.join(sorted(missing))}")
+        manifest = cls.verify(folder)
         app_ids = json.loads((folder / APP_IDS).read_text())
         embeddings = np.load(folder / EMBEDDINGS, allow_pickle=False)
         index = faiss.read_index(str(folder / INDEX))
         if embeddings.shape != (manifest["app_count"], manifest["embedding_dim"]) or index.ntotal != len(app_ids):
-            raise ArtifactError("artifact shapes disagree with its manifest")
+            raise InconsistentArtifact("artifact shapes disagree with its manifest")
         return cls(
             app_ids=app_ids,
             embeddings=embeddings,
@@ -169,10 +222,30 @@ class ModelArtifact:
         """Load from a ``model.tar.gz`` URI or an extracted folder URI (file:// or s3://)."""
         if not uri.endswith(".tar.gz"):
             return cls.load(storage.local_path(uri))
-        if not storage.exists(uri):
-            raise ArtifactError(f"model artifact {uri} does not exist")
-        data = storage.read_bytes(uri)
         if workdir is not None:
-            return cls.load(storage.extract_tarball(data, workdir))
+            return cls.load(extract_uri(uri, workdir))
         with tempfile.TemporaryDirectory() as tmp:
-            return cls.load(storage.extract_tarball(data, tmp))
+            return cls.load(extract_uri(uri, tmp))
+
+    @classmethod
+    def verify_uri(cls, uri: str) -> dict[str, Any]:
+        """Check a ``model.tar.gz`` or folder URI without loading it (``appsim store check``)."""
+        if not uri.endswith(".tar.gz"):
+            return cls.verify(storage.local_path(uri))
+        with tempfile.TemporaryDirectory() as tmp:
+            return cls.verify(extract_uri(uri, tmp))
+
+
+def extract_uri(uri: str, target_dir: str | Path) -> Path:
+    """Download and unpack a ``model.tar.gz``; a missing or damaged one raises its ``ArtifactError``."""
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError as error:
+        raise ArtifactMissing(f"model artifact {uri} does not exist") from error
+    try:
+        return storage.extract_tarball(data, target_dir)
+    except _DAMAGED_TARBALL as error:
+        raise ArtifactCorrupt(f"model artifact {uri} is damaged ({len(data):,} bytes): "
+                              f"{type(error).__name__}: {error}") from error
+    except storage.UnsafeTarball as error:
+        raise ArtifactCorrupt(f"model artifact {uri}: {error}") from error

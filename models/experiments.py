@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.sqlite_file import SQLiteFile
+from models.sqlite_file import SQLiteFile, SQLiteFileError
 from models import storage
 
 ExperimentStatus = Literal["active", "completed", "stopped"]
@@ -181,10 +181,11 @@ def default_uri(store: str) -> str:
     return f"sqlite://{storage.local_path(store) / 'experiments.db'}"
 
 
-def open_experiments(uri: str) -> ExperimentStore:
-    """An experiment store from its URI: ``sqlite:///path/experiments.db`` or ``dynamodb://table``."""
+def open_experiments(uri: str, read_only: bool = False) -> ExperimentStore:
+    """An experiment store from its URI: ``sqlite:///path/experiments.db`` or ``dynamodb://table``
+    (``read_only``: for readers such as serving; the SQLite file is then never written)."""
     if uri.startswith("sqlite://"):
-        return SQLiteExperiments(uri[len("sqlite://"):])
+        return SQLiteExperiments(uri[len("sqlite://"):], read_only=read_only)
     if uri.startswith("dynamodb://"):
         return DynamoDBExperiments(uri[len("dynamodb://"):])
     raise ExperimentError(f"experiments URI '{uri}' is not understood; use sqlite:///path/experiments.db or "
@@ -204,9 +205,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_active_experiment ON experiments (status) 
 """
 
 
+class ExperimentsUnavailable(SQLiteFileError, ExperimentError):
+    """experiments.db cannot be used (damaged, read-only for a write, locked)."""
+
+
 class SQLiteExperiments(SQLiteFile, ExperimentStore):
-    def __init__(self, path: str | Path):
-        SQLiteFile.__init__(self, path, _SCHEMA)
+    unusable_error = ExperimentsUnavailable
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        SQLiteFile.__init__(self, path, _SCHEMA, read_only=read_only)
 
     def create(self, experiment: Experiment) -> Experiment:
         saved = experiment.model_copy(update={"revision": 1})

@@ -97,12 +97,15 @@ def check_status(status: str) -> Status:
     return status  # type: ignore[return-value]
 
 
-def open_registry(uri: str) -> Registry:
-    """A registry backend from its URI: ``sqlite:///path`` or ``sagemaker://group``."""
+def open_registry(uri: str, read_only: bool = False) -> Registry:
+    """A registry backend from its URI: ``sqlite:///path`` or ``sagemaker://group``.
+
+    ``read_only`` is for commands that only read (list, show, serve): the SQLite file is then
+    opened without writing anything, so a read-only store still answers."""
     if uri.startswith("sqlite://"):
         from models.registry_sqlite import SQLiteRegistry
 
-        return SQLiteRegistry(uri[len("sqlite://"):])
+        return SQLiteRegistry(uri[len("sqlite://"):], read_only=read_only)
     if uri.startswith("sagemaker://"):
         from models.registry_sagemaker import SageMakerRegistry
 

@@ -3,6 +3,12 @@
 Concurrent writers are serialised by ``BEGIN IMMEDIATE`` (the write lock is taken before the
 next number is read) and the version column is the primary key, so two writers can never get
 the same number.
+
+The store is portable: an artifact or report inside the registry's folder (the store) is recorded
+by its path relative to that folder, so a store copied or restored elsewhere still finds its
+artifacts. Rows written before that hold absolute ``file://`` URIs; when such a path is gone, the
+longest tail of it that exists under the registry's folder is used (``/old/store/runs/X/...`` ->
+``<store>/runs/X/...``).
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.sqlite_file import SQLiteFile
-from models.registry import ModelVersion, Registry, Status, VersionNotFound, check_status
+from models import storage
+from models.registry import ModelVersion, Registry, RegistryError, Status, VersionNotFound, check_status
+from models.sqlite_file import SQLiteFile, SQLiteFileError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -29,19 +36,51 @@ CREATE TABLE IF NOT EXISTS model_versions (
 """
 
 
-class SQLiteRegistry(SQLiteFile, Registry):
-    def __init__(self, path: str | Path):
-        SQLiteFile.__init__(self, path, _SCHEMA)
+class RegistryUnavailable(SQLiteFileError, RegistryError):
+    """registry.db cannot be used (damaged, read-only for a write, locked)."""
 
-    @staticmethod
-    def _row(row: tuple) -> ModelVersion:
+
+class SQLiteRegistry(SQLiteFile, Registry):
+    unusable_error = RegistryUnavailable
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        SQLiteFile.__init__(self, path, _SCHEMA, read_only=read_only)
+        self.root = self.path.resolve().parent
+
+    def _stored(self, uri: str | None) -> str | None:
+        """How a location is recorded: relative to the registry's folder when inside it."""
+        if uri is None or not storage.is_local(uri):
+            return uri
+        try:
+            return storage.local_path(uri).relative_to(self.root).as_posix()
+        except ValueError:
+            return storage.normalize(uri)
+
+    def _resolved(self, stored: str | None) -> str | None:
+        """A recorded location as a URI that points into this copy of the store."""
+        if stored is None:
+            return None
+        if "://" not in stored:
+            return storage.normalize(self.root / stored)
+        if not stored.startswith("file://"):
+            return stored
+        path = storage.local_path(stored)
+        if path.exists():
+            return stored
+        for start in range(1, len(path.parts) - 1):  # keep at least <folder>/<file>
+            candidate = self.root.joinpath(*path.parts[start:])
+            if candidate.exists():
+                return storage.normalize(candidate)
+        return stored
+
+    def _row(self, row: tuple) -> ModelVersion:
         version, status, created_at, artifact_uri, evaluation_uri, metrics, lineage, reason = row
         return ModelVersion(
             version=version,
             status=status,
             created_at=datetime.fromisoformat(created_at),
-            artifact_uri=artifact_uri,
-            evaluation_uri=evaluation_uri,
+            artifact_uri=self._resolved(artifact_uri),
+            evaluation_uri=self._resolved(evaluation_uri),
             metrics=json.loads(metrics),
             lineage=json.loads(lineage),
             status_reason=reason,
@@ -66,7 +105,7 @@ class SQLiteRegistry(SQLiteFile, Registry):
                 (number,) = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions").fetchone()
                 conn.execute(
                     f"INSERT INTO model_versions ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (number, status, created, artifact_uri, evaluation_uri,
+                    (number, status, created, self._stored(artifact_uri), self._stored(evaluation_uri),
                      json.dumps(metrics, sort_keys=True), json.dumps(lineage, sort_keys=True, default=str), status_reason),
                 )
                 conn.execute("COMMIT")

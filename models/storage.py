@@ -7,6 +7,7 @@ honoured, which is how the tests point it at moto.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -20,6 +21,10 @@ import fsspec
 
 class StorageError(RuntimeError):
     """A store URI that cannot be read or written."""
+
+
+class UnsafeTarball(StorageError):
+    """A tarball entry that is not a plain file inside the target folder."""
 
 
 def normalize(uri: str | os.PathLike) -> str:
@@ -77,6 +82,22 @@ def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> IO:
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
     return fs.exists(path)
+
+
+def fingerprint(uri: str) -> str | None:
+    """What changes when an object (or any file of a folder) is replaced: size, modification
+    stamp and inode or ETag. None when it does not exist. One stat (HEAD on S3), no read."""
+    fs, path = _fs(uri)
+    try:
+        info = fs.info(path)
+        entries = [info] if info["type"] != "directory" else sorted(fs.find(path, detail=True).values(),
+                                                                    key=lambda e: e["name"])
+    except FileNotFoundError:
+        return None
+    return ";".join(
+        f"{e['name']}:{e.get('size')}:{e.get('mtime') or e.get('LastModified')}:{e.get('ino') or e.get('ETag')}"
+        for e in entries
+    )
 
 
 def read_bytes(uri: str) -> bytes:
@@ -162,8 +183,6 @@ def iter_lines(uri: str) -> Iterator[bytes]:
 def make_tarball(source_dir: str | os.PathLike) -> bytes:
     """A deterministic tar.gz of a folder (sorted, zeroed mtimes/owners): same files, same bytes."""
     buffer = io.BytesIO()
-    import gzip
-
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w") as tar:
             for file in sorted(Path(source_dir).rglob("*")):
@@ -182,12 +201,16 @@ def extract_tarball(data: bytes, target_dir: str | os.PathLike) -> Path:
     """Extract a model tarball safely: regular files only, no absolute paths or '..'."""
     target = Path(target_dir)
     target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
         for member in tar.getmembers():
             if not member.isfile():
-                raise StorageError(f"model tarball holds a non-file entry '{member.name}': refused")
+                raise UnsafeTarball(f"model tarball holds a non-file entry '{member.name}': refused")
             name = Path(member.name)
             if name.is_absolute() or ".." in name.parts:
-                raise StorageError(f"model tarball entry '{member.name}' escapes the folder: refused")
+                raise UnsafeTarball(f"model tarball entry '{member.name}' escapes the folder: refused")
         tar.extractall(target, filter="data")
+        # tarfile ends the archive quietly at the first header it cannot parse, so a tarball damaged
+        # mid-way would extract short: reading the gzip stream to its end checks its CRC and length.
+        while stream.read(1 << 20):
+            pass
     return target

@@ -13,16 +13,26 @@ from typing import Any
 
 import click
 
-from models.artifact import ArtifactError
-from models.registry import RegistryError
+from models import layout
+from models.registry import RegistryError, VersionNotFound
+from models.sqlite_file import SQLiteFileError
 from models.storage import StorageError
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.runs import RunNotFound, list_runs, load_run
 
-# Errors the user can fix: printed as one line naming the problem, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, RegistryError, StorageError, ArtifactError, FileNotFoundError, RunNotFound,
-)
+# Every error the user can act on is printed as one line naming the cause and the fix, never a
+# traceback: a wrong command line exits 2 (as click's usage errors do), a store, registry or
+# artifact that cannot be used exits 1.
+USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, layout.StoreNotAFolder, VersionNotFound, RunNotFound)
+FAILURES: tuple[type[BaseException], ...] = (SQLiteFileError, RegistryError, StorageError, OSError)
+# Failures defined in modules too heavy to import for every command (the artifact module pulls in
+# FAISS and pandas: seconds of start-up for `registry list`); a module never imported raised nothing.
+LAZY_FAILURES = {"models.artifact": "ArtifactError", "models.experiments": "ExperimentError"}
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[module], name) for module, name in LAZY_FAILURES.items() if module in sys.modules]
+    return FAILURES + tuple(loaded)
 
 store_option = click.option(
     "--store", envvar="APPSIM_STORE", default=None,
@@ -50,9 +60,13 @@ def cli() -> None:
     """appsim: app similarity and performance prediction that keeps improving."""
 
 
-def _config(config_path: str | None, store: str | None, params: tuple[str, ...] = ()) -> PipelineConfig:
+def _config(config_path: str | None, store: str | None, params: tuple[str, ...] = (),
+            writing: bool = False) -> PipelineConfig:
+    """The validated config, its store checked (a folder; writable when the command writes)."""
     config = load_config(config_path, store)
-    return config.with_overrides(list(params)) if params else config
+    config = config.with_overrides(list(params)) if params else config
+    layout.check_store(config.store, writing)
+    return config
 
 
 def _fmt(value: Any) -> str:
@@ -86,7 +100,7 @@ def _dump(data: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (run_id, decision, version, metrics).")
 def retrain(store: str | None, config_path: str | None, params: tuple[str, ...], target: str, wait: bool, as_json: bool) -> None:
     """Run the retraining pipeline: prepare -> train -> evaluate -> gate -> register."""
-    config = _config(config_path, store, params)
+    config = _config(config_path, store, params, writing=True)
     if target == "sagemaker":
         from pipelines.aws import retrain_on_sagemaker
 
@@ -134,10 +148,10 @@ def registry() -> None:
     """Model versions: list, show, approve, reject."""
 
 
-def _registry(config_path: str | None, store: str | None):
+def _registry(config_path: str | None, store: str | None, writing: bool = False):
     from models.registry import open_registry
 
-    return open_registry(_config(config_path, store).registry_uri)
+    return open_registry(_config(config_path, store, writing=writing).registry_uri, read_only=not writing)
 
 
 def _version_row(v) -> dict[str, Any]:
@@ -176,7 +190,7 @@ def registry_show(version: int, store: str | None, config_path: str | None) -> N
 
 
 def _set_status(version: int, status: str, reason: str, store: str | None, config_path: str | None) -> None:
-    updated = _registry(config_path, store).set_status(version, status, reason)
+    updated = _registry(config_path, store, writing=True).set_status(version, status, reason)
     click.echo(f"version {updated.version} is now {updated.status}")
 
 
@@ -216,8 +230,8 @@ def runs_list(store: str | None, config_path: str | None, as_json: bool) -> None
         _dump([r.to_dict() for r in records])
         return
     rows = [[r.run_id, r.status, r.started_at, r.result.get("decision"), r.result.get("version"),
-             next((s.name for s in r.steps if s.status == "failed"), "")] for r in records]
-    click.echo(_table(["run", "status", "started (UTC)", "decision", "version", "failed step"], rows) if rows else "no runs yet")
+             next((s.name for s in r.steps if s.status in ("failed", "abandoned")), "")] for r in records]
+    click.echo(_table(["run", "status", "started (UTC)", "decision", "version", "stopped in"], rows) if rows else "no runs yet")
 
 
 @runs.command("show")
@@ -272,6 +286,7 @@ LAZY_COMMANDS = {
     "feedback": "pipelines.cli_aws:feedback_group",
     "serve": "serving.cli:serve_command",
     "simulate": "pipelines.simulate:simulate_command",
+    "store": "pipelines.store:store_group",
 }
 
 
@@ -284,9 +299,21 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except USER_ERRORS as error:
+    except USAGE_ERRORS as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except Exception as error:
+        if not isinstance(error, _failures()):
+            raise
+        click.echo(f"error: {_one_line(error)}", err=True)
+        sys.exit(1)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
+        # e.g. a store that became read-only or full mid-run: name the file and what to check
+        return f"cannot use {error.filename}: {error.strerror}; check the store's permissions and free space"
+    return " ".join(str(error).split())  # one line, whatever the message held
 
 
 if __name__ == "__main__":

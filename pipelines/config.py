@@ -21,6 +21,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 STORE_ENV = "APPSIM_STORE"
 
 
+# Feedback timestamps are stored as datetime64[ns] (which ends in 2262); a window outside this range
+# can hold no event and would fail in a step instead of here.
+WINDOW_END_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+
+
 class ConfigError(ValueError):
     """pipeline.yaml or a --param override that is not valid."""
 
@@ -36,10 +41,10 @@ class PipelineParameters(_Strict):
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
     use_attributed_clicks: bool = False
     embedding_dim: int = Field(64, ge=2, le=1024)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**31 - 1)  # every RNG the steps use takes a 32-bit signed seed
     index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
-    exact_index_max_apps: int = Field(100_000, ge=1)
-    min_relative_improvement: float = Field(0.03, ge=0)
+    exact_index_max_apps: int = Field(100_000, ge=1, le=1_000_000_000)
+    min_relative_improvement: float = Field(0.03, ge=0, le=10)
     bootstrap_samples: int = Field(1000, ge=50, le=100_000)
     approval_status: Literal["Approved", "PendingManualApproval"] = "Approved"
 
@@ -48,9 +53,13 @@ class PipelineParameters(_Strict):
     def _iso_or_empty(cls, value: str) -> str:
         if value:
             try:
-                parse_utc(value)
+                end = parse_utc(value)
             except ValueError:
                 raise ValueError(f"'{value}' is not an ISO date-time such as 2026-01-31T00:00:00Z (or leave it empty for now)")
+            if not WINDOW_END_RANGE[0] <= end < WINDOW_END_RANGE[1]:
+                low, high = (bound.date().isoformat() for bound in WINDOW_END_RANGE)
+                raise ValueError(f"'{value}' is outside the dates feedback can have; give one from {low} "
+                                 f"to before {high}, such as 2026-01-31T00:00:00Z (or leave it empty for now)")
         return value
 
     def resolved_window_end(self) -> datetime:
@@ -159,7 +168,9 @@ def _describe(error: ValidationError, where: str) -> str:
     parts = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
-        parts.append(f"{key}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        given = f"={item['input']}" if isinstance(item.get("input"), (str, int, float)) else ""
+        parts.append(f"{key}{given}: {message}")
     return f"invalid {where}: " + "; ".join(parts)
 
 

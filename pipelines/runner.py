@@ -7,16 +7,19 @@ leaves an honest record. A step that fails names itself and its cause (``StepFai
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import traceback
+from datetime import datetime
 from typing import Any, Callable
 
 from models import layout, storage
 from models.progress import Progress
 from models.registry import Registry, open_registry
 from pipelines import graph
-from pipelines.config import PipelineConfig
-from pipelines.runs import RunRecord, StepRecord, new_run_id, now, save_run
+from pipelines.config import PipelineConfig, PipelineParameters
+from pipelines.runs import Heartbeat, RunRecord, StepRecord, list_runs, new_run_id, now, save_run
 from steps import evaluate, prepare, register, train
 
 Echo = Callable[[str], None]
@@ -41,6 +44,7 @@ class LocalRunner:
         self.echo = echo or (lambda message: None)
 
     def run(self) -> RunRecord:
+        list_runs(self.store)  # marks runs left behind by a killed process abandoned before this one starts
         params = self.config.parameters
         window_end = params.resolved_window_end()
         data = {"feedback_uri": layout.feedback_uri(self.store), "catalog_uri": layout.catalog_uri(self.store)}
@@ -48,10 +52,15 @@ class LocalRunner:
         record = RunRecord(
             run_id=new_run_id(), started_at=now(), parameters=parameters, store=self.store,
             registry=self.registry.uri, steps=[StepRecord(s.name) for s in graph.STEPS],
+            host=socket.gethostname(), pid=os.getpid(),
         )
         save_run(record)
         self.echo(f"run {record.run_id}: store {self.store}, registry {self.registry.uri}")
+        with Heartbeat(record):
+            return self._run_steps(record, params, window_end, data, parameters)
 
+    def _run_steps(self, record: RunRecord, params: PipelineParameters, window_end: datetime,
+                   data: dict[str, str], parameters: dict[str, Any]) -> RunRecord:
         prepared_uri = layout.step_uri(self.store, record.run_id, "prepare")
         model_dir_uri = layout.step_uri(self.store, record.run_id, "train")
         evaluation_dir_uri = layout.step_uri(self.store, record.run_id, "evaluate")

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from models import layout
 from serving.settings import SETTINGS_ENV, ServingSettings, SettingsError, parse_api_keys, settings_from_env
 
 
@@ -20,6 +21,7 @@ def build_settings(overrides: dict[str, Any], config_path: str | None) -> Servin
         from pipelines.config import load_config  # the CLI edge: pipeline.yaml supplies the defaults
 
         config = load_config(config_path, values.get("store"))
+        layout.check_store(config.store, writing=False)  # serving only reads the store
         values["store"] = config.store
         values.setdefault("registry", config.registry_uri)
     try:

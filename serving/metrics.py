@@ -60,6 +60,10 @@ class _StateCollector(Collector):
                                       value=self.manager.load_failures)
             yield CounterMetricFamily("appsim_registry_poll_errors", "Registry polls that failed",
                                       value=self.manager.poll_errors)
+            yield _held_back("appsim_model_refused", "1 per model version refused, by reason; tried again when "
+                             "its file changes", self.manager.refused)
+            yield _held_back("appsim_model_retrying", "1 per model version whose artifact is unavailable, "
+                             "retried with backoff", self.manager.retrying)
         if self.batcher is not None:
             stats = self.batcher.stats
             yield GaugeMetricFamily("appsim_sink_queue_depth", "Events waiting for the sink", value=self.batcher.depth)
@@ -83,6 +87,13 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily("appsim_event_logging_stalled",
                                     "1 while the watchdog sees event logging stuck (/ping answers 503)",
                                     value=int(self.batcher.stall_reason() is not None))
+
+
+def _held_back(name: str, documentation: str, versions: dict[int, Any]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=["version", "reason"])
+    for number, entry in sorted(versions.items()):
+        family.add_metric([str(number), entry.reason], 1)
+    return family
 
 
 class MetricsMiddleware:

@@ -6,9 +6,11 @@ assignment, so a request sees either the old state or the new one, never a mix.
 
 Loading happens on the watcher thread, off the event loop: an artifact is downloaded,
 checksum-verified (``ModelArtifact.load_uri``) and warmed up before it is swapped in. A
-version that cannot be loaded (corrupt, mismatched, unreadable) is refused, logged and
-counted; the version already serving keeps serving, and at start the newest Approved version
-that does load is served instead.
+version whose artifact does not load (truncated, corrupt, checksum mismatch, no manifest, unknown
+format) is refused with its reason, logged and counted, once per content: it is tried again only
+when its file changes (a restore). A version whose artifact is missing or unreadable for now is
+retried with exponential backoff. Either way the version already serving keeps serving, and at
+start the newest Approved version that does load is served instead.
 
 Sources: a fixed artifact folder (SageMaker endpoint mode, ``/opt/ml/model``) or a registry
 (the champion, i.e. the newest Approved version, plus an optional challenger at a weight). The
@@ -22,11 +24,13 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from models.artifact import ArtifactError, ModelArtifact
+from models import storage
+from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, ExperimentError, ExperimentStore, open_experiments
 from models.features import MetadataError
 from models.predictor import Predictor
@@ -39,11 +43,44 @@ log = logging.getLogger("appsim.serving.models")
 
 CHAMPION = CHAMPION_ARM
 CHALLENGER = CHALLENGER_ARM
-# Errors that mean "this artifact cannot be served", as opposed to a bug in this code. The data
-# errors refuse the version for good (versions are immutable); storage errors may be transient
-# and are retried at the next poll.
+# Errors that say the artifact's content cannot be served: refused until its file changes.
 DATA_ERRORS = (ArtifactError, MetadataError, ValueError, KeyError)
-LOAD_ERRORS = DATA_ERRORS + (StorageError, OSError)
+# Errors that may heal by themselves (a file not there yet, a store unreachable): retried with backoff.
+TRANSIENT_ERRORS = (ArtifactMissing, StorageError, OSError)
+MAX_BACKOFF_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A version whose artifact content does not load; ``content`` is the file's fingerprint then."""
+
+    artifact_uri: str
+    reason: str
+    detail: str
+    content: str | None
+
+    def text(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A version whose artifact is unavailable for now, tried again at ``due`` (monotonic seconds)."""
+
+    artifact_uri: str
+    reason: str
+    detail: str
+    attempts: int
+    due: float
+
+    def text(self) -> str:
+        wait = max(0.0, self.due - time.monotonic())
+        return f"{self.reason}: {self.detail} (attempt {self.attempts}, next in {wait:.0f} s)"
+
+
+def failure_reason(error: BaseException) -> str:
+    """A stable code for metrics and logs: the artifact error's own, else the exception's class."""
+    return error.reason if isinstance(error, ArtifactError) else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -96,7 +133,7 @@ class ServingState:
 
 
 def load_model(version: int, artifact_uri: str) -> LoadedModel:
-    """Load, verify and warm up one artifact (raises one of ``LOAD_ERRORS`` when it cannot be served)."""
+    """Load, verify and warm up one artifact (``ArtifactError`` and friends when it cannot be served)."""
     artifact = ModelArtifact.load_uri(artifact_uri)
     predictor = Predictor(artifact)
     # Warm up here, on the loading thread, so the first requests after a swap pay nothing extra:
@@ -129,14 +166,15 @@ class ModelManager:
         self.settings = settings
         self.registry = registry
         if not settings.endpoint_mode and registry is None:
-            self.registry = open_registry(settings.registry_uri())
+            self.registry = open_registry(settings.registry_uri(), read_only=True)  # serving never writes it
         self.experiments = experiments
         if experiments is None and not settings.endpoint_mode and settings.experiments_uri():
-            self.experiments = open_experiments(settings.experiments_uri())  # type: ignore[arg-type]
+            self.experiments = open_experiments(settings.experiments_uri(), read_only=True)  # type: ignore[arg-type]
         self.source = settings.model_dir if settings.endpoint_mode else self.registry.uri  # type: ignore[union-attr]
         self.state: ServingState | None = None
         self.not_ready_reason = f"loading the model from {self.source}"
-        self.refused: dict[int, str] = {}
+        self.refused: dict[int, Refusal] = {}
+        self.retrying: dict[int, Retry] = {}
         self.swaps = 0
         self.load_failures = 0
         self.poll_errors = 0
@@ -171,9 +209,10 @@ class ModelManager:
         return self._refresh_registry()
 
     def _refresh_directory(self) -> bool:
-        if self.state is not None:
+        version, folder = self.settings.model_version, self.settings.model_dir
+        if self.state is not None or self._held_back(version, folder):  # type: ignore[arg-type]
             return False
-        model = self._load(self.settings.model_version, self.settings.model_dir)  # type: ignore[arg-type]
+        model = self._load(version, folder)  # type: ignore[arg-type]
         if model is None:
             return False
         return self._swap(ServingState((Arm(CHAMPION, 1.0, model),)))
@@ -191,7 +230,7 @@ class ModelManager:
             if self.state is None:
                 self.not_ready_reason = (
                     f"no loadable Approved model version in {self.registry.uri} yet"
-                    + (f" (refused: {self._refused_text()})" if self.refused else "")
+                    + (f" (held back: {self._held_back_text()})" if self.refused or self.retrying else "")
                 )
             return False
         arms = [champion]
@@ -221,7 +260,7 @@ class ModelManager:
     def _champion(self, versions: list[ModelVersion]) -> Arm | None:
         """The newest Approved version that loads (versions come newest first)."""
         for version in versions:
-            if version.status != "Approved" or version.version in self.refused:
+            if version.status != "Approved" or self._held_back(version.version, version.artifact_uri):
                 continue
             model = self._reuse_or_load(version)
             if model is not None:
@@ -235,10 +274,22 @@ class ModelManager:
         if version is None:
             log.warning("challenger version %s is not in %s; all traffic goes to the champion", wanted, self.source)
             return None
-        if version.status == "Rejected" or wanted in self.refused:
+        if version.status == "Rejected" or self._held_back(wanted, version.artifact_uri):
             return None
         model = self._reuse_or_load(version)
         return None if model is None else Arm(CHALLENGER, weight, model)
+
+    def _held_back(self, version: int, artifact_uri: str) -> bool:
+        """True while a refused version's file is unchanged, or a retried one is not due yet."""
+        refusal = self.refused.get(version)
+        if refusal is not None:
+            if refusal.artifact_uri == artifact_uri and self._fingerprint(artifact_uri) == refusal.content:
+                return True
+            log.warning("model version %s was refused (%s) but its artifact %s changed: trying it again",
+                        version, refusal.reason, artifact_uri)
+            del self.refused[version]
+        retry = self.retrying.get(version)
+        return retry is not None and retry.artifact_uri == artifact_uri and time.monotonic() < retry.due
 
     def _reuse_or_load(self, version: ModelVersion) -> LoadedModel | None:
         if self.state is not None:
@@ -247,17 +298,41 @@ class ModelManager:
                     return arm.model
         return self._load(version.version, version.artifact_uri)
 
+    @staticmethod
+    def _fingerprint(artifact_uri: str) -> str | None:
+        try:
+            return storage.fingerprint(artifact_uri)
+        except (StorageError, OSError):
+            return None
+
     def _load(self, version: int, artifact_uri: str) -> LoadedModel | None:
+        content = self._fingerprint(artifact_uri)  # before loading: a file replaced meanwhile is tried again
         try:
             model = load_model(version, artifact_uri)
-        except LOAD_ERRORS as error:
+        except Exception as error:  # noqa: BLE001 - whatever an artifact does, the server keeps serving
             self.load_failures += 1
-            if isinstance(error, DATA_ERRORS):
-                self.refused[version] = f"{type(error).__name__}: {error}"
-            log.error("refused model version %s from %s: %s", version, artifact_uri, error)
+            reason, detail = failure_reason(error), str(error)
+            if isinstance(error, TRANSIENT_ERRORS):
+                previous = self.retrying.get(version)
+                attempts = previous.attempts + 1 if previous and previous.artifact_uri == artifact_uri else 1
+                delay = min(self.settings.poll_seconds * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
+                self.retrying[version] = Retry(artifact_uri, reason, detail, attempts, time.monotonic() + delay)
+                log.warning("model version %s is unavailable (%s: %s); retrying in %.0f s (attempt %d)",
+                            version, reason, detail, delay, attempts)
+            else:
+                self.retrying.pop(version, None)
+                self.refused[version] = Refusal(artifact_uri, reason, detail, content)
+                if isinstance(error, DATA_ERRORS):
+                    log.error("refused model version %s from %s (%s): %s; tried again when the file changes",
+                              version, artifact_uri, reason, detail)
+                else:  # not a known artifact fault: keep the traceback, it may be a bug here
+                    log.exception("refused model version %s from %s (%s); tried again when the file changes",
+                                  version, artifact_uri, reason)
             if self.state is None:
-                self.not_ready_reason = f"model version {version} could not be loaded: {error}"
+                self.not_ready_reason = f"model version {version} could not be loaded ({reason}): {detail}"
             return None
+        self.refused.pop(version, None)
+        self.retrying.pop(version, None)
         log.info("loaded model version %s from %s (%s apps)", version, artifact_uri, len(model.predictor.artifact.app_ids))
         return model
 
@@ -272,8 +347,9 @@ class ModelManager:
         log.info("serving %s", ", ".join(f"{a.name}=v{a.model.version} ({a.weight:g})" for a in new.arms))
         return True
 
-    def _refused_text(self) -> str:
-        return "; ".join(f"v{v}: {reason}" for v, reason in sorted(self.refused.items()))
+    def _held_back_text(self) -> str:
+        held = {**self.retrying, **self.refused}
+        return "; ".join(f"v{v}: {entry.text()}" for v, entry in sorted(held.items()))
 
     def describe(self) -> dict[str, Any]:
         state = self.state
@@ -282,6 +358,7 @@ class ModelManager:
             "mode": "endpoint" if self.settings.endpoint_mode else "registry",
             "ready": state is not None,
             "arms": state.describe() if state else [],
-            "refused_versions": {str(v): reason for v, reason in sorted(self.refused.items())},
+            "refused_versions": {str(v): refusal.text() for v, refusal in sorted(self.refused.items())},
+            "retrying_versions": {str(v): retry.text() for v, retry in sorted(self.retrying.items())},
             "swaps": self.swaps,
         }

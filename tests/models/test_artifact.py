@@ -1,16 +1,20 @@
-"""The model artifact format: round trip, checksums, no pickle, manifest fields."""
+"""The model artifact format: round trip, checksums, no pickle, manifest fields, and every way an
+artifact can fail to load refused with its own ``ArtifactError`` and reason code."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
 
 from models import storage
-from models.artifact import (APP_IDS, EMBEDDINGS, ENCODER, ENCODER_WEIGHTS, INDEX, MANIFEST, ArtifactError,
-                             ModelArtifact)
+from models.artifact import (APP_IDS, EMBEDDINGS, ENCODER, ENCODER_WEIGHTS, INDEX, MANIFEST, ArtifactCorrupt,
+                             ArtifactError, ArtifactMissing, ChecksumMismatch, ManifestMissing, ModelArtifact,
+                             UnknownFormat)
 from models.progress import Progress
 from steps.train import train_artifact
 from tests.models.coengagement_world import write_world
@@ -92,6 +96,54 @@ def test_a_tarball_that_escapes_its_folder_is_refused(tmp_path):
     (tmp_path / "payload").write_text("x")
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(tmp_path / "payload", arcname="../escape")
-    with pytest.raises(storage.StorageError, match="escapes"):
+    with pytest.raises(ArtifactCorrupt, match="escapes"):
         ModelArtifact.load_uri(storage.normalize(evil), workdir=tmp_path / "out")
     assert not (tmp_path / "escape").exists()
+
+
+def _flip_middle(data: bytes) -> bytes:
+    damaged = bytearray(data)
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
+# Each way a model.tar.gz arrives broken, and the exception the standard library raises for it.
+DAMAGE = {
+    "truncated": (lambda data: data[: len(data) // 2], EOFError),
+    "random bytes": (lambda data: bytes(range(256)) * 8, gzip.BadGzipFile),
+    # flipped bytes decode as an invalid deflate block, or as wrong bytes that the gzip CRC catches
+    "damaged deflate stream": (_flip_middle, (zlib.error, gzip.BadGzipFile)),
+    "gzip of something not a tar": (lambda data: gzip.compress(b"\x01" * 4096), tarfile.ReadError),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_tarball_is_refused_as_corrupt_naming_the_cause(artifact, tmp_path, damage):
+    uri = artifact.save_tarball(storage.normalize(tmp_path / "model.tar.gz"))
+    spoil, raised = DAMAGE[damage]
+    (tmp_path / "model.tar.gz").write_bytes(spoil((tmp_path / "model.tar.gz").read_bytes()))
+    with pytest.raises(ArtifactCorrupt) as caught:
+        ModelArtifact.load_uri(uri)
+    assert caught.value.reason == "corrupt" and isinstance(caught.value.__cause__, raised)
+    assert uri in str(caught.value) and type(caught.value.__cause__).__name__ in str(caught.value)
+    with pytest.raises(ArtifactCorrupt):
+        ModelArtifact.verify_uri(uri)
+
+
+def test_each_refusal_carries_its_reason_code(artifact, tmp_path):
+    with pytest.raises(ArtifactMissing) as missing:
+        ModelArtifact.load_uri(storage.normalize(tmp_path / "absent" / "model.tar.gz"))
+    with pytest.raises(ManifestMissing) as no_manifest:
+        ModelArtifact.load(tmp_path)
+    artifact.save(tmp_path / "m")
+    (tmp_path / "m" / INDEX).write_bytes(b"not an index")
+    with pytest.raises(ChecksumMismatch) as mismatch:
+        ModelArtifact.load(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest | {"format_version": 2}))
+    with pytest.raises(UnknownFormat) as unknown:
+        ModelArtifact.verify(tmp_path / "m")
+    reasons = [e.value.reason for e in (missing, no_manifest, mismatch, unknown)]
+    assert reasons == ["missing", "manifest_missing", "checksum_mismatch", "unknown_format"]
+    assert all(isinstance(e.value, ArtifactError) for e in (missing, no_manifest, mismatch, unknown))

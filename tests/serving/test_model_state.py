@@ -1,10 +1,12 @@
 """Loading, refusing and hot-swapping models (the watcher's logic, called directly)."""
 
 import gc
+import os
 import weakref
 
 import pytest
 
+from models import storage
 from models.registry_sqlite import SQLiteRegistry
 from serving.model_state import CHALLENGER, CHAMPION, ModelManager
 from serving.settings import ServingSettings
@@ -68,7 +70,8 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(registry, tmp_
     bad = publish(registry, tmp_path, build_artifact(seed=3), corrupted=True)
     assert not manager.refresh()
     assert manager.state.arms[0].model.version == 1
-    assert "checksum mismatch for embeddings.npy" in manager.refused[bad]
+    assert manager.refused[bad].reason == "checksum_mismatch"
+    assert "checksum mismatch for embeddings.npy" in manager.describe()["refused_versions"][str(bad)]
     assert manager.load_failures == 1
     manager.refresh()
     assert manager.load_failures == 1  # refused once, not retried every poll
@@ -140,3 +143,62 @@ def test_settings_default_to_the_store_experiments(tmp_path):
     settings = ServingSettings(store=str(tmp_path))
     assert settings.experiments_uri() == f"sqlite://{tmp_path / 'experiments.db'}"
     assert ServingSettings(store="s3://bucket/x", registry="sagemaker://g").experiments_uri() is None
+
+
+def truncate(artifact_uri: str) -> bytes:
+    """Cut a tarball in half, as an interrupted copy leaves it; returns the intact bytes."""
+    path = storage.local_path(artifact_uri)
+    intact = path.read_bytes()
+    path.write_bytes(intact[: len(intact) // 2])
+    return intact
+
+
+def test_a_truncated_champion_at_start_falls_back_to_the_previous_approved(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    bad = publish(registry, tmp_path, build_artifact(seed=4))
+    truncate(registry.get(bad).artifact_uri)
+    manager = manager_for(registry)
+    assert manager.refresh()
+    assert manager.state.arms[0].model.version == 1
+    assert manager.refused[bad].reason == "corrupt" and "EOFError" in manager.refused[bad].detail
+
+
+def test_a_refused_version_is_tried_again_only_when_its_file_changes(registry, tmp_path):
+    publish(registry, tmp_path, build_artifact())
+    bad = publish(registry, tmp_path, build_artifact(seed=4))
+    uri = registry.get(bad).artifact_uri
+    intact = truncate(uri)
+    manager = manager_for(registry)
+    manager.refresh()
+    for _ in range(3):
+        assert not manager.refresh()
+    assert manager.load_failures == 1  # once per content, not every poll
+    storage.write_bytes(uri, intact)  # restored from a backup: a new file
+    assert manager.refresh()
+    assert manager.state.arms[0].model.version == bad and bad not in manager.refused
+
+
+def test_a_missing_artifact_is_retried_with_backoff_and_served_once_it_reappears(registry, tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("serving.model_state.time.monotonic", lambda: clock[0])
+    publish(registry, tmp_path, build_artifact())
+    late = publish(registry, tmp_path, build_artifact(seed=6))
+    path = storage.local_path(registry.get(late).artifact_uri)
+    hidden = path.with_name("in-flight.tmp")
+    os.replace(path, hidden)  # e.g. a restore or sync still copying it
+    manager = manager_for(registry, poll_seconds=10)
+    assert manager.refresh() and manager.state.arms[0].model.version == 1  # the older one serves meanwhile
+    waits = []
+    for _ in range(4):
+        retry = manager.retrying[late]
+        waits.append(retry.due - clock[0])
+        assert not manager.refresh() and manager.load_failures == retry.attempts  # held back until due
+        clock[0] = retry.due
+        assert not manager.refresh()
+    assert waits == [10, 20, 40, 80]  # doubling from the poll interval
+    assert manager.retrying[late].reason == "missing" and late not in manager.refused
+    assert str(late) in manager.describe()["retrying_versions"]
+    os.replace(hidden, path)
+    clock[0] = manager.retrying[late].due
+    assert manager.refresh()
+    assert manager.state.arms[0].model.version == late and not manager.retrying

@@ -1,0 +1,156 @@
+"""`appsim store check`: is this store whole? What is missing or corrupt, and the fix for each.
+
+Reads only (a read-only store or a restored copy can be checked): the store folder, the registry
+(readable, SQLite's quick_check, every version's artifact present with every checksum right, its
+evaluation report present), the catalog, every run record (runs left by a killed process are shown
+abandoned) and the A/B experiment state. Exit 0 when nothing is wrong, 1 otherwise (warnings alone
+do not fail: a Rejected version whose artifact was cleaned up is never served).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import click
+import pyarrow.parquet as pq
+
+from models import layout, storage
+from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
+from models.experiments import ExperimentError, open_experiments
+from models.registry import RegistryError, open_registry
+from models.sqlite_file import SQLiteFile
+from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.runs import read_run
+
+Severity = Literal["ok", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    item: str
+    status: Severity
+    detail: str
+    fix: str = ""
+
+
+def check_store(config: PipelineConfig) -> list[Finding]:
+    store = config.store
+    if storage.is_local(store) and not storage.local_path(store).is_dir():
+        return [Finding("store", "error", f"{storage.local_path(store)} is not a folder",
+                        "pass --store with the store's folder (or run `appsim simulate` to create one)")]
+    return [*_registry(config), _catalog(store), *_runs(store), *_experiments(config)]
+
+
+def _registry(config: PipelineConfig) -> list[Finding]:
+    fix_db = "restore registry.db from a backup; the artifacts under runs/ are intact and listed by `appsim runs list`"
+    try:
+        registry = open_registry(config.registry_uri, read_only=True)
+        versions = registry.list_versions()
+        damage = registry.quick_check() if isinstance(registry, SQLiteFile) else "ok"
+    except (RegistryError, ConfigError) as error:
+        return [Finding("registry", "error", str(error), fix_db)]
+    if damage != "ok":
+        return [Finding("registry", "error", f"{registry.uri} is damaged: {damage}", fix_db)]
+    findings = [Finding("registry", "ok", f"{registry.uri}: {len(versions)} version(s), integrity ok")]
+    for version in versions:
+        item = f"version {version.version} ({version.status})"
+        # A Rejected version is never served: a missing or broken artifact there is only a warning.
+        severity: Severity = "warning" if version.status == "Rejected" else "error"
+        fix = (f"restore {version.artifact_uri} from a backup, or `appsim registry reject {version.version}` "
+               "so it is never served")
+        try:
+            manifest = ModelArtifact.verify_uri(version.artifact_uri)
+        except ArtifactMissing:
+            findings.append(Finding(item, severity, f"artifact {version.artifact_uri} is missing", fix))
+            continue
+        except ArtifactError as error:
+            findings.append(Finding(item, severity, f"artifact is {error.reason}: {error}", fix))
+            continue
+        findings.append(Finding(item, "ok", f"artifact verified: {manifest.get('app_count')} apps, "
+                                            f"{manifest.get('embedding_dim')} dims, every checksum right"))
+        if version.evaluation_uri and not storage.exists(version.evaluation_uri):
+            findings.append(Finding(item, "warning", f"evaluation report {version.evaluation_uri} is missing",
+                                    "restore it from a backup; only its report pages need it"))
+    return findings
+
+
+def _catalog(store: str) -> Finding:
+    uri = layout.catalog_uri(store)
+    fix = "copy the feature-store snapshot to catalog/apps.parquet (demo data: `appsim simulate`)"
+    if not storage.exists(uri):
+        return Finding("catalog", "error", f"{uri} is missing: retraining needs it", fix)
+    try:
+        with storage.open_uri(uri) as handle:
+            metadata = pq.read_metadata(handle)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        return Finding("catalog", "error", f"{uri} is not a readable Parquet file: {error}", fix)
+    if "app_id" not in metadata.schema.names:
+        return Finding("catalog", "error", f"{uri} has no app_id column", fix)
+    return Finding("catalog", "ok", f"{uri}: {metadata.num_rows:,} apps")
+
+
+def _runs(store: str) -> list[Finding]:
+    findings, counts = [], {}
+    for run_id in storage.list_dirs(layout.runs_uri(store)):
+        uri = storage.join(layout.run_uri(store, run_id), "run.json")
+        fix = f"restore {uri} from a backup (the run's outputs beside it are untouched)"
+        if not storage.exists(uri):
+            findings.append(Finding(f"run {run_id}", "warning", f"{uri} is missing", fix))
+            continue
+        try:
+            record = read_run(store, uri)
+        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+            findings.append(Finding(f"run {run_id}", "error", f"{uri} is not a readable run record: {error}", fix))
+            continue
+        counts[record.status] = counts.get(record.status, 0) + 1
+        if record.status == "abandoned":
+            step = next((s for s in record.steps if s.status == "abandoned"), None)
+            findings.append(Finding(f"run {run_id}", "warning",
+                                    f"abandoned{f' in {step.name}' if step else ''}: {step.error if step else ''}",
+                                    "nothing to repair; run `appsim retrain` again"))
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none yet"
+    return [Finding("runs", "ok", f"{sum(counts.values())} recorded ({summary})"), *findings]
+
+
+def _experiments(config: PipelineConfig) -> list[Finding]:
+    try:
+        uri = config.experiments_uri
+        if uri.startswith("sqlite://") and not storage.local_path(uri[len("sqlite://"):]).exists():
+            return []
+        experiments = open_experiments(uri, read_only=True).list()
+    except ExperimentError as error:
+        return [Finding("experiments", "error", str(error),
+                        "restore experiments.db from a backup, or move it aside to forget A/B history")]
+    return [Finding("experiments", "ok", f"{uri}: {len(experiments)} experiment(s)")]
+
+
+@click.group("store")
+def store_group() -> None:
+    """The store itself: check that it is whole."""
+
+
+@store_group.command("check")
+@click.option("--store", envvar="APPSIM_STORE", default=None, help="Store folder or URI (default: $APPSIM_STORE, "
+              "else backends.store in pipeline.yaml).")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="pipeline.yaml to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def check_command(store: str | None, config_path: str | None, as_json: bool) -> None:
+    """Report what is missing or corrupt in the store and how to fix it; exit 1 when something is wrong."""
+    config = load_config(config_path, store)
+    findings = check_store(config)
+    errors = sum(f.status == "error" for f in findings)
+    warnings = sum(f.status == "warning" for f in findings)
+    if as_json:
+        click.echo(json.dumps({"store": config.store, "ok": errors == 0, "errors": errors, "warnings": warnings,
+                               "findings": [asdict(f) for f in findings]}, indent=2))
+    else:
+        verdict = "whole" if errors == 0 else f"{errors} problem(s)"
+        click.echo(f"store {config.store}: {verdict}, {warnings} warning(s)")
+        for finding in findings:
+            label = {"ok": "ok", "warning": "WARN", "error": "ERROR"}[finding.status]
+            click.echo(f"  {label:<6} {finding.item}: {finding.detail}")
+            if finding.fix and finding.status != "ok":
+                click.echo(f"         fix: {finding.fix}")
+    raise SystemExit(1 if errors else 0)
