@@ -357,6 +357,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
                            headers={"Retry-After": "1"})
         for event in events:
             svc.batcher.submit(event)
+        metrics.record_feedback(events)
         return OrjsonResponse({"accepted": len(events), "event_ids": [e.event_id for e in events]}, status_code=202)
 
     @app.get("/v1/models", tags=["models"], responses=ERRORS)

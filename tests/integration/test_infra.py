@@ -269,7 +269,7 @@ def test_template_bucket_is_private_versioned_and_follows_the_seed_lifecycle(tem
     assert by_prefix["runs/"]["Transitions"] == [{"StorageClass": "GLACIER_IR", "TransitionInDays": 90}]
     for prefix in ("feedback/", "logs/"):
         assert by_prefix[prefix]["Transitions"] == [{"StorageClass": "DEEP_ARCHIVE", "TransitionInDays": 180}]
-    assert by_prefix["feedback/"]["ExpirationInDays"] == 365
+    assert by_prefix["feedback/"]["ExpirationInDays"] == {"Ref": "FeedbackRetentionDays"}
     assert "ExpirationInDays" not in by_prefix["runs/"], "model artifacts must never expire"
     assert by_prefix[""]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
     policy = template["Resources"]["StoreBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -293,6 +293,9 @@ def test_template_defaults_match_pipeline_yaml(template: dict[str, Any]) -> None
     assert defaults["ModelPackageGroupName"] == config.sagemaker.model_package_group
     assert (defaults["ScheduleName"], defaults["ScheduleExpression"], defaults["ScheduleTimezone"]) == (
         config.schedule.name, config.schedule.cron, config.schedule.timezone)
+    assert (defaults["DecisionScheduleName"], defaults["DecisionScheduleExpression"]) == (
+        config.rollout.schedule.name, config.rollout.schedule.cron)
+    assert defaults["FeedbackRetentionDays"] == config.retention.feedback_days
 
 
 def test_template_schedule_starts_the_pipeline(template: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ def test_prometheus_rules_use_the_series_serving_exposes():
     from serving.metrics import ServingMetrics
 
     metrics = ServingMetrics()
-    metrics.requests.labels("/v1/similar", "200").inc()
+    metrics.requests.labels("/v1/similar", "200", "champion").inc()
     metrics.latency.labels("/v1/similar", "champion").observe(0.01)
     exposed = metrics.render().decode()
     rules = prometheus_rules()["groups"][0]["rules"]

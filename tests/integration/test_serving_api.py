@@ -225,7 +225,7 @@ def test_metrics(client):
     client.get("/v1/apps/nope/similar", headers=HEADERS)
     text = client.get("/metrics").text
     assert 'appsim_request_duration_seconds_bucket{arm="champion",endpoint="/v1/apps/{app_id}/similar"' in text
-    assert 'appsim_requests_total{endpoint="/v1/apps/{app_id}/similar",status="404"}' in text
+    assert 'appsim_requests_total{arm="none",endpoint="/v1/apps/{app_id}/similar",status="404"}' in text
     assert 'appsim_model_version{arm="champion"} 1.0' in text
     for name in ("appsim_sink_queue_depth", 'appsim_events_total{outcome="dropped"}', "appsim_model_swaps_total",
                  "appsim_model_load_failures_total"):
