@@ -262,8 +262,9 @@ class DailyDecision:
         result = DailyResult(at=now)
         experiment = self.experiments.active()
         if experiment is None and self.rollout.auto_start:
-            experiment = result.started = self._start(now, result)
-        if experiment is not None:
+            result.started = self._start(now, result)
+            result.experiment = result.started  # nothing to judge yet: its first decision is tomorrow's
+        elif experiment is not None:
             result.experiment = experiment
             self._decide(experiment, now, result)
         result.archived = self._archive(now, result)
@@ -320,7 +321,7 @@ class DailyDecision:
                 guardrail_rules(self.rollout))
             record["serving_snapshot"] = snapshot
             record["guardrails"] = result.guardrails
-        if decision is None and experiment.start_date < now:
+        if decision is None:
             decision = analyse(self.config, experiment, now, decision_rules(self.rollout))["decision"]
         if decision is not None:
             result.decision = decision
