@@ -74,21 +74,15 @@ def test_second_retrain_records_version_2_and_decides_by_the_gate(loop):
 
 
 def test_human_summary_says_why_and_the_gate_is_announced(loop, aws_server_env, monkeypatch):
-    import boto3
+    from tests.models.sns_inbox import topic_with_inbox
 
     store, *_ = loop
-    topic = boto3.client("sns").create_topic(Name="appsim-gate")["TopicArn"]
-    sqs = boto3.client("sqs")
-    queue = sqs.create_queue(QueueName="gate-inbox")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn,
-                                  Attributes={"RawMessageDelivery": "true"})
+    topic, received = topic_with_inbox("appsim-gate")
     monkeypatch.setenv("APPSIM_SNS_TOPIC_ARN", topic)
     proc = appsim("retrain", "--store", str(store), "--param", f"window_end={END}", "--param", f"window_days={DAYS}")
     assert "decision: rejected" in proc.stdout and "why:" in proc.stdout and "recall@10" in proc.stdout
     assert "[PrepareFeedback] succeeded" in proc.stderr and "[RegisterRejected] succeeded" in proc.stderr
-    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
-    gate = json.loads(message["Body"])
+    (gate,) = received()
     assert gate["kind"] == "gate" and gate["numbers"]["decision"] == "rejected" and gate["numbers"]["version"] == 3
     assert gate["numbers"]["comparison"]["against"] == "champion" and "recall@10" in gate["summary"]
 

@@ -2,23 +2,18 @@
 
 import json
 
-import boto3
 import pytest
 from moto import mock_aws
 
 from models.notifications import TOPIC_ENV, Notification, NotificationError, publish, topic_arn
 from steps.evaluate import gate_notification
+from tests.models.sns_inbox import topic_with_inbox
 
 
 @pytest.fixture
 def inbox(aws_env):
     with mock_aws():
-        sns, sqs = boto3.client("sns"), boto3.client("sqs")
-        topic = sns.create_topic(Name="appsim-decisions")["TopicArn"]
-        queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)  # SNS envelope: subject and attributes kept
-        yield topic, lambda: [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]]
+        yield topic_with_inbox("appsim-decisions", raw=False)  # SNS's envelope: subject and attributes
 
 
 REPORT = {"decision": "approved", "decision_reason": "recall@10 +6.1% vs champion v2 (95% CI +2.0%, +9.9%) >= +3%",

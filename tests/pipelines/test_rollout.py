@@ -7,7 +7,6 @@ import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 
-import boto3
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -22,6 +21,7 @@ from pipelines.config import DEFAULT_CONFIG, load_config
 from pipelines.rollout import DailyDecision, parse_snapshot, snapshot_delta
 from pipelines.simulate_experiment import ExperimentScenario, write_experiment_feedback
 from serving.metrics import ServingMetrics
+from tests.models.sns_inbox import topic_with_inbox
 
 START = datetime(2026, 3, 2, tzinfo=timezone.utc)
 ENDPOINT = "/v1/apps/{app_id}/similar"
@@ -29,24 +29,8 @@ ENDPOINT = "/v1/apps/{app_id}/similar"
 
 @pytest.fixture
 def sns(aws_env):
-    """A topic with an SQS queue subscribed to it, to read what was published."""
     with mock_aws():
-        topic = boto3.client("sns").create_topic(Name="appsim-decisions")["TopicArn"]
-        sqs = boto3.client("sqs")
-        queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn,
-                                      Attributes={"RawMessageDelivery": "true"})
-
-        def received() -> list[dict]:
-            messages = []
-            while True:
-                batch = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-                if not batch:
-                    return messages
-                messages += [json.loads(m["Body"]) for m in batch]
-
-        yield topic, received
+        yield topic_with_inbox("appsim-decisions")
 
 
 class Serving:
@@ -96,7 +80,8 @@ def decide(store, config, day: int) -> dict:
 
 
 def run_schedule(store, config, serving: Serving, lift: float, error_rate: dict[str, float], days: int) -> list[dict]:
-    """Each day: serving answers at the experiment's current weight, then the scheduled decision runs."""
+    """Day 0 the scheduled decision starts the experiment; then each day serving answers at the
+    experiment's current weight and the decision runs again, until the experiment is over."""
     # CTR 20% so that a few hundred impressions a day decide quickly (the test stays fast)
     scenario = ExperimentScenario(true_lift=lift, base_ctr=0.2, requests_per_day=800, impressions_per_request=1)
     outcomes = [decide(store, config, 0)]
@@ -113,12 +98,23 @@ def run_schedule(store, config, serving: Serving, lift: float, error_rate: dict[
     return outcomes
 
 
-def test_the_daily_decision_walks_a_better_challenger_from_10_percent_to_promoted(store, tmp_path, sns):
+@pytest.fixture
+def schedule(store, tmp_path, sns):
+    """Run the schedule for a challenger with this true CTR lift and these 5xx rates; returns each
+    day's `ab decide --json`, the config and what the topic received."""
     topic, received = sns
     serving = Serving(storage.join(str(store), "scrape", "metrics.prom"))
     config = write_config(tmp_path, topic, serving.uri)
-    outcomes = run_schedule(store, config, serving, lift=0.6, error_rate={"champion": 0.002, "challenger": 0.002},
-                            days=12)
+
+    def run(lift: float, challenger_errors: float, days: int) -> tuple[list[dict], object, list[dict]]:
+        outcomes = run_schedule(store, config, serving, lift, {"champion": 0.002, "challenger": challenger_errors}, days)
+        return outcomes, config, received()
+
+    return run
+
+
+def test_the_daily_decision_walks_a_better_challenger_from_10_percent_to_promoted(store, schedule):
+    outcomes, _, messages = schedule(lift=0.6, challenger_errors=0.002, days=12)
 
     assert outcomes[0]["started"]["challenger_version"] == 2 and outcomes[0]["started"]["challenger_weight"] == 0.1
     experiment = open_experiments(f"sqlite://{store / 'experiments.db'}").list()[0]
@@ -131,7 +127,6 @@ def test_the_daily_decision_walks_a_better_challenger_from_10_percent_to_promote
     assert all(o["guardrails"] is None or o["guardrails"]["verdict"] in ("ok",) or
                o["guardrails"]["verdict"].startswith("not judged") for o in outcomes)
 
-    messages = received()
     assert [m["kind"] for m in messages] == ["ab_start"] + ["ab_decision"] * 5
     assert messages[-1]["numbers"]["action"] == "promote"
     assert messages[-1]["numbers"]["ctr_comparison"]["prob_lift_above_min"] >= 0.95
@@ -139,12 +134,8 @@ def test_the_daily_decision_walks_a_better_challenger_from_10_percent_to_promote
     assert record["decision"]["action"] == "promote" and "serving_snapshot" in record
 
 
-def test_a_challenger_failing_in_serving_is_rolled_back_before_its_ab_verdict(store, tmp_path, sns):
-    topic, received = sns
-    serving = Serving(storage.join(str(store), "scrape", "metrics.prom"))
-    config = write_config(tmp_path, topic, serving.uri)
-    outcomes = run_schedule(store, config, serving, lift=0.3, error_rate={"champion": 0.002, "challenger": 0.05},
-                            days=5)
+def test_a_challenger_failing_in_serving_is_rolled_back_before_its_ab_verdict(store, schedule):
+    outcomes, config, messages = schedule(lift=0.3, challenger_errors=0.05, days=5)
 
     rollback = outcomes[1]
     assert rollback["decision"]["action"] == "rollback"
@@ -153,7 +144,6 @@ def test_a_challenger_failing_in_serving_is_rolled_back_before_its_ab_verdict(st
     assert len(outcomes) == 2, "nothing is decided for a rolled-back experiment"
     version = open_registry(f"sqlite://{store / 'registry.db'}").get(2)
     assert version.status == "Rejected" and "guardrail broken" in version.status_reason
-    messages = received()
     assert [m["kind"] for m in messages] == ["ab_start", "rollback"]
     numbers = messages[1]["numbers"]
     assert numbers["guardrails"]["challenger"]["error_rate"] == pytest.approx(0.05, abs=0.002)
