@@ -7,8 +7,10 @@
     <store>/ground_truth/faults.parquet     simulator only: each injected fault (file, line, kind, reason, event_id, event_type)
     <store>/ground_truth/apps.parquet       simulator only: latent truth per app (cluster, genre, popularity, latent)
     <store>/runs/<run_id>/run.json          one pipeline run: parameters, step statuses, outputs
+    <store>/runs/<run_id>/heartbeat.json    rewritten every 10 s while the run runs (abandoned runs go stale)
     <store>/runs/<run_id>/<step>/...        each step's outputs (prepared data, model.tar.gz, evaluation.json)
-    <store>/registry.db                     the embedded (SQLite) model registry
+    <store>/registry.db                     the embedded (SQLite) model registry; the paths in it are
+                                            relative to the store, so a copied store works as it is
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ the fix, never a bare ``sqlite3`` error.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,7 +76,9 @@ class SQLiteFile:
 
     def _unusable(self, error: sqlite3.DatabaseError) -> SQLiteFileError:
         text = str(error)
-        if "readonly" in text or "read-only" in text:
+        # Creating a database in a read-only folder fails as "unable to open database file".
+        cannot_create = not self.path.exists() and not os.access(self.path.parent, os.W_OK)
+        if "readonly" in text or "read-only" in text or cannot_create:
             return self.unusable_error(
                 f"{self.path} is read-only ({text}); this command writes: run it on a writable store "
                 "(fix the folder's permissions, or copy the store)", "read_only")

@@ -14,8 +14,6 @@ from typing import Any
 import click
 
 from models import layout
-from models.artifact import ArtifactError
-from models.experiments import ExperimentError
 from models.registry import RegistryError, VersionNotFound
 from models.sqlite_file import SQLiteFileError
 from models.storage import StorageError
@@ -26,9 +24,15 @@ from pipelines.runs import RunNotFound, list_runs, load_run
 # traceback: a wrong command line exits 2 (as click's usage errors do), a store, registry or
 # artifact that cannot be used exits 1.
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, layout.StoreNotAFolder, VersionNotFound, RunNotFound)
-FAILURES: tuple[type[BaseException], ...] = (
-    SQLiteFileError, RegistryError, ExperimentError, StorageError, ArtifactError, OSError,
-)
+FAILURES: tuple[type[BaseException], ...] = (SQLiteFileError, RegistryError, StorageError, OSError)
+# Failures defined in modules too heavy to import for every command (the artifact module pulls in
+# FAISS and pandas: seconds of start-up for `registry list`); a module never imported raised nothing.
+LAZY_FAILURES = {"models.artifact": "ArtifactError", "models.experiments": "ExperimentError"}
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[module], name) for module, name in LAZY_FAILURES.items() if module in sys.modules]
+    return FAILURES + tuple(loaded)
 
 store_option = click.option(
     "--store", envvar="APPSIM_STORE", default=None,
@@ -298,7 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     except USAGE_ERRORS as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except FAILURES as error:
+    except Exception as error:
+        if not isinstance(error, _failures()):
+            raise
         click.echo(f"error: {_one_line(error)}", err=True)
         sys.exit(1)
 

@@ -90,9 +90,11 @@ def ab_group() -> None:
     """A/B experiments: a challenger version against the champion on live traffic."""
 
 
-def _stores(config_path: str | None, store: str | None) -> tuple[PipelineConfig, Any, Any]:
+def _stores(config_path: str | None, store: str | None, writing: bool = True) -> tuple[PipelineConfig, Any, Any]:
     config = load_config(config_path, store)
-    return config, open_experiments(config.experiments_uri), open_registry(config.registry_uri)
+    layout.check_store(config.store, writing)
+    return (config, open_experiments(config.experiments_uri, read_only=not writing),
+            open_registry(config.registry_uri, read_only=not writing))
 
 
 def _current(experiments: Any, experiment_id: str | None, *, active: bool = True) -> Experiment:
@@ -143,7 +145,7 @@ def ab_start(challenger: int, weight: float, days: int | None, experiment_id: st
 def ab_status(experiment_id: str | None, store: str | None, config_path: str | None, as_json: bool) -> None:
     """The active experiment (else the latest) and its ramp history."""
     with _user_errors():
-        _, experiments, _ = _stores(config_path, store)
+        _, experiments, _ = _stores(config_path, store, writing=False)
         experiment = _current(experiments, experiment_id, active=False)
     if as_json:
         _dump(experiment.model_dump(mode="json"))

@@ -214,7 +214,9 @@ def _describe(error: ValidationError, where: str) -> str:
     parts = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
-        parts.append(f"{key}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        given = f"={item['input']}" if isinstance(item.get("input"), (str, int, float)) else ""
+        parts.append(f"{key}{given}: {message}")
     return f"invalid {where}: " + "; ".join(parts)
 
 

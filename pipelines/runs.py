@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
@@ -64,8 +64,14 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
-        steps = [StepRecord(**s) for s in data.get("steps", [])]
-        return cls(**{**data, "steps": steps})
+        """Fields a newer appsim added are ignored, so an older reader still lists the runs."""
+        steps = [StepRecord(**_known(StepRecord, s)) for s in data.get("steps", [])]
+        return cls(**{**_known(cls, data), "steps": steps})
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(kind)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def now() -> str:
@@ -80,11 +86,31 @@ def save_run(record: RunRecord) -> None:
     storage.write_json(storage.join(layout.run_uri(record.store, record.run_id), "run.json"), record.to_dict())
 
 
+def read_run(store: str, uri: str) -> RunRecord:
+    """A run record as this copy of the store sees it: locations it recorded under the store it ran
+    in point into ``store`` (a copied or restored store), and a dead run is marked abandoned."""
+    data = storage.read_json(uri)
+    recorded, here = data.get("store"), storage.normalize(store)
+    if recorded and recorded != here:
+        data = _rebased(data, recorded, here)
+    return settle(RunRecord.from_dict(data))
+
+
+def _rebased(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _rebased(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rebased(item, old, new) for item in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    return value
+
+
 def load_run(store: str, run_id: str) -> RunRecord:
     uri = storage.join(layout.run_uri(store, run_id), "run.json")
     if not storage.exists(uri):
         raise RunNotFound(run_id)
-    return settle(RunRecord.from_dict(storage.read_json(uri)))
+    return read_run(store, uri)
 
 
 def list_runs(store: str) -> list[RunRecord]:
@@ -93,7 +119,7 @@ def list_runs(store: str) -> list[RunRecord]:
     for run_id in reversed(storage.list_dirs(layout.runs_uri(store))):
         uri = storage.join(layout.run_uri(store, run_id), "run.json")
         if storage.exists(uri):
-            runs.append(settle(RunRecord.from_dict(storage.read_json(uri))))
+            runs.append(read_run(store, uri))
     return runs
 
 
@@ -113,7 +139,7 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 self.beat()
-            except (OSError, storage.StorageError):  # a missed beat only makes the run look stale sooner
+            except Exception:  # noqa: BLE001 - a missed beat only makes the run look stale sooner; never stop beating
                 pass
 
     def __enter__(self) -> "Heartbeat":

@@ -26,7 +26,7 @@ from models.experiments import ExperimentError, open_experiments
 from models.registry import RegistryError, open_registry
 from models.sqlite_file import SQLiteFile
 from pipelines.config import ConfigError, PipelineConfig, load_config
-from pipelines.runs import RunRecord, settle
+from pipelines.runs import read_run
 
 Severity = Literal["ok", "warning", "error"]
 
@@ -104,7 +104,7 @@ def _runs(store: str) -> list[Finding]:
             findings.append(Finding(f"run {run_id}", "warning", f"{uri} is missing", fix))
             continue
         try:
-            record = settle(RunRecord.from_dict(storage.read_json(uri)))
+            record = read_run(store, uri)
         except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
             findings.append(Finding(f"run {run_id}", "error", f"{uri} is not a readable run record: {error}", fix))
             continue

@@ -230,7 +230,7 @@ class ModelManager:
             if self.state is None:
                 self.not_ready_reason = (
                     f"no loadable Approved model version in {self.registry.uri} yet"
-                    + (f" (held back: {self._refused_text()})" if self.refused or self.retrying else "")
+                    + (f" (held back: {self._held_back_text()})" if self.refused or self.retrying else "")
                 )
             return False
         arms = [champion]
@@ -347,7 +347,7 @@ class ModelManager:
         log.info("serving %s", ", ".join(f"{a.name}=v{a.model.version} ({a.weight:g})" for a in new.arms))
         return True
 
-    def _refused_text(self) -> str:
+    def _held_back_text(self) -> str:
         held = {**self.retrying, **self.refused}
         return "; ".join(f"v{v}: {entry.text()}" for v, entry in sorted(held.items()))
 

@@ -112,7 +112,8 @@ def _flip_middle(data: bytes) -> bytes:
 DAMAGE = {
     "truncated": (lambda data: data[: len(data) // 2], EOFError),
     "random bytes": (lambda data: bytes(range(256)) * 8, gzip.BadGzipFile),
-    "damaged deflate stream": (_flip_middle, zlib.error),
+    # flipped bytes decode as an invalid deflate block, or as wrong bytes that the gzip CRC catches
+    "damaged deflate stream": (_flip_middle, (zlib.error, gzip.BadGzipFile)),
     "gzip of something not a tar": (lambda data: gzip.compress(b"\x01" * 4096), tarfile.ReadError),
 }
 

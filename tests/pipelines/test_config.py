@@ -28,6 +28,12 @@ def test_overrides_take_the_parameter_type():
         ("use_attributed_clicks=maybe", "true or false"),
         ("window_end=last tuesday", "ISO date-time"),
         ("approval_status=Yes", "approval_status"),
+        ("seed=-1", "seed=-1: Input should be greater than or equal to 0"),
+        ("seed=4294967296", "seed=4294967296: Input should be less than or equal to 2147483647"),
+        ("window_end=9999-12-31T00:00:00Z", "window_end=9999-12-31T00:00:00Z: .* outside the dates feedback can have; "
+                                            "give one from 2000-01-01 to before 2100-01-01"),
+        ("window_end=1970-01-01T00:00:00Z", "outside the dates"),
+        ("min_relative_improvement=50", "min_relative_improvement"),
     ],
 )
 def test_bad_overrides_name_the_parameter(override, message):
