@@ -20,6 +20,13 @@ Run once a day on the cumulative figures of an active experiment (the seed's dai
 5. Otherwise **continue** (or **end**, keeping the champion, when the experiment's end date has
    passed without a winner).
 
+Before those rules, **guardrails** (``check_guardrails``) read what serving measured for each arm
+since the last decision: a challenger whose 5xx rate is above the champion's by more than
+``max_error_rate_increase`` (absolute), or whose p99 latency is above the champion's by more than
+``max_p99_increase`` (relative), is **rolled back** at once, whatever its CTR and even before
+``min_days``: a broken version must not wait a week. Neither needs statistics beyond a minimum
+number of requests per arm: they are operational failures, not lifts.
+
 The decision metric is CTR (the seed's criterion; CVR is reported beside it). The figures are
 cumulative over the whole experiment; "stable" means the winner condition still holds on the
 day the next step is due. Every decision carries its reason as a sentence and the numbers
@@ -34,7 +41,7 @@ from typing import Any, Literal
 
 from evaluation.ab import DEFAULT_DRAWS, ArmStats, LiftComparison, SampleRatioCheck, compare_rates, ctr_posterior
 
-Action = Literal["wait", "hold", "continue", "ramp", "promote", "stop", "end"]
+Action = Literal["wait", "hold", "continue", "ramp", "promote", "stop", "end", "rollback"]
 DAY_SECONDS = 86_400.0
 
 
@@ -63,7 +70,7 @@ class Decision:
 
     @property
     def changes_experiment(self) -> bool:
-        return self.action in ("ramp", "promote", "stop", "end")
+        return self.action in ("ramp", "promote", "stop", "end", "rollback")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,3 +144,73 @@ def _evidence(ctr: LiftComparison) -> str:
     return (f"CTR champion {ctr.champion.mean:.3%} vs challenger {ctr.challenger.mean:.3%}, lift {ctr.lift_mean:+.1%} "
             f"[{ctr.credible:.0%} CI {low:+.1%}, {high:+.1%}], P(better) = {_pct(ctr.prob_challenger_better)}, "
             f"expected loss {ctr.expected_loss_challenger:.2g}")
+
+
+@dataclass(frozen=True)
+class GuardrailRules:
+    max_error_rate_increase: float = 0.01
+    max_p99_increase: float = 0.25
+    min_requests: int = 500
+
+
+@dataclass(frozen=True)
+class ServingArmMetrics:
+    """What serving measured for one arm over a window: requests, 5xx answers and the latency
+    histogram (cumulative ``(upper bound in seconds, count)`` pairs, Prometheus' ``le`` buckets)."""
+
+    arm: str
+    requests: float = 0.0
+    errors: float = 0.0
+    latency_buckets: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def latency_quantile(self, q: float) -> float | None:
+        """The q-quantile in seconds, interpolated within its bucket as PromQL's histogram_quantile does."""
+        buckets = sorted(self.latency_buckets)
+        if not buckets or buckets[-1][1] <= 0:
+            return None
+        rank = q * buckets[-1][1]
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= rank:
+                if bound == float("inf"):
+                    return lower_bound  # the highest finite bound: all PromQL can say too
+                width = count - lower_count
+                return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1.0)
+            lower_bound, lower_count = bound, count
+        return lower_bound
+
+    def to_dict(self) -> dict[str, Any]:
+        p99 = self.latency_quantile(0.99)
+        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
+                "p99_ms": None if p99 is None else round(p99 * 1000, 3)}
+
+
+def check_guardrails(champion: ServingArmMetrics, challenger: ServingArmMetrics,
+                     rules: GuardrailRules = GuardrailRules()) -> tuple[Decision | None, dict[str, Any]]:
+    """A rollback decision when a guardrail breaks, else None; and the numbers either way."""
+    numbers: dict[str, Any] = {"champion": champion.to_dict(), "challenger": challenger.to_dict(),
+                               "rules": asdict(rules)}
+    fewest = min(champion.requests, challenger.requests)
+    if fewest < rules.min_requests:
+        numbers["verdict"] = f"not judged: {fewest:,.0f} of {rules.min_requests:,} requests in the smaller arm"
+        return None, numbers
+    broken = []
+    error_limit = champion.error_rate + rules.max_error_rate_increase
+    if challenger.error_rate > error_limit:
+        broken.append(f"challenger 5xx rate {challenger.error_rate:.2%} > champion {champion.error_rate:.2%} "
+                      f"+ {rules.max_error_rate_increase:.2%}")
+    champion_p99, challenger_p99 = champion.latency_quantile(0.99), challenger.latency_quantile(0.99)
+    if champion_p99 is not None and challenger_p99 is not None:
+        latency_limit = champion_p99 * (1 + rules.max_p99_increase)
+        if challenger_p99 > latency_limit:
+            broken.append(f"challenger p99 {challenger_p99 * 1000:.1f} ms > champion {champion_p99 * 1000:.1f} ms "
+                          f"x {1 + rules.max_p99_increase:g}")
+    numbers["verdict"] = "; ".join(broken) or "ok"
+    if not broken:
+        return None, numbers
+    return Decision("rollback", 0.0, "guardrail broken: " + "; ".join(broken) + "; all traffic back to the champion",
+                    {"guardrails": numbers}), numbers

@@ -5,7 +5,8 @@ when it started) against a challenger version at ``challenger_weight``. Serving 
 ``open_experiments(uri).active()`` and routes with ``models.routing.pick_arm`` over
 ``Experiment.weights()``. Decisions (``evaluation/ab_decision.py``) are applied with
 ``Experiment.record``: ramp steps keep it active, ``promote`` completes it at 100%, ``end``
-completes it without a winner, ``stop`` stops it at 0%. Every change is kept in ``history``.
+completes it without a winner, ``stop`` (a regression, or by hand) and ``rollback`` (a serving
+guardrail broke) stop it at 0%. Every change is kept in ``history``.
 
 Backends, picked by URI, behind one contract (``tests/models/test_experiments.py``):
 
@@ -40,7 +41,8 @@ CHALLENGER_ARM = "challenger"
 DEFAULT_TABLE = "ab_experiments"
 _ACTIVE_POINTER = "#active"
 # The action that ends an experiment -> the status it ends in; every other action keeps it active.
-_FINAL_STATUS: dict[str, ExperimentStatus] = {"promote": "completed", "end": "completed", "stop": "stopped"}
+_FINAL_STATUS: dict[str, ExperimentStatus] = {"promote": "completed", "end": "completed", "stop": "stopped",
+                                              "rollback": "stopped"}
 
 
 class ExperimentError(RuntimeError):

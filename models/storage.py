@@ -149,6 +149,15 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False) if fs.isdir(p))
 
 
+def usage(uri: str) -> tuple[int, int]:
+    """(files, bytes) below ``uri``, recursively; (0, 0) when it does not exist."""
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        return 0, 0
+    sizes = [info.get("size") or 0 for info in fs.find(path, detail=True).values() if info.get("type") != "directory"]
+    return len(sizes), int(sum(sizes))
+
+
 def remove(uri: str, recursive: bool = True) -> None:
     fs, path = _fs(uri)
     if fs.exists(path):

@@ -22,6 +22,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from models import storage
+from models.notifications import TOPIC_ENV
 from models.registry_sagemaker import SageMakerRegistry
 from pipelines import graph
 from pipelines.config import ConfigError, PipelineConfig
@@ -37,6 +38,9 @@ TERMINAL_STATUSES = ("Succeeded", "Failed", "Stopped")
 # for the time the schedule fired (substituted into the target input on every run).
 START_PIPELINE_TARGET = "arn:aws:scheduler:::aws-sdk:sagemaker:startPipelineExecution"
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
+# The daily A/B decision runs as a one-off Processing job; each firing needs a unique job name.
+CREATE_PROCESSING_JOB_TARGET = "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
+EXECUTION_ID = "<aws.scheduler.execution-id>"
 
 # Placeholders that let `appsim pipeline definition` show the definition before an AWS
 # account is set up; `check_deployable` refuses them, so they never reach SageMaker.
@@ -257,6 +261,10 @@ def set_schedule(config: PipelineConfig, role_arn: str, overrides: dict[str, Any
         "State": "ENABLED",
         "Description": f"appsim: start SageMaker pipeline {config.pipeline_name}",
     }
+    return _upsert_schedule(client, request)
+
+
+def _upsert_schedule(client: Any, request: dict[str, Any]) -> str:
     try:
         return client.create_schedule(**request)["ScheduleArn"]
     except ClientError as error:
@@ -295,3 +303,45 @@ def delete_schedule(config: PipelineConfig, client: Any = None) -> bool:
             return False
         raise
     return True
+
+
+# -- the daily A/B decision -------------------------------------------------------------
+def decision_job(config: PipelineConfig, job_role_arn: str, job_name: str = f"appsim-ab-decide-{EXECUTION_ID}") -> dict[str, Any]:
+    """CreateProcessingJob arguments that run `appsim ab decide` once in the appsim image (the
+    image's pipeline.yaml supplies the backends; the store and the topic come from here)."""
+    environment = {"APPSIM_STORE": config.store}
+    if config.notifications.sns_topic_arn:
+        environment[TOPIC_ENV] = config.notifications.sns_topic_arn
+    return {
+        "ProcessingJobName": job_name,
+        "RoleArn": job_role_arn,
+        "AppSpecification": {"ImageUri": config.sagemaker.image_uri,
+                             "ContainerEntrypoint": ["appsim", "ab", "decide", "--json"]},
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": config.sagemaker.processing_instance_type,
+                                                  "VolumeSizeInGB": 5}},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "Environment": environment,
+    }
+
+
+def set_decision_schedule(config: PipelineConfig, role_arn: str, job_role_arn: str, client: Any = None) -> str:
+    """Create or update the daily decision schedule (``rollout.schedule``): each firing runs
+    `appsim ab decide` as a small SageMaker Processing job; returns the schedule's ARN."""
+    if not role_arn or not job_role_arn:
+        raise PipelineBuildError("the decision schedule needs --role-arn (assumed by EventBridge Scheduler, with "
+                                 "sagemaker:CreateProcessingJob and iam:PassRole on the job role) and --job-role-arn "
+                                 "(the SageMaker execution role the job runs as)")
+    if not config.sagemaker.image_uri:
+        raise PipelineBuildError("the decision job runs the appsim image: set sagemaker.image_uri or pass --image-uri")
+    settings = config.rollout.schedule
+    return _upsert_schedule(client or scheduler_client(config), {
+        "Name": settings.name,
+        "ScheduleExpression": settings.cron,
+        "ScheduleExpressionTimezone": settings.timezone,
+        "FlexibleTimeWindow": {"Mode": "OFF"},
+        "Target": {"Arn": CREATE_PROCESSING_JOB_TARGET, "RoleArn": role_arn,
+                   "Input": json.dumps(decision_job(config, job_role_arn), sort_keys=True),
+                   "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}},
+        "State": "ENABLED",
+        "Description": "appsim: daily A/B decision (`appsim ab decide`)",
+    })

@@ -8,14 +8,20 @@
   ``report.json``) under ``<store>/experiments/<id>/reports/<timestamp>/``. With ``--apply`` the
   decision is carried out: ramp, promote (the challenger is Approved in the registry and so
   becomes the champion), stop on a regression (the challenger is Rejected) or end. Run it daily
-  (cron / EventBridge), as the seed's daily Lambda.
+  by hand; the scheduled job is ``ab decide``.
+- ``ab decide [--at TIME]``: the daily decision of the staged rollout (``pipelines/rollout.py``):
+  starts an experiment for a new gate winner (``rollout.auto_start``), rolls back on a broken
+  serving guardrail, carries out the A/B rules, archives long-replaced versions and publishes
+  each change to SNS. Run it daily (cron / systemd timer; on AWS the EventBridge schedule of
+  ``appsim schedule set-decision`` or ``infra/appsim.yaml``).
 - ``ab promote`` / ``ab stop``: the same by hand.
 - ``ab simulate --lift 0.08``: a simulated experiment walked day by day through the real
   router and rules (``pipelines/simulate_experiment.py``), to see what the rules would do.
 - ``drift check``: JSON on stdout; exit code 0 = no drift, 3 = drift (``action`` says ``alert``
   or ``retrain``), 2 = usage error.
 - ``monitoring apply`` / ``monitoring rules``: the alarms of ``pipelines/monitoring.py`` as
-  CloudWatch alarms (boto3) or as a Prometheus rules file.
+  CloudWatch alarms (boto3) or as a Prometheus rules file; ``apply`` also puts the five-panel
+  CloudWatch dashboard, and ``monitoring grafana`` prints the same panels for Grafana.
 """
 
 from __future__ import annotations
@@ -32,22 +38,20 @@ from typing import Any
 
 import click
 import numpy as np
-import orjson
 import pandas as pd
 
-from evaluation.ab import (
-    ABError, ArmStats, LiftComparison, arm_stats, compare_arms, posterior_draws, sample_ratio_check,
-)
-from evaluation.ab_decision import Decision, DecisionRules, decide
+from evaluation.ab import ABError, LiftComparison, posterior_draws
+from evaluation.ab_decision import Decision
 from evaluation.drift import MIN_COUNT, DriftError, WindowData, check_drift
 from models import layout, storage
-from models.events import InvalidEvent, parse_line, parse_utc
-from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment, ExperimentError, open_experiments, utcnow
+from models.events import parse_utc
+from models.experiments import Experiment, ExperimentError, open_experiments, utcnow
 from models.registry import RegistryError, open_registry
 from models.sqlite_file import SQLiteFileError
 from pipelines.config import PipelineConfig, load_config
-
-LATENESS = timedelta(hours=2)  # outcomes (clicks, conversions) arrive after their request
+from pipelines.rollout import (
+    DailyDecision, GuardrailMetricsError, analyse, apply_decision, decision_rules, json_numbers, read_events,
+)
 
 store_option = click.option("--store", envvar="APPSIM_STORE", default=None,
                             help="Store folder or URI. Default: $APPSIM_STORE, else backends.store in pipeline.yaml.")
@@ -68,7 +72,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except SQLiteFileError:
         raise  # a damaged or read-only database is not a usage error: `appsim`'s edge exits 1 with it
-    except (ExperimentError, ABError, DriftError, RegistryError) as error:
+    except (ExperimentError, ABError, DriftError, RegistryError, GuardrailMetricsError) as error:
         raise UserError(str(error)) from None
 
 
@@ -78,37 +82,6 @@ def _time(text: str | None) -> datetime:
 
 def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-# --- reading feedback ---------------------------------------------------------------------------
-def read_events(feedback_uri: str, start: datetime, end: datetime, lateness: timedelta = LATENESS) -> Iterator[dict]:
-    """Valid events from the hour folders that can hold events of ``[start, end)`` (+ lateness).
-
-    Lines that do not validate are skipped here (prepare quarantines and counts them); the
-    dicts keep optional fields the schema ignores, such as ``latency_ms``, and ``ts`` is parsed.
-    """
-    hour = start.replace(minute=0, second=0, microsecond=0)
-    wanted: set[str] = set()
-    while hour < end + lateness:
-        wanted.add(hour.strftime("%Y/%m/%d/%H"))
-        hour += timedelta(hours=1)
-    for day in sorted({w[:10] for w in wanted}):
-        day_uri = storage.join(feedback_uri, day)
-        for uri in storage.list_files(day_uri):
-            if f"{day}/{uri[len(day_uri):].lstrip('/').split('/', 1)[0]}" not in wanted:
-                continue
-            for line in storage.iter_lines(uri):
-                if not line.strip():
-                    continue
-                try:
-                    event = parse_line(line)
-                except InvalidEvent:
-                    continue
-                if event.event_type == "prediction" and not start <= event.ts < end:
-                    continue
-                data = orjson.loads(line)
-                data["ts"] = event.ts
-                yield data
 
 
 # --- ab -----------------------------------------------------------------------------------------
@@ -183,41 +156,6 @@ def ab_status(experiment_id: str | None, store: str | None, config_path: str | N
         click.echo(f"  {step.at:%Y-%m-%d %H:%M}  {step.action:<8} {step.challenger_weight:>5.0%}  {step.reason}")
 
 
-def analyse(config: PipelineConfig, experiment: Experiment, now: datetime,
-            rules: DecisionRules = DecisionRules()) -> dict[str, Any]:
-    """Figures, comparisons and today's decision for an experiment (no side effects)."""
-    events = list(read_events(layout.feedback_uri(config.store), experiment.start_date, now))
-    cumulative = arm_stats(events, since=experiment.start_date, until=now)
-    current_step = arm_stats(events, since=experiment.weight_changed_at, until=now)
-    champion = cumulative.get(CHAMPION_ARM, ArmStats(CHAMPION_ARM))
-    challenger = cumulative.get(CHALLENGER_ARM, ArmStats(CHALLENGER_ARM))
-    srm = sample_ratio_check({arm: s.units for arm, s in current_step.items()}, experiment.weights())
-    decision = decide(now=now, started_at=experiment.start_date, weight_changed_at=experiment.weight_changed_at,
-                      challenger_weight=experiment.challenger_weight, champion=champion, challenger=challenger,
-                      srm=srm, rules=rules, end_at=experiment.end_date)
-    comparisons = compare_arms(champion, challenger, min_lift=rules.min_lift, regression_lift=rules.regression_lift,
-                               draws=rules.draws, seed=rules.seed)
-    return {"experiment": experiment, "now": now, "arms": {CHAMPION_ARM: champion, CHALLENGER_ARM: challenger},
-            "comparisons": comparisons, "srm": srm, "decision": decision}
-
-
-def _apply(experiments: Any, registry: Any, experiment: Experiment, decision: Decision, now: datetime) -> Experiment:
-    """Carry out a decision; promote approves the challenger, a regression stop rejects it."""
-    updated = experiments.update(experiment.record(decision.action, decision.challenger_weight, decision.reason,
-                                                   _json_numbers(decision.numbers), at=now))
-    if decision.action == "promote":
-        registry.set_status(experiment.challenger_version, "Approved",
-                            f"A/B experiment {experiment.experiment_id}: {decision.reason}")
-    elif decision.action == "stop":
-        registry.set_status(experiment.challenger_version, "Rejected",
-                            f"A/B experiment {experiment.experiment_id}: {decision.reason}")
-    return updated
-
-
-def _json_numbers(numbers: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(numbers, default=str))
-
-
 def _report_json(analysis: dict[str, Any]) -> dict[str, Any]:
     experiment: Experiment = analysis["experiment"]
     return {
@@ -226,7 +164,7 @@ def _report_json(analysis: dict[str, Any]) -> dict[str, Any]:
         "arms": {arm: s.to_dict() for arm, s in analysis["arms"].items()},
         "comparisons": {name: c.to_dict() for name, c in analysis["comparisons"].items()},
         "sample_ratio": analysis["srm"].to_dict(),
-        "decision": _json_numbers(analysis["decision"].to_dict()),
+        "decision": json_numbers(analysis["decision"].to_dict()),
     }
 
 
@@ -298,19 +236,19 @@ def _summary(analysis: dict[str, Any]) -> str:
 @ab_group.command("report")
 @click.option("--id", "experiment_id", default=None, help="Experiment id (default: the active one).")
 @click.option("--at", "at", default=None, help="Decide as of this ISO time (default: now).")
-@click.option("--apply", "apply_decision", is_flag=True, help="Carry out the decision (ramp, promote, stop, end).")
+@click.option("--apply", "apply_it", is_flag=True, help="Carry out the decision (ramp, promote, stop, end).")
 @click.option("--output", default=None, help="Report folder/URI (default: <store>/experiments/<id>/reports/<time>).")
 @store_option
 @config_option
 @json_option
-def ab_report(experiment_id: str | None, at: str | None, apply_decision: bool, output: str | None, store: str | None,
+def ab_report(experiment_id: str | None, at: str | None, apply_it: bool, output: str | None, store: str | None,
               config_path: str | None, as_json: bool) -> None:
     """Per-arm figures, posteriors and today's decision; writes report.html with the plots."""
     with _user_errors():
         config, experiments, registry = _stores(config_path, store)
         experiment = _current(experiments, experiment_id)
         now = _time(at)
-        analysis = analyse(config, experiment, now)
+        analysis = analyse(config, experiment, now, decision_rules(config.rollout))
         report = _report_json(analysis)
         summary = _summary(analysis)
         folder = output or storage.join(config.store, "experiments", experiment.experiment_id, "reports",
@@ -321,8 +259,8 @@ def ab_report(experiment_id: str | None, at: str | None, apply_decision: bool, o
         storage.write_bytes(storage.join(folder, "report.html"), _html(report, summary, png).encode())
         decision: Decision = analysis["decision"]
         applied = None
-        if apply_decision and decision.changes_experiment:
-            applied = _apply(experiments, registry, experiment, decision, now)
+        if apply_it and decision.changes_experiment:
+            applied = apply_decision(experiments, registry, experiment, decision, now)
     if as_json:
         _dump({**report, "report_uri": storage.join(folder, "report.html"),
                "applied": applied.model_dump(mode="json") if applied else None})
@@ -335,6 +273,37 @@ def ab_report(experiment_id: str | None, at: str | None, apply_decision: bool, o
     click.echo(f"report: {storage.join(folder, 'report.html')}")
 
 
+@ab_group.command("decide")
+@click.option("--at", "at", default=None, help="Decide as of this ISO time (default: now; for replays and simulations).")
+@store_option
+@config_option
+@json_option
+def ab_decide(at: str | None, store: str | None, config_path: str | None, as_json: bool) -> None:
+    """The scheduled daily decision: start, guard, ramp/promote/stop, archive, notify."""
+    with _user_errors():
+        config, experiments, registry = _stores(config_path, store)
+        result = DailyDecision(config, experiments, registry).run(_time(at))
+    for error in result.notification_errors:
+        click.echo(f"warning: {error}", err=True)
+    if as_json:
+        _dump(result.to_dict())
+        return
+    if result.started is not None:
+        click.echo(f"started {result.started.experiment_id}: {result.started.history[0].reason}")
+    if result.experiment is None:
+        click.echo("no active experiment" + ("" if config.rollout.auto_start else
+                                             " (rollout.auto_start is off: `appsim ab start` starts one)"))
+    if result.guardrails is not None:
+        click.echo(f"guardrails: {result.guardrails['verdict']}")
+    if result.decision is not None:
+        click.echo(f"decision: {result.decision.action} (challenger -> {result.decision.challenger_weight:.0%}): "
+                   f"{result.decision.reason}")
+    if result.applied is not None:
+        click.echo(f"applied: experiment is {result.applied.status}, challenger at {result.applied.challenger_weight:.0%}")
+    if result.archived:
+        click.echo(f"archived: {', '.join(f'v{v}' for v in result.archived)}")
+
+
 @ab_group.command("promote")
 @click.option("--id", "experiment_id", default=None)
 @click.option("--reason", default="promoted by hand", show_default=True)
@@ -345,7 +314,7 @@ def ab_promote(experiment_id: str | None, reason: str, store: str | None, config
     with _user_errors():
         _, experiments, registry = _stores(config_path, store)
         experiment = _current(experiments, experiment_id)
-        updated = _apply(experiments, registry, experiment, Decision("promote", 1.0, reason), utcnow())
+        updated = apply_decision(experiments, registry, experiment, Decision("promote", 1.0, reason), utcnow())
     click.echo(f"experiment {updated.experiment_id} completed: v{updated.challenger_version} promoted (Approved)")
 
 
@@ -488,22 +457,44 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
               help="Dimensions of the published metrics (repeatable; default service=appsim).")
 @click.option("--alarm-topic", "topics", multiple=True, metavar="SNS_ARN", help="Notify this SNS topic (repeatable).")
 @click.option("--prefix", default="appsim-", show_default=True, help="Alarm name prefix.")
-@click.option("--dry-run", is_flag=True, help="Print the put_metric_alarm requests instead of sending them.")
+@click.option("--dashboard-name", default="appsim-similarity-service", show_default=True,
+              help="CloudWatch dashboard of the five panels (seed 5.4).")
+@click.option("--dry-run", is_flag=True, help="Print the put_metric_alarm requests and the dashboard instead of sending them.")
 @config_option
 def monitoring_apply(region: str | None, namespace: str, dimensions: tuple[str, ...], topics: tuple[str, ...],
-                     prefix: str, dry_run: bool, config_path: str | None) -> None:
-    """Create or update the CloudWatch alarms (idempotent)."""
-    from pipelines.monitoring import apply_alarms, cloudwatch_alarms
+                     prefix: str, dashboard_name: str, dry_run: bool, config_path: str | None) -> None:
+    """Create or update the CloudWatch alarms and the dashboard (idempotent)."""
+    from pipelines.monitoring import apply_alarms, apply_dashboard, cloudwatch_alarms, cloudwatch_dashboard
 
-    requests = cloudwatch_alarms(namespace, _pairs(dimensions) if dimensions else None, list(topics), prefix)
+    region = region or load_config(config_path).sagemaker.region
+    dims = _pairs(dimensions) if dimensions else None
+    requests = cloudwatch_alarms(namespace, dims, list(topics), prefix)
+    dashboard = cloudwatch_dashboard(namespace, dims, region)
     if dry_run:
-        _dump(requests)
+        _dump({"alarms": requests, "dashboard": {"name": dashboard_name, "body": dashboard}})
         return
     import boto3
 
-    client = boto3.client("cloudwatch", region_name=region or load_config(config_path).sagemaker.region)
+    client = boto3.client("cloudwatch", region_name=region)
     for name in apply_alarms(client, requests):
         click.echo(f"alarm {name} applied")
+    click.echo(f"dashboard {apply_dashboard(client, dashboard, dashboard_name)} applied "
+               f"({sum(w['type'] == 'metric' for w in dashboard['widgets'])} charts in 5 panels)")
+
+
+@monitoring_group.command("grafana")
+@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Write the JSON here instead of stdout.")
+def monitoring_grafana(output: str | None) -> None:
+    """Print the five-panel Grafana dashboard (JSON over serving's Prometheus series) to import."""
+    from pipelines.monitoring import grafana_dashboard
+
+    text = json.dumps(grafana_dashboard(), indent=2) + "\n"
+    if output:
+        with open(output, "w") as handle:
+            handle.write(text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
 
 
 @monitoring_group.command("rules")

@@ -119,6 +119,23 @@ def schedule_show_command(store: str | None, config_path: str | None) -> None:
     click.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 
+@schedule_group.command("set-decision")
+@click.option("--role-arn", required=True,
+              help="Role EventBridge Scheduler assumes (sagemaker:CreateProcessingJob, iam:PassRole on the job role).")
+@click.option("--job-role-arn", default=None, help="SageMaker execution role of the decision job (default: sagemaker.role_arn).")
+@_image
+@_store
+@_config
+def schedule_set_decision_command(role_arn: str, job_role_arn: str | None, image_uri: str | None, store: str | None,
+                                  config_path: str | None) -> None:
+    """Create or update the daily A/B decision schedule (rollout.schedule in pipeline.yaml): `appsim ab decide`
+    as a SageMaker Processing job."""
+    config = _load(config_path, store, image_uri)
+    arn = _aws().set_decision_schedule(config, role_arn, job_role_arn or config.sagemaker.role_arn)
+    click.echo(f"schedule {config.rollout.schedule.name} set: {config.rollout.schedule.cron} "
+               f"({config.rollout.schedule.timezone}) -> appsim ab decide: {arn}")
+
+
 @schedule_group.command("delete")
 @_store
 @_config

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models import layout, storage
 from models.events import parse_utc
@@ -91,12 +91,58 @@ class ScheduleSettings(_Strict):
     timezone: str = "UTC"
 
 
+class GuardrailSettings(_Strict):
+    """Roll the challenger back when serving shows it failing more or answering slower than the champion."""
+
+    # Serving's Prometheus exposition: http(s)://host:8080/metrics, or a file/S3 URI a scraper
+    # writes; empty = no guardrail (the A/B rules alone decide).
+    serving_metrics: str = ""
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)  # absolute: 0.01 = one percentage point of 5xx
+    max_p99_increase: float = Field(0.25, ge=0, le=100)       # relative: 0.25 = challenger p99 > 1.25x champion's
+    min_requests: int = Field(500, ge=1)                      # per arm since the last decision, else no verdict
+
+
+class RolloutSettings(_Strict):
+    """The staged rollout: an A/B experiment per gate winner, walked by `appsim ab decide` daily."""
+
+    auto_start: bool = False              # start an experiment for each new gate winner
+    start_weight: float = Field(0.1, gt=0, lt=1)
+    ramp_step: float = Field(0.1, gt=0, le=1)
+    final_weight: float = Field(0.5, gt=0, le=1)
+    min_days: float = Field(7.0, ge=0)
+    min_requests: int = Field(10_000, ge=1)
+    min_lift: float = Field(0.05, ge=0)
+    stable_days: float = Field(3.0, ge=0)
+    archive_after_days: float = Field(30.0, ge=0)  # replaced versions are archived after this long
+    guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    schedule: ScheduleSettings = Field(default_factory=lambda: ScheduleSettings(
+        name="appsim-daily-ab-decision", cron="cron(0 6 * * ? *)"))
+
+
+class NotificationSettings(_Strict):
+    sns_topic_arn: str = ""  # empty = no notifications; $APPSIM_SNS_TOPIC_ARN overrides it
+
+
+class RetentionSettings(_Strict):
+    feedback_days: int = Field(365, ge=1)  # `appsim store prune` and the S3 lifecycle rule
+
+
 class PipelineConfig(_Strict):
     pipeline_name: str = "appsim-retrain"
     parameters: PipelineParameters = Field(default_factory=PipelineParameters)
     backends: Backends = Field(default_factory=Backends)
     sagemaker: SageMakerSettings = Field(default_factory=SageMakerSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    @model_validator(mode="after")
+    def _rollout_needs_pending_winners(self) -> "PipelineConfig":
+        if self.rollout.auto_start and self.parameters.approval_status == "Approved":
+            raise ValueError("rollout.auto_start needs parameters.approval_status: PendingManualApproval (a gate "
+                             "winner must not become the champion before its experiment promotes it)")
+        return self
 
     @property
     def store(self) -> str:

@@ -29,6 +29,8 @@ observations' distribution, so CloudWatch can take its p99.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -163,3 +165,214 @@ def prometheus_rules() -> dict[str, Any]:
          "labels": {"severity": alarm.severity}, "annotations": {"summary": alarm.description}}
         for alarm in ALARMS
     ]}]}
+
+
+# --- dashboards ---------------------------------------------------------------------------------
+# The seed's five panels (section 5.4), defined once over serving's series: rendered as a CloudWatch
+# dashboard (`appsim monitoring apply`, infra/appsim.yaml) and as a Grafana dashboard over
+# Prometheus (`appsim monitoring grafana`). The seed's cache hit rate, Redis connections, CTR and
+# accuracy by arm and cost per 1M requests have no serving series: appsim has no cache or Redis
+# (the index is in memory; the sink queue is the backlog to watch), CTR and CVR by arm come from
+# the feedback (`appsim ab report`), and cost from Cost Explorer; text cells say so.
+DASHBOARD_NAME = "appsim-similarity-service"
+ChartKind = Literal["line", "stacked", "pie", "number", "heatmap", "text"]
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    kind: ChartKind
+    series: tuple[tuple[str, str], ...] = ()              # (legend, PromQL)
+    metrics: tuple[CloudWatchMetric, ...] = ()            # CloudWatch inputs, ids usable in expressions
+    expressions: tuple[tuple[str, str], ...] = ()         # (label, metric math); empty = plot the metrics
+    unit: str = "short"                                   # Grafana unit
+    period: int = 60
+    text: str = ""                                        # kind "text": markdown
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    charts: tuple[Chart, ...]
+
+
+def _m(metric_id: str, name: str, statistic: str, **dimensions: str) -> CloudWatchMetric:
+    return CloudWatchMetric(metric_id, name, statistic, dimensions)
+
+
+_QUANTILE = "histogram_quantile({q}, sum by (le{by}) (rate(appsim_request_duration_seconds_bucket{sel}[5m])))"
+_ARMS = ("champion", "challenger")
+
+DASHBOARD: tuple[Panel, ...] = (
+    Panel("Traffic", (
+        Chart("Requests per second", "line", (("req/s", "sum(rate(appsim_requests_total[1m]))"),),
+              (_m("requests", "appsim_requests_total", "Sum"),), (("req/s", "requests / PERIOD(requests)"),),
+              unit="reqps"),
+        Chart("Error rate (%)", "stacked",
+              (("4xx", '100 * sum(rate(appsim_requests_total{status=~"4.."}[5m])) / sum(rate(appsim_requests_total[5m]))'),
+               ("5xx", '100 * sum(rate(appsim_requests_total{status=~"5.."}[5m])) / sum(rate(appsim_requests_total[5m]))')),
+              (_m("e4", "appsim_requests_total", "Sum", status_class="4xx"),
+               _m("e5", "appsim_requests_total", "Sum", status_class="5xx"),
+               _m("all", "appsim_requests_total", "Sum")),
+              (("4xx", "100 * e4 / all"), ("5xx", "100 * e5 / all")), unit="percent"),
+        Chart("Rate-limited (429) per second", "line", (("429/s", "sum(rate(appsim_rate_limited_total[1m]))"),),
+              (_m("limited", "appsim_rate_limited_total", "Sum"),), (("429/s", "limited / PERIOD(limited)"),),
+              unit="reqps"),
+    )),
+    Panel("Latency", (
+        Chart("Latency p50 / p95 / p99", "line",
+              tuple((f"p{int(q * 100)}", _QUANTILE.format(q=q, by="", sel="")) for q in (0.5, 0.95, 0.99)),
+              tuple(_m(f"p{p}", "appsim_request_duration_seconds", f"p{p}") for p in (50, 95, 99)), unit="s"),
+        Chart("Latency distribution", "heatmap",
+              (("{{le}}", "sum by (le) (increase(appsim_request_duration_seconds_bucket[1m]))"),),
+              tuple(_m(f"p{p.replace('.', '_')}", "appsim_request_duration_seconds", f"p{p}")
+                    for p in ("10", "25", "50", "75", "90", "99", "99.9")), unit="s"),
+    )),
+    Panel("Infrastructure", (
+        Chart("CPU per worker (cores)", "line", (("{{instance}}", "rate(process_cpu_seconds_total[1m])"),),
+              (_m("cpu", "process_cpu_seconds_total", "Sum"),), (("CPU cores", "cpu / PERIOD(cpu)"),), unit="short"),
+        Chart("Resident memory per worker", "line", (("{{instance}}", "process_resident_memory_bytes"),),
+              (_m("rss", "process_resident_memory_bytes", "Maximum"),), unit="bytes"),
+        Chart("Workers with a model loaded", "number", (("ready", "sum(appsim_model_ready)"),),
+              (_m("ready", "appsim_model_ready", "Minimum"),), unit="short"),
+        Chart("Feedback backlog (sink queue, spilled batches)", "line",
+              (("queued events", "sum(appsim_sink_queue_depth)"), ("spilled batches", "sum(appsim_spill_pending_batches)")),
+              (_m("queued", "appsim_sink_queue_depth", "Maximum"), _m("spilled", "appsim_spill_pending_batches", "Maximum")),
+              unit="short"),
+    )),
+    Panel("A/B testing", (
+        Chart("Traffic split by arm", "pie",
+              tuple((arm, f'sum(rate(appsim_requests_total{{arm="{arm}"}}[5m]))') for arm in _ARMS),
+              tuple(_m(arm, "appsim_requests_total", "Sum", arm=arm) for arm in _ARMS), unit="reqps", period=300),
+        Chart("p99 latency by arm", "line",
+              tuple((arm, _QUANTILE.format(q=0.99, by="", sel=f'{{arm="{arm}"}}')) for arm in _ARMS),
+              tuple(_m(arm, "appsim_request_duration_seconds", "p99", arm=arm) for arm in _ARMS), unit="s", period=300),
+        Chart("5xx rate by arm (%): the rollout guardrail", "line",
+              tuple((arm, f'100 * sum(rate(appsim_requests_total{{arm="{arm}",status=~"5.."}}[5m])) / '
+                          f'sum(rate(appsim_requests_total{{arm="{arm}"}}[5m]))') for arm in _ARMS),
+              tuple(m for arm in _ARMS for m in (_m(f"{arm}_5xx", "appsim_requests_total", "Sum", arm=arm, status_class="5xx"),
+                                                 _m(f"{arm}_all", "appsim_requests_total", "Sum", arm=arm))),
+              tuple((arm, f"100 * {arm}_5xx / {arm}_all") for arm in _ARMS), unit="percent", period=300),
+        Chart("Model version and weight by arm", "number",
+              (("v {{arm}}", "max by (arm) (appsim_model_version)"), ("weight {{arm}}", "max by (arm) (appsim_model_weight)")),
+              tuple(m for arm in _ARMS for m in (_m(f"{arm}_version", "appsim_model_version", "Maximum", arm=arm),
+                                                 _m(f"{arm}_weight", "appsim_model_weight", "Maximum", arm=arm)))),
+        Chart("CTR and CVR by arm", "text", text="Measured on the feedback, with posteriors and the decision: "
+              "`appsim ab report` (report.html); the daily `appsim ab decide` acts on it and publishes each step."),
+    )),
+    Panel("Business", (
+        Chart("Revenue per hour (reported conversions)", "line",
+              (("revenue/h", "sum(increase(appsim_feedback_revenue_total[1h]))"),),
+              (_m("revenue", "appsim_feedback_revenue_total", "Sum"),), unit="currencyUSD", period=3600),
+        Chart("Partner-reported CTR (%)", "line",
+              (("CTR", '100 * sum(rate(appsim_feedback_outcomes_total{event_type="click",outcome="positive"}[1h])) / '
+                       'sum(rate(appsim_feedback_outcomes_total{event_type="click"}[1h]))'),),
+              (_m("clicked", "appsim_feedback_outcomes_total", "Sum", event_type="click", outcome="positive"),
+               _m("shown", "appsim_feedback_outcomes_total", "Sum", event_type="click")),
+              (("CTR", "100 * clicked / shown"),), unit="percent", period=3600),
+        Chart("Requests per hour", "number", (("requests/h", "sum(increase(appsim_requests_total[1h]))"),),
+              (_m("hourly", "appsim_requests_total", "Sum"),), period=3600),
+        Chart("Cost per 1M requests", "text", text="Cost Explorer (service cost, tag `service=appsim`) divided by "
+              "`Requests per hour` x 24 x 30 / 1M; appsim exports no cost series."),
+    )),
+)
+
+_CW_VIEW = {"line": ("timeSeries", False), "stacked": ("timeSeries", True), "pie": ("pie", False),
+            "number": ("singleValue", False), "heatmap": ("timeSeries", False)}
+
+
+def cloudwatch_dashboard(namespace: str = DEFAULT_NAMESPACE, dimensions: dict[str, str] | None = None,
+                         region: str = "us-east-1") -> dict[str, Any]:
+    """The five panels as a CloudWatch dashboard body (``put_dashboard``'s DashboardBody, parsed)."""
+    dims = DEFAULT_DIMENSIONS if dimensions is None else dimensions
+    widgets: list[dict[str, Any]] = []
+    y = 0
+    for panel in DASHBOARD:
+        widgets.append({"type": "text", "x": 0, "y": y, "width": 24, "height": 1,
+                        "properties": {"markdown": f"## {panel.title}"}})
+        y += 1
+        width = 24 // len(panel.charts)
+        for column, chart in enumerate(panel.charts):
+            position = {"x": column * width, "y": y, "width": width, "height": 6}
+            if chart.kind == "text":
+                widgets.append({"type": "text", **position, "properties": {"markdown": f"**{chart.title}**\n\n{chart.text}"}})
+                continue
+            view, stacked = _CW_VIEW[chart.kind]
+            metrics: list[list[Any]] = []
+            for metric in chart.metrics:
+                stat = _metric_stat(metric, namespace, dims)
+                row: list[Any] = [stat["Namespace"], stat["MetricName"]]
+                for dimension in stat["Dimensions"]:
+                    row += [dimension["Name"], dimension["Value"]]
+                metrics.append([*row, {"id": metric.id, "stat": metric.statistic, "label": metric.id,
+                                       "visible": not chart.expressions}])
+            metrics += [[{"expression": expression, "label": label, "id": f"e{i}"}]
+                        for i, (label, expression) in enumerate(chart.expressions)]
+            widgets.append({"type": "metric", **position, "properties": {
+                "title": chart.title, "view": view, "stacked": stacked, "region": region,
+                "period": chart.period, "metrics": metrics}})
+        y += 6
+    return {"widgets": widgets}
+
+
+def apply_dashboard(client: Any, body: dict[str, Any], name: str = DASHBOARD_NAME) -> str:
+    """Create or replace the CloudWatch dashboard (``put_dashboard`` is an upsert); returns its name."""
+    response = client.put_dashboard(DashboardName=name, DashboardBody=json.dumps(body))
+    problems = response.get("DashboardValidationMessages") or []
+    if problems:
+        raise ValueError(f"CloudWatch refused parts of dashboard {name}: {problems}")
+    return name
+
+
+_GRAFANA_TYPE = {"line": "timeseries", "stacked": "timeseries", "pie": "piechart", "number": "stat",
+                 "heatmap": "heatmap", "text": "text"}
+
+
+def grafana_dashboard(title: str = "appsim similarity service") -> dict[str, Any]:
+    """The five panels as a Grafana dashboard (import it; pick the Prometheus data source that
+    scrapes serving's /metrics)."""
+    datasource = {"type": "prometheus", "uid": "${datasource}"}
+    panels: list[dict[str, Any]] = []
+    y, panel_id = 0, 1
+    for panel in DASHBOARD:
+        panels.append({"id": panel_id, "type": "row", "title": panel.title, "collapsed": False,
+                       "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})
+        panel_id, y = panel_id + 1, y + 1
+        width = 24 // len(panel.charts)
+        for column, chart in enumerate(panel.charts):
+            cell: dict[str, Any] = {"id": panel_id, "type": _GRAFANA_TYPE[chart.kind], "title": chart.title,
+                                    "gridPos": {"x": column * width, "y": y, "w": width, "h": 8}}
+            panel_id += 1
+            if chart.kind == "text":
+                cell["options"] = {"mode": "markdown", "content": chart.text}
+                panels.append(cell)
+                continue
+            instant = chart.kind in ("pie", "number")
+            cell["datasource"] = datasource
+            cell["fieldConfig"] = {"defaults": {"unit": chart.unit}, "overrides": []}
+            if chart.kind == "stacked":
+                cell["fieldConfig"]["defaults"]["custom"] = {"stacking": {"mode": "normal"}, "fillOpacity": 40}
+            cell["targets"] = [{"refId": chr(ord("A") + i), "datasource": datasource, "expr": expr,
+                                "legendFormat": legend, "instant": instant, "range": not instant,
+                                **({"format": "heatmap"} if chart.kind == "heatmap" else {})}
+                               for i, (legend, expr) in enumerate(chart.series)]
+            panels.append(cell)
+        y += 8
+    return {
+        "title": title, "uid": "appsim-service", "schemaVersion": 39, "version": 1, "editable": True,
+        "time": {"from": "now-24h", "to": "now"}, "refresh": "1m", "tags": ["appsim"],
+        "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus",
+                                 "label": "Prometheus"}]},
+        "panels": panels,
+    }
+
+
+def promql_series(expression: str) -> set[str]:
+    """The metric names a PromQL expression reads (for checking them against what serving exports)."""
+    without_strings = re.sub(r'"[^"]*"', '""', expression)
+    without_labels = re.sub(r"\{[^}]*\}", "", without_strings)
+    names = set(re.findall(r"\b[a-z_][a-z0-9_]*\b(?!\s*\()", without_labels))
+    return {n for n in names if "_" in n and n not in _PROMQL_WORDS}
+
+
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from models import layout, storage
+from models.notifications import NotificationError, publish, topic_arn
 from models.progress import Progress
 from models.registry import Registry, open_registry
 from pipelines import graph
@@ -110,6 +111,7 @@ class LocalRunner:
 
         record.status = "succeeded"
         record.ended_at = now()
+        notification_error = self._announce_gate(report, version)
         record.result = {
             "decision": report["decision"],
             "decision_reason": report.get("decision_reason", ""),
@@ -121,9 +123,20 @@ class LocalRunner:
                         "baseline": report.get("baseline")},
             "comparison": report.get("comparison"),
             "champion_version": report.get("champion_version"),
+            "notification_error": notification_error,
         }
         save_run(record)
         return record
+
+    def _announce_gate(self, report: dict[str, Any], version: Any) -> str | None:
+        """Publish the gate's decision (when a topic is configured); a failure is recorded, never fatal."""
+        try:
+            publish(evaluate.gate_notification(report, version.version if version else None),
+                    topic_arn(self.config.notifications.sns_topic_arn), region=self.config.sagemaker.region)
+        except NotificationError as error:
+            self.echo(f"warning: {error}")
+            return str(error)
+        return None
 
     def _step(self, record: RunRecord, name: str, action: Callable[[], Any],
               summary: Callable[[Any], dict[str, Any]]) -> Any:

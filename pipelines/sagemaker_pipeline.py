@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import boto3
 
 from models import layout, storage
+from models.notifications import TOPIC_ENV
 from models.registry_sagemaker import LINEAGE_PREFIX, METRIC_PREFIX, NUMBER_PREFIX, STRING_PREFIX
 from pipelines import graph
 from pipelines.aws import INFRASTRUCTURE_PARAMETERS, Target
@@ -245,7 +246,9 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
     evaluation_dir = step_output(evaluate_spec.name)
     evaluate = ProcessingStep(
         name=evaluate_spec.name,
-        step_args=processor(evaluate_spec.name).run(
+        # EvaluateCandidate announces the gate's decision when a topic is configured (models/notifications.py).
+        step_args=processor(evaluate_spec.name, {TOPIC_ENV: config.notifications.sns_topic_arn}
+                            if config.notifications.sns_topic_arn else None).run(
             inputs=[s3_input("prepared", prepared_uri), s3_input("model", model_uri)],
             outputs=[s3_output("evaluation", evaluation_dir)],
             arguments=[

@@ -1,4 +1,6 @@
-"""`appsim store check`: is this store whole? What is missing or corrupt, and the fix for each.
+"""`appsim store check` and `appsim store prune`: is this store whole, and keep it within its retention.
+
+``check``: what is missing or corrupt, and the fix for each.
 
 Reads only (a read-only store or a restored copy can be checked): the store folder, the registry
 (readable, SQLite's quick_check, every version's artifact present with every checksum right, its
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 import click
@@ -18,6 +21,7 @@ import pyarrow.parquet as pq
 
 from models import layout, storage
 from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
+from models.events import parse_utc
 from models.experiments import ExperimentError, open_experiments
 from models.registry import RegistryError, open_registry
 from models.sqlite_file import SQLiteFile
@@ -126,9 +130,51 @@ def _experiments(config: PipelineConfig) -> list[Finding]:
     return [Finding("experiments", "ok", f"{uri}: {len(experiments)} experiment(s)")]
 
 
+@dataclass(frozen=True)
+class PrunedHour:
+    hour: str        # YYYY/MM/DD/HH
+    uri: str
+    files: int
+    bytes: int
+
+
+def expired_hours(store: str, older_than_days: float, now: datetime) -> list[PrunedHour]:
+    """Feedback hour folders whose every event is older than ``older_than_days`` (the whole hour
+    ends before the cut-off), oldest first. Folders that are not ``YYYY/MM/DD/HH`` are left alone."""
+    cutoff = now - timedelta(days=older_than_days)
+    feedback = layout.feedback_uri(store)
+    found = []
+    for year in storage.list_dirs(feedback):
+        for month in storage.list_dirs(storage.join(feedback, year)):
+            for day in storage.list_dirs(storage.join(feedback, year, month)):
+                for hour in storage.list_dirs(storage.join(feedback, year, month, day)):
+                    try:
+                        start = datetime.strptime(f"{year}/{month}/{day}/{hour}", "%Y/%m/%d/%H")
+                    except ValueError:
+                        continue
+                    if start.replace(tzinfo=timezone.utc) + timedelta(hours=1) > cutoff:
+                        continue
+                    uri = storage.join(feedback, year, month, day, hour)
+                    files, size = storage.usage(uri)
+                    found.append(PrunedHour(f"{year}/{month}/{day}/{hour}", uri, files, size))
+    return sorted(found, key=lambda h: h.hour)
+
+
+def _remove_empty_parents(store: str, hours: list[PrunedHour]) -> None:
+    """Day, month and year folders left empty by the prune (local stores; S3 has no folders)."""
+    if not storage.is_local(store):
+        return
+    root = storage.local_path(layout.feedback_uri(store))
+    for hour in hours:
+        folder = (root / hour.hour).parent
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
 @click.group("store")
 def store_group() -> None:
-    """The store itself: check that it is whole."""
+    """The store itself: check that it is whole, prune old feedback."""
 
 
 @store_group.command("check")
@@ -154,3 +200,40 @@ def check_command(store: str | None, config_path: str | None, as_json: bool) -> 
             if finding.fix and finding.status != "ok":
                 click.echo(f"         fix: {finding.fix}")
     raise SystemExit(1 if errors else 0)
+
+
+@store_group.command("prune")
+@click.option("--older-than", "older_than", type=click.FloatRange(min=1), default=None, metavar="DAYS",
+              help="Delete feedback hour folders older than this many days (default: retention.feedback_days "
+                   "in pipeline.yaml).")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--at", "at", default=None, help="Count the age from this ISO time (default: now).")
+@click.option("--store", envvar="APPSIM_STORE", default=None, help="Store folder or URI (default: $APPSIM_STORE, "
+              "else backends.store in pipeline.yaml).")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="pipeline.yaml to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prune_command(older_than: float | None, dry_run: bool, at: str | None, store: str | None,
+                  config_path: str | None, as_json: bool) -> None:
+    """Delete feedback older than the retention age and report what was removed (S3: the lifecycle
+    rule of infra/appsim.yaml does the same every day)."""
+    config = load_config(config_path, store)
+    days = older_than if older_than is not None else config.retention.feedback_days
+    now = parse_utc(at) if at else datetime.now(timezone.utc)
+    if not dry_run:
+        layout.check_store(config.store, writing=True)
+    hours = expired_hours(config.store, days, now)
+    if not dry_run:
+        for hour in hours:
+            storage.remove(hour.uri)
+        _remove_empty_parents(config.store, hours)
+    files, size = sum(h.files for h in hours), sum(h.bytes for h in hours)
+    if as_json:
+        click.echo(json.dumps({"store": config.store, "older_than_days": days, "cutoff": (now - timedelta(days=days)).isoformat(),
+                               "dry_run": dry_run, "hours": len(hours), "files": files, "bytes": size,
+                               "removed": [asdict(h) for h in hours]}, indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(hours)} feedback hour folder(s), {files} file(s), {size:,} bytes older than {days:g} days "
+               f"(before {(now - timedelta(days=days)):%Y-%m-%d %H:%M} UTC)")
+    for hour in hours:
+        click.echo(f"  {hour.hour}  {hour.files} file(s)  {hour.bytes:,} bytes")

@@ -530,6 +530,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         except JournalError as error:
             raise ApiError(503, "not_recorded", f"{error}; the events are not acknowledged: retry with the same "
                            "event_ids (retries are de-duplicated by event_id)", headers={"Retry-After": "1"}) from None
+        metrics.record_feedback(events)
         return OrjsonResponse({"accepted": len(events), "event_ids": [e.event_id for e in events]}, status_code=202)
 
     @app.get("/v1/models", tags=["models"], response_model=ModelsResponse, responses=errors(*AUTH_ERRORS))

@@ -1,4 +1,4 @@
-"""Prometheus metrics: request latency per endpoint and arm, errors, models, swaps, the event queue.
+"""Prometheus metrics: request latency and counts per endpoint and arm, errors, models, swaps, the event queue.
 
 Request metrics are recorded by a pure ASGI middleware (cheap: no per-request Request object);
 model and sink figures are read from their owners when ``/metrics`` is scraped, so the hot
@@ -22,9 +22,11 @@ import os
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest, multiprocess, values,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -70,16 +72,34 @@ class ServingMetrics:
         self.multiprocess = multiprocess_mode()
         self.latency = Histogram("appsim_request_duration_seconds", "Request latency by endpoint and arm",
                                  ["endpoint", "arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.requests = Counter("appsim_requests", "Requests by endpoint and HTTP status",
-                                ["endpoint", "status"], registry=self.registry)
+        # The arm label lets the staged rollout compare the challenger's error rate with the champion's.
+        self.requests = Counter("appsim_requests", "Requests by endpoint, HTTP status and arm",
+                                ["endpoint", "status", "arm"], registry=self.registry)
         self.rate_limited = Counter("appsim_rate_limited", "Requests answered 429, by the limit that was reached",
                                     ["limit"], registry=self.registry)
+        # The business panel of the dashboards: what partners report back through /v1/feedback.
+        self.feedback = Counter("appsim_feedback_outcomes", "Accepted click/conversion events by type and outcome",
+                                ["event_type", "outcome"], registry=self.registry)
+        self.revenue = Counter("appsim_feedback_revenue", "Revenue reported by accepted conversion events",
+                               registry=self.registry)
+        # CPU and memory of this worker (the infrastructure panel); Linux /proc, absent elsewhere. With
+        # several workers it is mirrored like the owners' figures (summed over the workers).
+        self._process = ProcessCollector(registry=None if self.multiprocess else self.registry)
         self._mirror: _Mirror | None = None
+
+    def record_feedback(self, events: Iterable[Any]) -> None:
+        for event in events:
+            positive = event.clicked if event.event_type == "click" else event.converted
+            self.feedback.labels(event.event_type, "positive" if positive else "negative").inc()
+            if event.event_type == "conversion" and event.revenue:
+                self.revenue.inc(event.revenue)
 
     def watch(self, manager: "ModelManager | None", batcher: "EventBatcher | None",
               limiter: "RateLimiter | None" = None) -> None:
         """Report the owners' figures: read at scrape time, or mirrored into the shared files."""
         collectors: list[Collector] = [_StateCollector(manager, batcher)]
+        if self.multiprocess:
+            collectors.append(self._process)
         if limiter is not None:
             collectors.append(_LimiterCollector(limiter))
         for collector in collectors:
@@ -271,5 +291,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
-            self.metrics.latency.labels(endpoint, scope.get(ARM_SCOPE_KEY, "none")).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            arm = scope.get(ARM_SCOPE_KEY, "none")
+            self.metrics.latency.labels(endpoint, arm).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(endpoint, str(status), arm).inc()

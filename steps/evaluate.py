@@ -23,6 +23,7 @@ from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
 from models import dataset, storage
 from models.artifact import TARBALL, ModelArtifact
+from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.predictor import Predictor
 from models.registry import ModelVersion, open_registry
 from models.storage import StorageError
@@ -173,6 +174,26 @@ def run(
     return evaluation
 
 
+def gate_notification(evaluation: dict[str, Any], version: int | None = None) -> Notification:
+    """The gate's decision as a notification, with the numbers it was taken on."""
+    comparison = evaluation.get("comparison") or {}
+    named = f"v{version}" if version is not None else "the candidate"
+    return Notification(
+        kind="gate",
+        subject=f"appsim gate: {named} {evaluation['decision']} "
+                f"(recall@10 {_signed(comparison.get('relative_improvement'))} vs {comparison.get('against', '?')})",
+        summary=evaluation.get("decision_reason", ""),
+        numbers={"version": version, "decision": evaluation["decision"], "improved": evaluation.get("improved"),
+                 "champion_version": evaluation.get("champion_version"), "comparison": comparison,
+                 "threshold": evaluation.get("threshold"), "holdout": evaluation.get("holdout"),
+                 "candidate": evaluation.get("candidate"), "champion": evaluation.get("champion")},
+    )
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
+
+
 def _model_uri(path: str) -> str:
     """--model names a folder holding model.tar.gz (SageMaker's input channel) or the tarball itself."""
     return storage.normalize(path) if path.endswith(".tar.gz") else storage.join(path, TARBALL)
@@ -196,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap_samples=args.bootstrap_samples, seed=args.seed, approval_status=args.approval_status,
     )
     print(f"EvaluateCandidate: {evaluation['decision']}: {evaluation['decision_reason']}", file=sys.stderr)
+    # On SageMaker the registration is a native model step, so the gate is announced here
+    # (the version number is not known yet); $APPSIM_SNS_TOPIC_ARN names the topic.
+    try:
+        publish(gate_notification(evaluation), topic_arn())
+    except NotificationError as error:
+        print(f"EvaluateCandidate: {error}", file=sys.stderr)
     return 0
 
 

@@ -281,3 +281,31 @@ def test_schedule_commands(aws_env, config_path):
         shown = json.loads(runner.invoke(schedule_group, ["show", *config]).output)
         assert shown["parameters"]["seed"] == "7"
         assert "deleted" in runner.invoke(schedule_group, ["delete", *config]).output
+
+
+def test_decision_schedule_runs_ab_decide_as_a_processing_job(aws_env, config_path):
+    from pipelines.cli_aws import schedule_group
+
+    config = load_config(config_path)
+    topic = "arn:aws:sns:us-east-1:123456789012:appsim-decisions"
+    config = config.model_copy(update={"notifications": config.notifications.model_copy(update={"sns_topic_arn": topic})})
+    with mock_aws():
+        client = boto3.client("scheduler")
+        arn = aws.set_decision_schedule(config, SCHEDULER_ROLE, ROLE, client=client)
+        stored = client.get_schedule(Name=config.rollout.schedule.name)
+        assert stored["Arn"] == arn and stored["ScheduleExpression"] == config.rollout.schedule.cron
+        assert stored["Target"]["Arn"] == aws.CREATE_PROCESSING_JOB_TARGET
+        job = json.loads(stored["Target"]["Input"])
+        assert job["AppSpecification"]["ContainerEntrypoint"] == ["appsim", "ab", "decide", "--json"]
+        assert job["AppSpecification"]["ImageUri"] == config.sagemaker.image_uri and job["RoleArn"] == ROLE
+        assert job["ProcessingJobName"] == f"appsim-ab-decide-{aws.EXECUTION_ID}"
+        assert job["Environment"] == {"APPSIM_STORE": config.store, "APPSIM_SNS_TOPIC_ARN": topic}
+        # the job the schedule starts is one SageMaker accepts (its name filled in as the scheduler does)
+        job["ProcessingJobName"] = "appsim-ab-decide-0f8e2d3c-5b7a-4c1e-9d2f-1a2b3c4d5e6f"
+        boto3.client("sagemaker").create_processing_job(**job)
+        assert aws.set_decision_schedule(config, SCHEDULER_ROLE, ROLE, client=client) == arn  # update
+        result = CliRunner().invoke(schedule_group, ["set-decision", "--role-arn", SCHEDULER_ROLE, "--job-role-arn", ROLE,
+                                                     "--config", str(config_path)])
+        assert result.exit_code == 0 and "appsim ab decide" in result.output, result.output
+    with pytest.raises(aws.PipelineBuildError, match="--job-role-arn"):
+        aws.set_decision_schedule(config, SCHEDULER_ROLE, "")

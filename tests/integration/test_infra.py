@@ -23,8 +23,9 @@ from cfnlint.api import lint_file
 from cfnlint.decode import cfn_yaml
 from moto import mock_aws
 
-from pipelines.aws import SCHEDULED_TIME, START_PIPELINE_TARGET
+from pipelines.aws import CREATE_PROCESSING_JOB_TARGET, SCHEDULED_TIME, START_PIPELINE_TARGET, decision_job
 from pipelines.config import load_config
+from pipelines.monitoring import cloudwatch_dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "infra" / "appsim.yaml"
@@ -244,6 +245,33 @@ def test_alert_topic_exists(stack: Stack) -> None:
     assert attributes["TopicArn"] == stack.outputs["AlertTopicArn"]
 
 
+def test_notification_topic_and_dashboard_exist(stack: Stack) -> None:
+    topic = stack.outputs["NotificationTopicArn"]
+    assert boto3.client("sns").get_topic_attributes(TopicArn=topic)["Attributes"]["TopicArn"] == topic
+    body = json.loads(boto3.client("cloudwatch").get_dashboard(DashboardName=stack.outputs["DashboardName"])["DashboardBody"])
+    assert body == cloudwatch_dashboard(region=REGION)
+
+
+def test_feedback_lifecycle_rule_is_accepted_by_s3(stack: Stack, template: dict[str, Any]) -> None:
+    """moto's CloudFormation ignores a bucket's lifecycle: put the template's rules with the S3 API."""
+    days = load_config(ROOT / "pipeline.yaml").retention.feedback_days
+    rules = []
+    for rule in template["Resources"]["StoreBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]:
+        converted: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+        if "Transitions" in rule:
+            converted["Transitions"] = [{"Days": t["TransitionInDays"], "StorageClass": t["StorageClass"]}
+                                        for t in rule["Transitions"]]
+        if "ExpirationInDays" in rule:
+            converted["Expiration"] = {"Days": days if rule["ExpirationInDays"] == {"Ref": "FeedbackRetentionDays"}
+                                       else rule["ExpirationInDays"]}
+        rules.append(converted)
+    s3 = boto3.client("s3")
+    s3.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": rules})
+    stored = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]}
+    feedback = stored["archive-then-delete-feedback"]
+    assert feedback["Filter"] == {"Prefix": "feedback/"} and feedback["Expiration"] == {"Days": days}
+
+
 def test_first_deployment_without_a_model_has_no_endpoint(stack: Stack) -> None:
     first = _create_stack("appsim-first", {
         "BucketName": "appsim-store-first", "ImageUri": IMAGE_URI, "ExperimentTablePrefix": "first-",
@@ -269,7 +297,7 @@ def test_template_bucket_is_private_versioned_and_follows_the_seed_lifecycle(tem
     assert by_prefix["runs/"]["Transitions"] == [{"StorageClass": "GLACIER_IR", "TransitionInDays": 90}]
     for prefix in ("feedback/", "logs/"):
         assert by_prefix[prefix]["Transitions"] == [{"StorageClass": "DEEP_ARCHIVE", "TransitionInDays": 180}]
-    assert by_prefix["feedback/"]["ExpirationInDays"] == 365
+    assert by_prefix["feedback/"]["ExpirationInDays"] == {"Ref": "FeedbackRetentionDays"}
     assert "ExpirationInDays" not in by_prefix["runs/"], "model artifacts must never expire"
     assert by_prefix[""]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
     policy = template["Resources"]["StoreBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -293,6 +321,9 @@ def test_template_defaults_match_pipeline_yaml(template: dict[str, Any]) -> None
     assert defaults["ModelPackageGroupName"] == config.sagemaker.model_package_group
     assert (defaults["ScheduleName"], defaults["ScheduleExpression"], defaults["ScheduleTimezone"]) == (
         config.schedule.name, config.schedule.cron, config.schedule.timezone)
+    assert (defaults["DecisionScheduleName"], defaults["DecisionScheduleExpression"]) == (
+        config.rollout.schedule.name, config.rollout.schedule.cron)
+    assert defaults["FeedbackRetentionDays"] == config.retention.feedback_days
 
 
 def test_template_schedule_starts_the_pipeline(template: dict[str, Any]) -> None:
@@ -311,6 +342,29 @@ def test_template_schedule_starts_the_pipeline(template: dict[str, Any]) -> None
          "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:pipeline/${PipelineName}")]
     group = template["Resources"]["ModelPackageGroup"]["Properties"]
     assert group["ModelPackageGroupName"] == {"Ref": "ModelPackageGroupName"}
+
+
+def test_template_decision_schedule_runs_ab_decide_daily(template: dict[str, Any]) -> None:
+    properties = template["Resources"]["DecisionSchedule"]["Properties"]
+    assert properties["ScheduleExpression"] == {"Ref": "DecisionScheduleExpression"}
+    target = properties["Target"]
+    assert target["Arn"] == CREATE_PROCESSING_JOB_TARGET
+    job = json.loads(target["Input"]["Fn::Sub"])
+    config = load_config(ROOT / "pipeline.yaml", store="s3://${StoreBucket}")
+    config = config.model_copy(update={"sagemaker": config.sagemaker.model_copy(update={"image_uri": "${ImageUri}"})})
+    expected = decision_job(config, "${PipelineRole.Arn}")
+    expected["Environment"]["APPSIM_SNS_TOPIC_ARN"] = "${NotificationTopic}"
+    assert job == expected, "the template's job and `appsim schedule set-decision`'s must agree"
+    allowed = template["Resources"]["DecisionScheduleRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert allowed[0]["Resource"]["Fn::Sub"].endswith(":processing-job/appsim-ab-decide-*")
+    assert allowed[1] == {"Effect": "Allow", "Action": "iam:PassRole", "Resource": {"Fn::GetAtt": ["PipelineRole", "Arn"]},
+                          "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}}
+
+
+def test_template_dashboard_is_the_generated_one(template: dict[str, Any]) -> None:
+    body = template["Resources"]["ServiceDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert json.loads(body) == cloudwatch_dashboard(region="${AWS::Region}"), (
+        "regenerate the DashboardBody from pipelines/monitoring.py (appsim monitoring apply --dry-run)")
 
 
 def test_template_tables_are_on_demand_with_point_in_time_recovery(template: dict[str, Any]) -> None:

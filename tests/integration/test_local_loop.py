@@ -73,11 +73,18 @@ def test_second_retrain_records_version_2_and_decides_by_the_gate(loop):
     assert second["comparison"]["against"] == "champion"
 
 
-def test_human_summary_says_why(loop):
+def test_human_summary_says_why_and_the_gate_is_announced(loop, aws_server_env, monkeypatch):
+    from tests.models.sns_inbox import topic_with_inbox
+
     store, *_ = loop
+    topic, received = topic_with_inbox("appsim-gate")
+    monkeypatch.setenv("APPSIM_SNS_TOPIC_ARN", topic)
     proc = appsim("retrain", "--store", str(store), "--param", f"window_end={END}", "--param", f"window_days={DAYS}")
     assert "decision: rejected" in proc.stdout and "why:" in proc.stdout and "recall@10" in proc.stdout
     assert "[PrepareFeedback] succeeded" in proc.stderr and "[RegisterRejected] succeeded" in proc.stderr
+    (gate,) = received()
+    assert gate["kind"] == "gate" and gate["numbers"]["decision"] == "rejected" and gate["numbers"]["version"] == 3
+    assert gate["numbers"]["comparison"]["against"] == "champion" and "recall@10" in gate["summary"]
 
 
 def test_same_data_and_seed_give_byte_identical_embeddings(loop):

@@ -1,5 +1,7 @@
 """The alarm definitions applied to CloudWatch (moto), and their Prometheus rendering."""
 
+import json
+
 import boto3
 import pytest
 import yaml
@@ -64,7 +66,7 @@ def test_prometheus_rules_use_the_series_serving_exposes():
     from serving.metrics import ServingMetrics
 
     metrics = ServingMetrics()
-    metrics.requests.labels("/v1/similar", "200").inc()
+    metrics.requests.labels("/v1/similar", "200", "champion").inc()
     metrics.latency.labels("/v1/similar", "champion").observe(0.01)
     exposed = metrics.render().decode()
     rules = prometheus_rules()["groups"][0]["rules"]
@@ -76,3 +78,29 @@ def test_prometheus_rules_use_the_series_serving_exposes():
         for metric in alarm.metrics:
             assert metric.name in alarm.prometheus
     yaml.safe_dump(prometheus_rules())
+
+
+def test_apply_puts_the_five_panel_dashboard(cloudwatch):
+    from pipelines.monitoring import DASHBOARD, apply_dashboard, cloudwatch_dashboard
+
+    body = cloudwatch_dashboard(dimensions={"service": "prod"})
+    assert apply_dashboard(cloudwatch, body) == "appsim-similarity-service"
+    stored = json.loads(cloudwatch.get_dashboard(DashboardName="appsim-similarity-service")["DashboardBody"])
+    headings = [w["properties"]["markdown"] for w in stored["widgets"] if w["properties"].get("markdown", "").startswith("## ")]
+    assert headings == ["## Traffic", "## Latency", "## Infrastructure", "## A/B testing", "## Business"]
+    titles = {w["properties"]["title"] for w in stored["widgets"] if w["type"] == "metric"}
+    assert {"Requests per second", "Latency p50 / p95 / p99", "Traffic split by arm", "Revenue per hour (reported conversions)"} <= titles
+    assert len(titles) == sum(c.kind != "text" for p in DASHBOARD for c in p.charts)
+    apply_dashboard(cloudwatch, body)  # an upsert
+    assert [d["DashboardName"] for d in cloudwatch.list_dashboards()["DashboardEntries"]] == ["appsim-similarity-service"]
+
+
+def test_the_committed_grafana_dashboard_is_the_generated_one():
+    from pathlib import Path
+
+    from pipelines.monitoring import grafana_dashboard
+
+    committed = Path(__file__).resolve().parents[2] / "infra" / "grafana" / "appsim-dashboard.json"
+    assert json.loads(committed.read_text()) == grafana_dashboard(), "regenerate: appsim monitoring grafana --output " + str(committed)
+    rows = [p["title"] for p in grafana_dashboard()["panels"] if p["type"] == "row"]
+    assert rows == ["Traffic", "Latency", "Infrastructure", "A/B testing", "Business"]

@@ -230,7 +230,7 @@ def test_metrics(client):
     client.get("/v1/apps/nope/similar", headers=HEADERS)
     text = client.get("/metrics").text
     assert 'appsim_request_duration_seconds_bucket{arm="champion",endpoint="/v1/apps/{app_id}/similar"' in text
-    assert 'appsim_requests_total{endpoint="/v1/apps/{app_id}/similar",status="404"}' in text
+    assert 'appsim_requests_total{arm="champion",endpoint="/v1/apps/{app_id}/similar",status="404"}' in text
     assert 'appsim_model_version{arm="champion"} 1.0' in text
     for name in ("appsim_sink_queue_depth", 'appsim_events_total{outcome="dropped"}', "appsim_model_swaps_total",
                  "appsim_model_load_failures_total"):
@@ -278,3 +278,29 @@ def test_ab_arms_follow_the_seeds_pick_arm_and_every_answer_is_logged(tmp_path):
             answer["arm"], answer["model_version"], answer["app_id"])
         assert event["neighbors"] == [n["app_id"] for n in answer["neighbors"]]
     assert logged[predicted["request_id"]]["predicted_ctr"] == pytest.approx(predicted["ctr"]["estimate"])
+
+
+def test_every_series_the_dashboards_query_is_one_serving_exports(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pipelines.monitoring import grafana_dashboard, promql_series
+
+    def samples() -> dict[tuple, float]:
+        families = list(text_string_to_metric_families(client.get("/metrics").text))
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        declared = {(f.name + suffix, ()): 0.0 for f in families for suffix in suffixes.get(f.type, ("",))}
+        return declared | {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+    before = samples()
+    conversion = {"event_type": "conversion", "app_id": "app-00001", "campaign_id": "c-1", "partner_id": "acme",
+                  "user_id": "u-1", "converted": True, "revenue": 2.5}
+    assert client.post("/v1/feedback", headers=HEADERS, json={"events": [conversion]}).status_code == 202
+    after = samples()
+    exported = {name for name, _ in after}
+    queried = {name for panel in grafana_dashboard()["panels"] for target in panel.get("targets", [])
+               for name in promql_series(target["expr"])}
+    assert len(queried) >= 10 and queried <= exported, queried - exported
+    revenue = ("appsim_feedback_revenue_total", ())
+    assert after[revenue] - before.get(revenue, 0.0) == 2.5
+    positive = ("appsim_feedback_outcomes_total", (("event_type", "conversion"), ("outcome", "positive")))
+    assert after[positive] - before.get(positive, 0.0) == 1
