@@ -133,7 +133,7 @@ def test_every_injected_fault_is_quarantined_or_kept_with_its_reason(loop):
 
 def test_simulate_then_retrain_with_defaults_completes(tmp_path):
     store = tmp_path / "defaults"
-    appsim("simulate", "--store", str(store), "--apps", "60", "--users", "200", "--days", "2", "--events-per-day", "1500")
+    appsim("simulate", "--store", str(store), "--apps", "60", "--users", "200", "--events-per-day", "150")
     proc = appsim("retrain", "--store", str(store), "--json")  # window_end = now: the simulated data is the window's end
     summary = json.loads(proc.stdout)
     assert summary["decision"] == "approved" and summary["version"] == 1
