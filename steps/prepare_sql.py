@@ -34,13 +34,12 @@ Everything else takes the slow path, so a bad line gets exactly the reference's 
 ``FIELD_RULES`` is checked against the pydantic models by tests/steps/test_prepare_sql.py.
 
 Portability: steps 3 and 4 use only portable SQL (window function, CASE, count_if, min/max, joins).
-The fast path (``typed_sql``) uses DuckDB's JSON functions, which sqlglot renames but Spark does not
-all have: an engine without them defines, under the transpiled names, ``JSON_VALID(raw)``,
-``JSON_TYPE(raw, paths)`` and ``GET_JSON_OBJECT(raw, paths)`` (both taking an array of JSONPaths and
-returning an array: DuckDB's type names 'OBJECT', 'ARRAY', 'VARCHAR', 'BOOLEAN', 'UBIGINT', 'BIGINT',
-'DOUBLE', 'NULL' or NULL when absent, and the unquoted value text), ``JSON_OBJECT_KEYS(raw)``,
-``REGEXP_FULL_MATCH`` and ``EPOCH_US`` -- or it skips the fast path and sends every line to the
-reference validator (correct, only slower): ``accepted`` false for all lines.
+The fast path (``typed_sql``) uses DuckDB's JSON functions; sqlglot renames them for Spark
+(``JSON_VALID``, ``FROM_JSON(raw, '{"field": "JSON", ...}')`` giving each field's JSON text or NULL,
+``JSON_OBJECT_KEYS``, ``REGEXP_FULL_MATCH``, ``EPOCH_US``, ``ISFINITE``, ``LIST_BOOL_AND``) but Spark
+lacks or differs on some. An engine without them either registers functions with DuckDB's
+semantics under those names, or skips the fast path (``accepted`` false for every line) and sends
+every line to the reference validator: correct, only slower.
 """
 
 from __future__ import annotations
