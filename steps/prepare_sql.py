@@ -131,9 +131,10 @@ def _string(fragment: str) -> str:
 
 
 def _is_finite_number(fragment: str, rule: FieldRule | None = None) -> str:
-    # Only a JSON number's text casts to a finite double: strings are quoted, NaN/Infinity are not finite.
+    # A JSON number's text casts to a finite double; NaN/Infinity do not. DuckDB's cast also reads a quoted
+    # '"4.99"', so strings are excluded first.
     number = f"TRY_CAST({fragment} AS DOUBLE)"
-    checks = [f"isfinite({number})"]
+    checks = [f"NOT starts_with({fragment}, '\"')", f"isfinite({number})"]
     if rule is not None and rule.minimum is not None:
         checks.append(f"{number} >= {rule.minimum!r}")
     if rule is not None and rule.maximum is not None:

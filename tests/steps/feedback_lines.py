@@ -14,7 +14,7 @@ _id_text = st.one_of(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-:_", min_size=1, max_size=12),
     st.text(min_size=0, max_size=8),
     st.sampled_from(["", " ", "new:3f2a", "é", "e\u0301", "🇫🇷", "\"quoted\"", "back\\slash", "tab\t", "x" * 256,
-                     "x" * 257, "y" * 128, "y" * 129, "\u2028", "\ufffd", "\ud800", "a\udc00b"]),
+                     "x" * 257, "y" * 128, "y" * 129, "\u2028", "\ufffd", "\ud800", "a\udc00b", "4.99", "1", "true"]),
 )
 _finite = st.floats(allow_nan=False, allow_infinity=False)
 _number = st.one_of(_finite, st.integers(min_value=-(2 ** 70), max_value=2 ** 70), st.sampled_from([0, -0.0, 1, 0.5]))
