@@ -22,6 +22,7 @@ from pipelines import graph
 from pipelines.config import PipelineConfig, PipelineParameters
 from pipelines.runs import Heartbeat, RunRecord, StepRecord, list_runs, new_run_id, now, save_run
 from steps import evaluate, prepare, register, train
+from steps.prepare_duckdb import DuckDBSettings
 
 Echo = Callable[[str], None]
 
@@ -73,7 +74,7 @@ class LocalRunner:
             data["feedback_uri"], data["catalog_uri"], prepared_uri,
             window_end=window_end, window_days=params.window_days, holdout_fraction=params.holdout_fraction,
             max_bad_fraction=params.max_bad_fraction, use_attributed_clicks=params.use_attributed_clicks,
-            progress=progress.child("PrepareFeedback"),
+            duckdb_settings=DuckDBSettings(**self.config.prepare.model_dump()), progress=progress.child("PrepareFeedback"),
         ), summary=lambda m: {"prepared_uri": prepared_uri, "counts": m.get("counts", {})})
         trained = self._step(record, "TrainEmbeddings", lambda: train.run(
             prepared_uri, data["catalog_uri"], model_dir_uri,
