@@ -136,7 +136,7 @@ def test_nothing_answered_2xx_is_ever_quarantined_by_prepare(tmp_path):
                     acknowledged += logged_by(path, answer)
 
             drive()
-    assert statuses.get(200, 0) >= 20 and statuses.get(202, 0) >= 10 and statuses.get(422, 0) >= 20, statuses
+    assert statuses.get(200, 0) >= 20 and statuses.get(202, 0) >= 5 and statuses.get(422, 0) >= 20, statuses
 
     store = str(tmp_path)
     manifest = prepare.run(layout.feedback_uri(store), layout.catalog_uri(store), str(tmp_path / "prepared"),
@@ -145,11 +145,7 @@ def test_nothing_answered_2xx_is_ever_quarantined_by_prepare(tmp_path):
     counts = manifest["counts"]
     # Every acknowledged event reached prepare, and each one has an outcome.
     assert counts["lines_read"] == acknowledged
-    reasons = counts["quarantine_reasons"]
-    assert set(reasons) <= {"unknown_app_id"}, reasons  # never a schema failure: the edge refused those with a 422
-    if reasons:
-        # Cold-start predictions (app_id "new:...") and feedback for apps not in the catalog are events prepare
-        # must keep, counted but not trained on. Until prepare has that outcome it quarantines them; once it
-        # has it, unknown_app_id no longer appears here and this line never runs.
-        pytest.xfail(f"prepare still quarantines {reasons['unknown_app_id']} kept-not-trained events as unknown_app_id")
-    assert counts["quarantined"] == 0, reasons
+    # Nothing answered 2xx is bad: schema failures were refused with a 422 at the edge, and cold-start
+    # predictions (app_id "new:...") and feedback for apps not in the catalog have their own outcome.
+    assert counts["quarantined"] == 0, counts["quarantine_reasons"]
+    assert counts["kept"] > 0 and set(counts["kept_reasons"]) <= {"cold_start_query", "app_not_in_catalog"}, counts
