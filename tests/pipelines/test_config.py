@@ -28,6 +28,7 @@ def test_overrides_take_the_parameter_type():
         ("use_attributed_clicks=maybe", "true or false"),
         ("window_end=last tuesday", "ISO date-time"),
         ("approval_status=Yes", "approval_status"),
+        ("prepare_engine=flink", "prepare_engine"),
     ],
 )
 def test_bad_overrides_name_the_parameter(override, message):

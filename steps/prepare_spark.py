@@ -1,0 +1,1 @@
+"""PrepareFeedback on Apache Spark (prepare_engine=spark)."""
