@@ -21,6 +21,9 @@ setup(
         "click>=8.1,<9",
         "orjson>=3.10,<4",
         "matplotlib>=3.8,<4",
+        # PrepareFeedback's engine (steps/prepare_duckdb.py). The wheel has json and parquet built in; the
+        # engine turns extension auto-install/auto-load off, so nothing is downloaded at run time.
+        "duckdb>=1.5.6,<1.6",
     ],
     extras_require={
         # The SageMaker SDK is imported only by the pipeline builder (pipelines/sagemaker_pipeline.py).
@@ -36,6 +39,8 @@ setup(
         "dev": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            # tests/steps: generated malformed feedback lines for the prepare differential test
+            "hypothesis>=6.150,<7",
             "moto[server]>=5.0.20,<6",
             "httpx>=0.27,<1",
             "cfn-lint>=1.58,<2",

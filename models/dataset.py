@@ -17,6 +17,7 @@ HOLDOUT_INTERACTIONS = "holdout_interactions.parquet"
 TRAIN_APP_STATS = "app_stats.parquet"
 HOLDOUT_APP_STATS = "holdout_app_stats.parquet"
 QUARANTINE = "quarantine/quarantine.jsonl.gz"
+KEPT = "kept/kept.jsonl.gz"  # valid events kept but not trained on (cold-start queries, apps not in the catalog)
 MANIFEST = "manifest.json"
 
 # One row per (user_id, app_id) with at least one positive (click or conversion) in the part.

@@ -5,19 +5,32 @@ Reads ``window_days`` of events ending at ``window_end`` from the Firehose layou
 used, drops retried duplicates, splits the rest in time and writes the tables of
 ``models/dataset.py`` plus a manifest.
 
+Engines (``engine=``): ``duckdb``, the default (steps/prepare_duckdb.py: multi-threaded, out-of-core,
+running the SQL of steps/prepare_sql.py), and ``reference``, the pure-Python reader below, kept as
+the oracle the engines are tested against (same counts, same quarantine, byte-identical tables).
+
 Rules (each one is counted in the manifest, so nothing is lost silently):
 
 - Hour folders are *arrival* hours. An event that happened inside the window can arrive late,
   so folders are read up to ``window_end + LATENESS``; events are then selected by their own
   ``ts`` in ``[start, end)``. A parsed event outside the window is ``out_of_window``, not bad.
-- A line that does not parse (``models.events.parse_line``), or names an ``app_id`` missing from
-  the catalog, is quarantined with its reason, detail, source file, line number and raw text.
+- A line that does not parse (``models.events.parse_line``) is quarantined with its reason, detail,
+  source file, line number and raw text.
+- A file that cannot be read to its end (a truncated or corrupt gzip) is quarantined by name with
+  reason ``unreadable_file`` and counts as one bad line; the complete lines before the break are
+  kept and read as usual (they are real events; a re-delivered copy is dropped as duplicates), the
+  rest of the file is lost and the run goes on. The manifest lists the file under ``inputs.bad_files``.
 - Duplicates (same ``event_id``, producers retry) are dropped over the whole read, first
   occurrence wins, *before* the time split, so a retry cannot put one event on both sides.
-- ``lines_read = good + quarantined + duplicates + out_of_window``;
+- A valid in-window event whose app_id is not in the catalog is *kept*, not bad: a cold-start
+  prediction (serving's ``new:<uuid>`` query apps) or feedback for an app not yet in the catalog.
+  Kept events are written verbatim to ``kept/kept.jsonl.gz`` with their reason and not trained on.
+- ``lines_read = good + quarantined + duplicates + out_of_window + kept``;
   ``bad_fraction = quarantined / lines_read``. Above ``max_bad_fraction`` the run fails with
   ``TooManyBadEvents``: the quarantine and a ``"status": "failed"`` manifest are written for
   diagnosis, the tables are not (stale tables of an earlier run at the output are removed first).
+- No usable event in the window fails at once (``NoEventsInWindow``), naming where the data ends
+  and the ``--param window_end=...`` that would read it.
 - Time split: ``cut = window_end - holdout_fraction * window_days``; ``ts < cut`` is train.
 - Interactions hold co-engagement positives (``clicked`` clicks, ``converted`` conversions).
   Recommendation-attributed events (``request_id`` set) measure A/B arms and are biased by the
@@ -26,18 +39,12 @@ Rules (each one is counted in the manifest, so nothing is lost silently):
   conversions per click, each smoothed with an empirical-Bayes Beta prior whose mean is the
   part's global rate and whose strength is ``CTR_PRIOR_STRENGTH`` pseudo-impressions /
   ``CVR_PRIOR_STRENGTH`` pseudo-clicks: an app's own rate outweighs the prior once it has more
-  data than that.
-
-Scale: one pass, streaming; a good event costs ~27 bytes in typed arrays and ~90 bytes in the
-dedupe set (a 16-byte digest per event id, so long ids cost no more); aggregation is numpy.
-Measured with bench/prepare_throughput.py on the shared 2-core box: 10.2M lines in 137 CPU
-seconds with a peak RSS of 1.7 GB; parse_line is about 40% of the time.
+  data than that. Revenue is summed in arrival order, so every engine gives the same bits.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import sys
 import time
@@ -49,121 +56,122 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from models import dataset, storage
-from models.events import EVENT_TYPES, ClickEvent, ConversionEvent, InvalidEvent, format_ts, parse_line, parse_utc
+from models.events import EVENT_TYPES, InvalidEvent, format_ts, parse_line, parse_utc
 from models.progress import Progress
+from steps import prepare_duckdb
+from steps.prepare_io import (
+    LATENESS, RAW_LINE_LIMIT, BadFile, EngineResult, FeedbackFiles, InvalidWindow, PrepareError, RecordWriter, SplitResult,
+    Window, feedback_files, interactions_frame, last_arrival_hour, read_file, split_lines,
+)
+from steps.prepare_sql import CLICK, COLD_START_PREFIX, CONVERSION, KEPT_REASONS, PREDICTION, event_row
 
-LATENESS = timedelta(hours=24)  # how long after window_end an in-window event may still arrive
-RAW_LINE_LIMIT = 2000  # characters of a bad line kept in the quarantine
+__all__ = ["LATENESS", "RAW_LINE_LIMIT", "InvalidWindow", "NoEventsInWindow", "PrepareError", "TooManyBadEvents",
+           "Window", "run"]
+
 CTR_PRIOR_STRENGTH = 100.0  # pseudo-impressions behind the global CTR
 CVR_PRIOR_STRENGTH = 20.0  # pseudo-clicks behind the global CVR
 PROGRESS_EVERY_LINES = 8192
+ENGINES = ("duckdb", "reference")
 
-PREDICTION, CLICK, CONVERSION = (EVENT_TYPES.index(name) for name in ("prediction", "click", "conversion"))
 TABLES = (dataset.TRAIN_INTERACTIONS, dataset.HOLDOUT_INTERACTIONS, dataset.TRAIN_APP_STATS, dataset.HOLDOUT_APP_STATS)
-
-
-class PrepareError(RuntimeError):
-    """PrepareFeedback cannot produce valid prepared data; the manifest says why."""
+SPLITS = ("train", "holdout")
 
 
 class TooManyBadEvents(PrepareError):
     """More of the window's lines were quarantined than ``max_bad_fraction`` allows."""
 
 
-class InvalidWindow(PrepareError, ValueError):
-    """window_days or holdout_fraction out of range."""
-
-
 class NoEventsInWindow(PrepareError):
     """Not one usable event in the window: wrong window_end, wrong feedback location, or no traffic."""
 
 
-@dataclass(frozen=True)
-class Window:
-    start: datetime
-    end: datetime
-    cut: datetime
-
-    @classmethod
-    def ending_at(cls, window_end: datetime, window_days: int, holdout_fraction: float) -> "Window":
-        if window_days < 1:
-            raise InvalidWindow(f"window_days must be at least 1, not {window_days}")
-        if not 0.0 < holdout_fraction < 1.0:
-            raise InvalidWindow(f"holdout_fraction must be between 0 and 1 (exclusive), not {holdout_fraction}")
-        end = window_end.replace(tzinfo=timezone.utc) if window_end.tzinfo is None else window_end.astimezone(timezone.utc)
-        return cls(end - timedelta(days=window_days), end, end - timedelta(days=holdout_fraction * window_days))
-
-    def arrival_hours(self) -> list[datetime]:
-        """The hour folders that can hold this window's events: start's hour up to end + LATENESS."""
-        hour = self.start.replace(minute=0, second=0, microsecond=0)
-        hours = []
-        while hour < self.end + LATENESS:
-            hours.append(hour)
-            hour += timedelta(hours=1)
-        return hours
-
-    def to_json(self) -> dict[str, str]:
-        return {"start": format_ts(self.start), "end": format_ts(self.end), "cut": format_ts(self.cut)}
+def kept_reason(kind: int, app_id: str) -> str:
+    return KEPT_REASONS[0] if kind == PREDICTION and app_id.startswith(COLD_START_PREFIX) else KEPT_REASONS[1]
 
 
-@dataclass(frozen=True)
-class FeedbackFiles:
-    files: list[str]
-    ignored: list[str]  # files in the window's day folders that are not in an hour folder
+def read_reference(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: RecordWriter,
+                   kept: RecordWriter, use_attributed_clicks: bool, progress: Progress) -> EngineResult:
+    """The pure-Python reference engine: one streaming pass over the files, pydantic per line (the oracle)."""
+    app_codes = {app_id: code for code, app_id in enumerate(app_ids)}
+    start_us, end_us, cut_us = window.microseconds()
+    kind, ts_col, app_col, user_col = array("b"), array("q"), array("i"), array("i")
+    positive, attributed, revenue = array("b"), array("b"), array("d")
+    users: dict[str, int] = {}
+    seen: set[bytes] = set()
+    lines_read = duplicates = before = after = 0
+    lines_per_file: dict[str, int] = {}
+    bad_files = []
 
+    for uri in files:
+        content, error = read_file(uri)
+        lines = split_lines(content)
+        for number, line in enumerate(lines, start=1):
+            if not number % PROGRESS_EVERY_LINES:
+                progress.update(PROGRESS_EVERY_LINES)
+            try:
+                event = parse_line(line)
+            except InvalidEvent as invalid:
+                quarantine.add(invalid.reason, invalid.detail, uri, number, line)
+                continue
+            event_id, event_kind, ts, app_id, user_id, is_positive, is_attributed, event_revenue = event_row(event)
+            key = hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            if ts < start_us:
+                before += 1
+                continue
+            if ts >= end_us:
+                after += 1
+                continue
+            app = app_codes.get(app_id)
+            if app is None:
+                kept.add(kept_reason(event_kind, app_id), None, uri, number, line)
+                continue
+            kind.append(event_kind)
+            user_col.append(-1 if user_id is None else users.setdefault(user_id, len(users)))
+            positive.append(is_positive)
+            attributed.append(is_attributed)
+            revenue.append(event_revenue)
+            ts_col.append(ts)
+            app_col.append(app)
+        lines_read += len(lines)
+        lines_per_file[uri] = len(lines)
+        progress.update(len(lines) % PROGRESS_EVERY_LINES)
+        if error is not None:
+            bad = BadFile(uri, error, len(lines))
+            quarantine.add_bad_file(bad)
+            bad_files.append(bad)
+            lines_read += 1
 
-def feedback_files(feedback_uri: str, window: Window) -> FeedbackFiles:
-    """The window's files, in arrival order: one listing per day, filtered to the hour folders."""
-    hours = window.arrival_hours()
-    wanted = {hour.strftime("%Y/%m/%d/%H") for hour in hours}
-    files: list[str] = []
-    ignored: list[str] = []
-    for day in sorted({hour.strftime("%Y/%m/%d") for hour in hours}):
-        day_uri = storage.join(feedback_uri, day)
-        for uri in storage.list_files(day_uri):
-            relative = uri[len(day_uri):].lstrip("/")
-            hour_folder = relative.split("/", 1)[0]
-            if "/" not in relative or not (hour_folder.isdigit() and len(hour_folder) == 2):
-                ignored.append(uri)
-            elif f"{day}/{hour_folder}" in wanted:
-                files.append(uri)
-    return FeedbackFiles(files, ignored)
-
-
-class QuarantineWriter:
-    """Streams bad lines, with why and where, to a gzip JSON-lines file (deterministic bytes)."""
-
-    def __init__(self, uri: str, stack: ExitStack):
-        handle = stack.enter_context(storage.open_uri(uri, "wb"))
-        # mtime=0 and no file name in the header: the same bad lines give the same bytes.
-        self._out = stack.enter_context(gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=6, mtime=0))
-        self.reasons: Counter[str] = Counter()
-
-    def add(self, reason: str, detail: str, source: str, line_number: int, raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace")
-        record = {
-            "reason": reason, "detail": detail, "source": source, "line": line_number,
-            "raw": text[:RAW_LINE_LIMIT], "raw_truncated": len(text) > RAW_LINE_LIMIT,
-        }
-        self._out.write(orjson.dumps(record) + b"\n")
-        self.reasons[reason] += 1
-
-    @property
-    def count(self) -> int:
-        return sum(self.reasons.values())
+    # Recode users by sorted id so that outputs sort by (user_id, app_id) whatever the arrival order.
+    user_ids = np.array(list(users), dtype=object)
+    order = np.argsort(user_ids, kind="stable")
+    rank = np.empty(len(order) + 1, dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    rank[-1] = -1  # predictions keep -1
+    columns = _Columns(
+        kind=np.frombuffer(kind, dtype=np.int8), ts_us=np.frombuffer(ts_col, dtype=np.int64),
+        app=np.frombuffer(app_col, dtype=np.int32), user=rank[np.frombuffer(user_col, dtype=np.int32)],
+        positive=np.frombuffer(positive, dtype=np.int8).astype(bool),
+        attributed=np.frombuffer(attributed, dtype=np.int8).astype(bool),
+        revenue=np.frombuffer(revenue, dtype=np.float64), app_ids=app_ids, user_ids=user_ids[order],
+    )
+    in_holdout = columns.ts_us >= cut_us
+    splits = {part: _split_result(columns, mask, use_attributed_clicks)
+              for part, mask in (("train", ~in_holdout), ("holdout", in_holdout))}
+    return EngineResult(lines_read=lines_read, duplicates=duplicates, before_window=before, after_window=after,
+                        kept_reasons=dict(kept.reasons), users=len(users), lines_per_file=lines_per_file,
+                        splits=splits, bad_files=bad_files)
 
 
 @dataclass
-class EventColumns:
-    """The window's good events as parallel arrays (one row per event).
-
-    ``kind`` indexes ``EVENT_TYPES``; ``app`` indexes the sorted catalog ids; ``user`` indexes the
-    sorted user ids (-1 for predictions, which have no user); ``ts_us`` is UTC epoch microseconds.
-    """
+class _Columns:
+    """The reference's good events as parallel arrays (``app``/``user`` index the sorted ids; user -1: none)."""
 
     kind: np.ndarray
     ts_us: np.ndarray
@@ -175,100 +183,40 @@ class EventColumns:
     app_ids: np.ndarray
     user_ids: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.kind)
 
+def _split_result(columns: _Columns, mask: np.ndarray, use_attributed_clicks: bool) -> SplitResult:
+    n_apps = len(columns.app_ids)
+    clicks_mask = mask & (columns.kind == CLICK)
+    conversion_mask = mask & (columns.kind == CONVERSION)
+    converted = conversion_mask & columns.positive
+    impressions = np.bincount(columns.app[clicks_mask], minlength=n_apps)
+    seen = (impressions > 0) | (np.bincount(columns.app[conversion_mask], minlength=n_apps) > 0)
+    totals = pd.DataFrame({
+        "app_id": columns.app_ids[seen],
+        "impressions": impressions[seen],
+        "clicks": np.bincount(columns.app[clicks_mask & columns.positive], minlength=n_apps)[seen],
+        "conversions": np.bincount(columns.app[converted], minlength=n_apps)[seen],
+        "revenue": np.bincount(columns.app[converted], weights=columns.revenue[converted], minlength=n_apps)[seen],
+    })
 
-@dataclass
-class ReadResult:
-    columns: EventColumns
-    lines_read: int
-    duplicates: int
-    before_window: int
-    after_window: int
-    lines_per_file: dict[str, int]
-
-
-def read_feedback(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: QuarantineWriter,
-                  progress: Progress) -> ReadResult:
-    """One streaming pass over the files; the hot loop, so it binds methods to locals."""
-    app_codes = {app_id: code for code, app_id in enumerate(app_ids)}
-    start_us, end_us = _epoch_us(window.start), _epoch_us(window.end)
-    kind, ts_col, app_col, user_col = array("b"), array("q"), array("i"), array("i")
-    positive, attributed, revenue = array("b"), array("b"), array("d")
-    users: dict[str, int] = {}
-    seen: set[bytes] = set()
-    seen_add, blake2b, quarantine_add = seen.add, hashlib.blake2b, quarantine.add
-    lines_read = duplicates = before = after = 0
-    lines_per_file: dict[str, int] = {}
-
-    for uri in files:
-        number = 0
-        for number, line in enumerate(storage.iter_lines(uri), start=1):
-            if not number % PROGRESS_EVERY_LINES:
-                progress.update(PROGRESS_EVERY_LINES)
-            try:
-                event = parse_line(line)
-            except InvalidEvent as error:
-                quarantine_add(error.reason, error.detail, uri, number, line)
-                continue
-            key = blake2b(event.event_id.encode(), digest_size=16).digest()
-            if key in seen:
-                duplicates += 1
-                continue
-            seen_add(key)
-            ts = round(event.ts.timestamp() * 1_000_000)
-            if ts < start_us:
-                before += 1
-                continue
-            if ts >= end_us:
-                after += 1
-                continue
-            app = app_codes.get(event.app_id)
-            if app is None:
-                quarantine_add("unknown_app_id", f"app_id '{event.app_id}' is not in the catalog; add the app to "
-                               "catalog/apps.parquet or fix the producer", uri, number, line)
-                continue
-            event_class = type(event)
-            if event_class is ClickEvent:
-                kind.append(CLICK)
-                user_col.append(users.setdefault(event.user_id, len(users)))
-                positive.append(event.clicked)
-                revenue.append(0.0)
-                attributed.append(bool(event.request_id))
-            elif event_class is ConversionEvent:
-                kind.append(CONVERSION)
-                user_col.append(users.setdefault(event.user_id, len(users)))
-                positive.append(event.converted)
-                revenue.append(event.revenue)
-                attributed.append(bool(event.request_id))
-            else:
-                kind.append(PREDICTION)
-                user_col.append(-1)
-                positive.append(False)
-                revenue.append(0.0)
-                attributed.append(True)
-            ts_col.append(ts)
-            app_col.append(app)
-        lines_read += number
-        lines_per_file[uri] = number
-        progress.update(number % PROGRESS_EVERY_LINES)
-
-    # Recode users by sorted id so that outputs sort by (user_id, app_id) whatever the arrival order.
-    user_ids = np.array(list(users), dtype=object)
-    order = np.argsort(user_ids, kind="stable")
-    rank = np.empty(len(order) + 1, dtype=np.int32)
-    rank[order] = np.arange(len(order), dtype=np.int32)
-    rank[-1] = -1  # predictions keep -1
-    user = np.frombuffer(user_col, dtype=np.int32)
-    columns = EventColumns(
-        kind=np.frombuffer(kind, dtype=np.int8), ts_us=np.frombuffer(ts_col, dtype=np.int64),
-        app=np.frombuffer(app_col, dtype=np.int32), user=rank[user],
-        positive=np.frombuffer(positive, dtype=np.int8).astype(bool),
-        attributed=np.frombuffer(attributed, dtype=np.int8).astype(bool),
-        revenue=np.frombuffer(revenue, dtype=np.float64), app_ids=app_ids, user_ids=user_ids[order],
+    positives = mask & columns.positive & (columns.kind != PREDICTION)
+    selected = positives if use_attributed_clicks else positives & ~columns.attributed
+    key = columns.user[selected].astype(np.int64) * n_apps + columns.app[selected]
+    ts = columns.ts_us[selected]
+    order = np.lexsort((ts, key))
+    key, ts, is_click = key[order], ts[order], columns.kind[selected][order] == CLICK
+    starts = np.flatnonzero(np.diff(key, prepend=key[:1] - 1))  # first row of each (user, app) run
+    ends = np.append(starts[1:], len(key))[:len(starts)]
+    clicks_before = np.concatenate(([0], np.cumsum(is_click, dtype=np.int64)))
+    clicks = clicks_before[ends] - clicks_before[starts]
+    pair = key[starts]
+    pairs = interactions_frame(columns.user_ids[pair // n_apps], columns.app_ids[pair % n_apps], clicks,
+                               (ends - starts) - clicks, ts[starts], ts[ends - 1])
+    return SplitResult(
+        interactions=pairs, app_totals=totals,
+        events_by_type={name: int((columns.kind[mask] == code).sum()) for code, name in enumerate(EVENT_TYPES)},
+        positives=int(positives.sum()), attributed_positives=int((positives & columns.attributed).sum()),
     )
-    return ReadResult(columns, lines_read, duplicates, before, after, lines_per_file)
 
 
 def smoothed_rate(successes: np.ndarray, trials: np.ndarray, prior_mean: float, prior_strength: float) -> np.ndarray:
@@ -279,17 +227,9 @@ def smoothed_rate(successes: np.ndarray, trials: np.ndarray, prior_mean: float, 
     return np.clip(rate, 0.0, 1.0)
 
 
-def app_stats(columns: EventColumns, mask: np.ndarray) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Per-app impressions, clicks, conversions, revenue and smoothed rates over ``mask``'s events."""
-    n_apps = len(columns.app_ids)
-    clicks_mask = mask & (columns.kind == CLICK)
-    conversion_mask = mask & (columns.kind == CONVERSION)
-    converted = conversion_mask & columns.positive
-    impressions = np.bincount(columns.app[clicks_mask], minlength=n_apps)
-    clicks = np.bincount(columns.app[clicks_mask & columns.positive], minlength=n_apps)
-    conversions = np.bincount(columns.app[converted], minlength=n_apps)
-    revenue = np.bincount(columns.app[converted], weights=columns.revenue[converted], minlength=n_apps)
-    seen = (impressions > 0) | (np.bincount(columns.app[conversion_mask], minlength=n_apps) > 0)
+def app_stats_frame(totals: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The app-stats table from a split's per-app totals: smoothed CTR and CVR with the split's prior."""
+    impressions, clicks, conversions = (totals[name].to_numpy(np.int64) for name in ("impressions", "clicks", "conversions"))
     prior = {
         "ctr_prior_mean": float(clicks.sum() / impressions.sum()) if impressions.sum() else 0.0,
         "ctr_prior_strength": CTR_PRIOR_STRENGTH,
@@ -297,52 +237,20 @@ def app_stats(columns: EventColumns, mask: np.ndarray) -> tuple[pd.DataFrame, di
         "cvr_prior_strength": CVR_PRIOR_STRENGTH,
     }
     frame = pd.DataFrame({
-        "app_id": columns.app_ids[seen],
-        "impressions": impressions[seen].astype(np.int64),
-        "clicks": clicks[seen].astype(np.int64),
-        "conversions": conversions[seen].astype(np.int64),
-        "revenue": revenue[seen],
-        "ctr": smoothed_rate(clicks[seen], impressions[seen], prior["ctr_prior_mean"], CTR_PRIOR_STRENGTH),
-        "cvr": smoothed_rate(conversions[seen], clicks[seen], prior["cvr_prior_mean"], CVR_PRIOR_STRENGTH),
+        "app_id": totals["app_id"].to_numpy(dtype=object),
+        "impressions": impressions,
+        "clicks": clicks,
+        "conversions": conversions,
+        "revenue": totals["revenue"].to_numpy(np.float64),
+        "ctr": smoothed_rate(clicks, impressions, prior["ctr_prior_mean"], CTR_PRIOR_STRENGTH),
+        "cvr": smoothed_rate(conversions, clicks, prior["cvr_prior_mean"], CVR_PRIOR_STRENGTH),
     }, columns=list(dataset.APP_STATS_COLUMNS))
     return frame, prior
 
 
-def interactions(columns: EventColumns, mask: np.ndarray, use_attributed_clicks: bool) -> tuple[pd.DataFrame, dict[str, int]]:
-    """One row per (user, app) with a positive in ``mask``, sorted by (user_id, app_id)."""
-    positives = mask & columns.positive & (columns.kind != PREDICTION)
-    attributed = positives & columns.attributed
-    selected = positives if use_attributed_clicks else positives & ~columns.attributed
-    key = columns.user[selected].astype(np.int64) * len(columns.app_ids) + columns.app[selected]
-    ts = columns.ts_us[selected]
-    order = np.lexsort((ts, key))
-    key, ts, is_click = key[order], ts[order], columns.kind[selected][order] == CLICK
-    starts = np.flatnonzero(np.diff(key, prepend=key[:1] - 1))  # first row of each (user, app) run
-    ends = np.append(starts[1:], len(key))[:len(starts)]
-    clicks_before = np.concatenate(([0], np.cumsum(is_click, dtype=np.int64)))
-    clicks = clicks_before[ends] - clicks_before[starts]
-    pair = key[starts]
-    users = pair // len(columns.app_ids)
-    frame = pd.DataFrame({
-        "user_id": columns.user_ids[users],
-        "app_id": columns.app_ids[pair % len(columns.app_ids)],
-        "clicks": clicks,
-        "conversions": (ends - starts) - clicks,
-        "first_ts": _timestamps(ts[starts]),
-        "last_ts": _timestamps(ts[ends - 1]),
-    }, columns=list(dataset.INTERACTION_COLUMNS))
-    counts = {
-        "positives": int(positives.sum()),
-        "attributed_positives": int(attributed.sum()),
-        "attributed_excluded": 0 if use_attributed_clicks else int(attributed.sum()),
-        "interactions": len(frame),
-        "users": len(np.unique(users)),
-    }
-    return frame, counts
-
-
 def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: datetime, window_days: int,
         holdout_fraction: float, max_bad_fraction: float, use_attributed_clicks: bool = False,
+        engine: str = "duckdb", duckdb_settings: prepare_duckdb.DuckDBSettings | None = None,
         progress: Progress | None = None) -> dict:
     """Prepare the window's feedback into ``output_uri``; returns the manifest it wrote.
 
@@ -351,16 +259,19 @@ def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: dat
     """
     started = time.monotonic()
     progress = progress or Progress.quiet()
+    if engine not in ENGINES:
+        raise PrepareError(f"unknown prepare engine '{engine}'; choose one of {', '.join(ENGINES)}")
     window = Window.ending_at(window_end, window_days, holdout_fraction)
     quarantine_uri = storage.join(output_uri, dataset.QUARANTINE)
     manifest_uri = storage.join(output_uri, dataset.MANIFEST)
     # A crash or failure from here on must not leave an earlier run's tables looking valid.
-    ours = {storage.join(output_uri, name) for name in (dataset.MANIFEST, *TABLES, dataset.QUARANTINE)}
+    ours = {storage.join(output_uri, name) for name in (dataset.MANIFEST, *TABLES, dataset.QUARANTINE, dataset.KEPT)}
     for stale in ours.intersection(storage.list_files(output_uri)):
         storage.remove(stale)
 
     manifest: dict[str, Any] = {
         "status": "running",
+        "engine": engine,
         "window": window.to_json(),
         "parameters": {
             "window_end": format_ts(window.end), "window_days": window_days, "holdout_fraction": holdout_fraction,
@@ -374,32 +285,44 @@ def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: dat
         app_ids = _catalog_app_ids(catalog_uri)
         found = feedback_files(feedback_uri, window)
         manifest["inputs"] |= {"catalog_apps": len(app_ids), "ignored_files": found.ignored}
+        if not found.files:
+            raise NoEventsInWindow(f"no feedback files in the window's hour folders: {_where_data_ends(feedback_uri, window)}")
         reading = progress.child("read", unit="lines")
         with ExitStack() as stack:
-            quarantine = QuarantineWriter(quarantine_uri, stack)
-            read = read_feedback(found.files, window, app_ids, quarantine, reading)
-        written.append(dataset.QUARANTINE)
+            quarantine = RecordWriter(quarantine_uri, stack, raw_limit=RAW_LINE_LIMIT)
+            kept = RecordWriter(storage.join(output_uri, dataset.KEPT), stack)
+            if engine == "reference":
+                read = read_reference(found.files, window, app_ids, quarantine, kept, use_attributed_clicks, reading)
+            else:
+                read = prepare_duckdb.read(found.files, window, app_ids, quarantine, kept, use_attributed_clicks,
+                                           reading, duckdb_settings or prepare_duckdb.DuckDBSettings())
+        written += [dataset.QUARANTINE, dataset.KEPT]
         reading.finish(f"{read.lines_read:,} lines from {len(found.files)} files")
         manifest["inputs"]["files"] = [{"uri": uri, "lines": n} for uri, n in read.lines_per_file.items()]
+        manifest["inputs"]["bad_files"] = [{"uri": bad.uri, "error": bad.error, "lines_kept": bad.lines_kept}
+                                           for bad in read.bad_files]
 
-        columns = read.columns
-        in_holdout = columns.ts_us >= _epoch_us(window.cut)
-        counts = _counts(read, quarantine, in_holdout)
+        counts = _counts(read, quarantine)
         manifest["counts"] = counts
-        _check_quality(counts, max_bad_fraction, quarantine_uri, found, window)
+        _check_quality(counts, max_bad_fraction, quarantine_uri, found, window, feedback_uri)
 
         manifest["smoothing"] = {}
-        for part, mask, interactions_name, stats_name in (
-            ("train", ~in_holdout, dataset.TRAIN_INTERACTIONS, dataset.TRAIN_APP_STATS),
-            ("holdout", in_holdout, dataset.HOLDOUT_INTERACTIONS, dataset.HOLDOUT_APP_STATS),
+        for part, interactions_name, stats_name in (
+            ("train", dataset.TRAIN_INTERACTIONS, dataset.TRAIN_APP_STATS),
+            ("holdout", dataset.HOLDOUT_INTERACTIONS, dataset.HOLDOUT_APP_STATS),
         ):
-            pairs, positive_counts = interactions(columns, mask, use_attributed_clicks)
-            stats, prior = app_stats(columns, mask)
-            dataset.write_table(pairs, output_uri, interactions_name)
+            split = read.splits[part]
+            stats, prior = app_stats_frame(split.app_totals)
+            dataset.write_table(split.interactions, output_uri, interactions_name)
             written.append(interactions_name)
             dataset.write_table(stats, output_uri, stats_name)
             written.append(stats_name)
-            counts["splits"][part] |= positive_counts | {"apps": len(stats)}
+            attributed_excluded = 0 if use_attributed_clicks else split.attributed_positives
+            counts["splits"][part] |= {
+                "positives": split.positives, "attributed_positives": split.attributed_positives,
+                "attributed_excluded": attributed_excluded, "interactions": len(split.interactions),
+                "users": int(split.interactions["user_id"].nunique()), "apps": len(stats),
+            }
             manifest["smoothing"][part] = prior
         counts["attributed_excluded"] = sum(split["attributed_excluded"] for split in counts["splits"].values())
         manifest["status"] = "succeeded"
@@ -418,35 +341,33 @@ def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: dat
     return manifest
 
 
-def _counts(read: ReadResult, quarantine: QuarantineWriter, in_holdout: np.ndarray) -> dict[str, Any]:
-    columns = read.columns
-    good = len(columns)
-
-    def by_type(mask: np.ndarray) -> dict[str, int]:
-        return {name: int((columns.kind[mask] == code).sum()) for code, name in enumerate(EVENT_TYPES)}
-
+def _counts(read: EngineResult, quarantine: RecordWriter) -> dict[str, Any]:
+    good = read.good
     out_of_window = read.before_window + read.after_window
+    kept = sum(read.kept_reasons.values())
     return {
         "lines_read": read.lines_read,
         "good": good,
         "quarantined": quarantine.count,
         "duplicates": read.duplicates,
         "out_of_window": out_of_window,
+        "kept": kept,
         "out_of_window_by_side": {"before_start": read.before_window, "at_or_after_end": read.after_window},
         "bad_fraction": quarantine.count / read.lines_read if read.lines_read else 0.0,
         "quarantine_reasons": dict(sorted(quarantine.reasons.items())),
-        "events_by_type": by_type(np.ones(good, dtype=bool)),
+        "kept_reasons": dict(sorted(read.kept_reasons.items())),
+        "bad_files": len(read.bad_files),
+        "events_by_type": {name: sum(split.events_by_type[name] for split in read.splits.values())
+                           for name in EVENT_TYPES},
         "files_read": len(read.lines_per_file),
-        "users": len(columns.user_ids),
-        "splits": {
-            part: {"events": int(mask.sum()), "events_by_type": by_type(mask)}
-            for part, mask in (("train", ~in_holdout), ("holdout", in_holdout))
-        },
+        "users": read.users,
+        "splits": {part: {"events": sum(split.events_by_type.values()), "events_by_type": dict(split.events_by_type)}
+                   for part, split in read.splits.items()},
     }
 
 
 def _check_quality(counts: dict[str, Any], max_bad_fraction: float, quarantine_uri: str, found: FeedbackFiles,
-                   window: Window) -> None:
+                   window: Window, feedback_uri: str) -> None:
     if counts["bad_fraction"] > max_bad_fraction:
         top = ", ".join(f"{reason} {n:,}" for reason, n in Counter(counts["quarantine_reasons"]).most_common(3))
         raise TooManyBadEvents(
@@ -454,15 +375,28 @@ def _check_quality(counts: dict[str, Any], max_bad_fraction: float, quarantine_u
             f"{counts['bad_fraction']:.4f} ({counts['bad_fraction']:.2%}) is above max_bad_fraction "
             f"{max_bad_fraction:g} ({max_bad_fraction:.2%}). "
             f"Top reasons: {top}. Each bad line, with its reason, file and line number, is in {quarantine_uri}. "
-            "Fix the producer (or the catalog, for unknown_app_id), or raise the limit with "
+            "Fix the producer, or raise the limit with "
             "--param max_bad_fraction=... if this much bad input is expected."
         )
     if counts["good"] == 0:
         raise NoEventsInWindow(
-            f"no usable events with ts in [{format_ts(window.start)}, {format_ts(window.end)}): read {counts['lines_read']:,} "
-            f"lines from {len(found.files)} files in the hour folders {format_ts(window.arrival_hours()[0])} .. "
-            f"{format_ts(window.arrival_hours()[-1])}. Check window_end and the feedback location."
+            f"no usable events with ts in [{format_ts(window.start)}, {format_ts(window.end)}): read "
+            f"{counts['lines_read']:,} lines from {len(found.files)} files. {_where_data_ends(feedback_uri, window)}"
         )
+
+
+def _where_data_ends(feedback_uri: str, window: Window) -> str:
+    """Which hour folders the window read, where the data really ends, and the window_end that would read it."""
+    hours = window.arrival_hours()
+    searched = f"the window read the hour folders {format_ts(hours[0])} .. {format_ts(hours[-1])}"
+    last = last_arrival_hour(feedback_uri)
+    if last is None:
+        return (f"{searched}, and {storage.normalize(feedback_uri)} holds no YYYY/MM/DD/HH folder with files at all: "
+                "check the feedback location (or generate data with `appsim simulate`).")
+    data_end = last + timedelta(hours=1)
+    return (f"{searched}; the data ends at {data_end:%Y-%m-%dT%H:%M:%SZ} (the newest hour folder is "
+            f"{last:%Y/%m/%d/%H}). To use it, run with --param window_end={data_end:%Y-%m-%dT%H:%M:%SZ} "
+            f"(window_days={round((window.end - window.start) / timedelta(days=1))} days ending there).")
 
 
 def _catalog_app_ids(catalog_uri: str) -> np.ndarray:
@@ -479,14 +413,6 @@ def _sha256(uri: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _epoch_us(moment: datetime) -> int:
-    return round(moment.timestamp() * 1_000_000)
-
-
-def _timestamps(epoch_us: np.ndarray) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex(epoch_us.astype("datetime64[us]")).tz_localize("UTC")
 
 
 def _parse_bool(text: str | bool) -> bool:

@@ -38,7 +38,9 @@ def quarantine(feedback_store: FeedbackStore, output: str = "prepared") -> list[
 
 
 def assert_accounting(counts: dict) -> None:
-    assert counts["lines_read"] == counts["good"] + counts["quarantined"] + counts["duplicates"] + counts["out_of_window"]
+    assert counts["lines_read"] == (counts["good"] + counts["quarantined"] + counts["duplicates"] + counts["out_of_window"]
+                                    + counts["kept"])
+    assert counts["kept"] == sum(counts["kept_reasons"].values())
     assert counts["quarantined"] == sum(counts["quarantine_reasons"].values())
     assert counts["good"] == sum(counts["events_by_type"].values())
     assert counts["good"] == sum(split["events"] for split in counts["splits"].values())
@@ -75,7 +77,8 @@ def test_clean_window_becomes_interactions_and_stats_per_time_split(feedback_sto
     assert counts["events_by_type"] == {"prediction": 1, "click": 5, "conversion": 2}
     assert counts["splits"]["train"]["events_by_type"] == {"prediction": 1, "click": 4, "conversion": 1}
     assert counts["splits"]["holdout"]["interactions"] == 1
-    assert set(manifest["files"]) == {*prepare.TABLES, dataset.QUARANTINE}
+    assert set(manifest["files"]) == {*prepare.TABLES, dataset.QUARANTINE, dataset.KEPT}
+    assert manifest["engine"] == "duckdb"
     on_disk = json.loads((Path(feedback_store.output()) / dataset.MANIFEST).read_text())
     assert on_disk["counts"] == counts and on_disk["status"] == "succeeded"
 
@@ -101,15 +104,52 @@ def test_each_bad_line_is_quarantined_with_reason_source_line_and_raw_text(feedb
     assert record["raw"] == bad_line and record["raw_truncated"] is False
 
 
-def test_unknown_app_ids_are_quarantined_for_every_event_type(feedback_store):
-    feedback_store.deliver([click("u1", "app-404", at(5)), conversion("u1", "app-405", at(5)), prediction("app-406", at(5)),
-                   click("u1", "app-1", at(5))])
+def kept(feedback_store: FeedbackStore, output: str = "prepared") -> list[dict]:
+    path = Path(feedback_store.output(output)) / dataset.KEPT
+    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
 
-    counts = run(feedback_store)["counts"]
 
-    assert counts["quarantine_reasons"] == {"unknown_app_id": 3} and counts["good"] == 1
-    details = sorted(record["detail"] for record in quarantine(feedback_store))
-    assert "app-404" in details[0] and "catalog" in details[0]
+def test_events_for_apps_outside_the_catalog_are_kept_verbatim_not_bad(feedback_store):
+    lines = [click("u1", "app-404", at(5)), conversion("u1", "app-405", at(5)), prediction("new:3f2a", at(5)),
+             prediction("app-406", at(5)), click("u1", "app-1", at(5))]
+    path = feedback_store.deliver(lines)
+
+    counts = run(feedback_store, max_bad_fraction=0.0)["counts"]
+
+    assert counts["quarantined"] == 0 and counts["good"] == 1 and counts["kept"] == 4
+    assert counts["kept_reasons"] == {"app_not_in_catalog": 3, "cold_start_query": 1}
+    assert_accounting(counts)
+    records = kept(feedback_store)
+    assert [(r["reason"], r["line"]) for r in records] == [
+        ("app_not_in_catalog", 1), ("app_not_in_catalog", 2), ("cold_start_query", 3), ("app_not_in_catalog", 4)]
+    assert all(r["source"] == f"file://{path}" for r in records)
+    assert [r["raw"] for r in records] == [to_line(line) for line in lines[:4]]
+    assert table(feedback_store, dataset.TRAIN_APP_STATS)["app_id"].tolist() == ["app-1"]
+
+
+def test_a_truncated_gzip_file_is_quarantined_by_name_and_its_complete_lines_are_kept(feedback_store):
+    whole = feedback_store.deliver([click(f"u{i}", "app-1", at(5)) for i in range(3)], name="whole")
+    broken = feedback_store.deliver([click(f"v{i}", "app-2", at(5)) for i in range(400)], arrival=at(5, 1), name="broken")
+    data = broken.read_bytes()
+    broken.write_bytes(data[:len(data) // 2])  # Firehose upload cut short: EOFError in gzip
+    garbage = feedback_store.deliver([click("w", "app-3", at(5))], arrival=at(5, 2), name="garbage")
+    garbage.write_bytes(b"\x00not gzip at all" * 10)  # BadGzipFile / zlib error
+
+    manifest = run(feedback_store)
+
+    counts = manifest["counts"]
+    assert counts["bad_files"] == 2 and counts["quarantine_reasons"] == {"unreadable_file": 2}
+    assert_accounting(counts)
+    bad = {entry["uri"]: entry for entry in manifest["inputs"]["bad_files"]}
+    assert set(bad) == {f"file://{broken}", f"file://{garbage}"}
+    assert "EOFError" in bad[f"file://{broken}"]["error"] and "error" in bad[f"file://{garbage}"]["error"]
+    kept_lines = bad[f"file://{broken}"]["lines_kept"]
+    assert 0 < kept_lines < 400 and bad[f"file://{garbage}"]["lines_kept"] == 0
+    assert counts["good"] == 3 + kept_lines and counts["lines_read"] == 3 + kept_lines + 2
+    records = quarantine(feedback_store)
+    assert [(r["source"], r["line"]) for r in records] == [(f"file://{broken}", kept_lines + 1), (f"file://{garbage}", 1)]
+    assert all("re-deliver" in r["detail"] for r in records)
+    assert f"file://{whole}" in [f["uri"] for f in manifest["inputs"]["files"]]
 
 
 def test_a_huge_bad_line_is_kept_truncated(feedback_store):
@@ -182,13 +222,14 @@ def test_accounting_holds_on_a_mixed_window(feedback_store):
     events = [click(f"u{rng.integers(20)}", f"app-{rng.integers(6)}", at(float(rng.uniform(0, 11))),
                     clicked=bool(rng.random() < 0.3), request_id="req" if rng.random() < 0.2 else None)
               for _ in range(300)]
-    lines = events + events[:15] + ["not json", '{"event_type": "click"}', click("u1", "app-99", at(3))]
+    lines = events + events[:15] + ["not json", '{"event_type": "click"}', '{"event_id": 1}', click("u1", "app-99", at(3))]
     feedback_store.deliver(lines[:150], arrival=at(5), name="one")
     feedback_store.deliver(lines[150:], arrival=at(1), name="two")
 
     counts = run(feedback_store)["counts"]
 
     assert counts["lines_read"] == len(lines) and counts["duplicates"] == 15 and counts["quarantined"] == 3
+    assert counts["kept"] == 1
     assert counts["out_of_window"] == sum(1 for e in events if e.ts < START)
     assert_accounting(counts)
 
@@ -196,7 +237,7 @@ def test_accounting_holds_on_a_mixed_window(feedback_store):
 def test_too_many_bad_lines_fail_with_quarantine_and_failed_manifest_but_no_tables(feedback_store):
     feedback_store.deliver([click("u1", "app-1", at(5)), click("u2", "app-2", at(1))])
     run(feedback_store)  # a good earlier run leaves tables at the same output
-    feedback_store.deliver(["garbage"] * 3 + [click("u1", "app-404", at(5))], arrival=at(4), name="bad")
+    feedback_store.deliver(["garbage"] * 3 + ['{"event_type": "click"}'], arrival=at(4), name="bad")
 
     with pytest.raises(TooManyBadEvents) as raised:
         run(feedback_store, max_bad_fraction=0.25)
@@ -204,12 +245,12 @@ def test_too_many_bad_lines_fail_with_quarantine_and_failed_manifest_but_no_tabl
     message = str(raised.value)
     assert "bad_fraction 0.6667 (66.67%)" in message and "max_bad_fraction 0.25 (25.00%)" in message
     assert "malformed_json 3" in message
-    assert "unknown_app_id 1" in message and dataset.QUARANTINE in message
+    assert "missing_field 1" in message and dataset.QUARANTINE in message
     output = Path(feedback_store.output())
     assert not any((output / name).exists() for name in prepare.TABLES)
     manifest = json.loads((output / dataset.MANIFEST).read_text())
     assert manifest["status"] == "failed" and "TooManyBadEvents" in manifest["error"]
-    assert manifest["counts"]["quarantined"] == 4 and set(manifest["files"]) == {dataset.QUARANTINE}
+    assert manifest["counts"]["quarantined"] == 4 and set(manifest["files"]) == {dataset.QUARANTINE, dataset.KEPT}
     assert len(quarantine(feedback_store)) == 4
 
 
@@ -220,6 +261,22 @@ def test_an_empty_window_fails_clearly(feedback_store):
         run(feedback_store)
 
     assert json.loads((Path(feedback_store.output()) / dataset.MANIFEST).read_text())["status"] == "failed"
+
+
+def test_a_window_after_the_data_fails_at_once_naming_where_the_data_ends(feedback_store):
+    feedback_store.deliver([click("u1", "app-1", at(5))], arrival=at(5, 3))  # hour folder 2026/02/24/03
+
+    with pytest.raises(NoEventsInWindow) as raised:
+        run(feedback_store, window_end=WINDOW_END + timedelta(days=200))
+
+    message = str(raised.value)
+    assert "no feedback files" in message and "2026/02/24/03" in message
+    assert "--param window_end=2026-02-24T04:00:00Z" in message
+
+
+def test_a_store_without_feedback_says_where_it_looked(tmp_path, feedback_store):
+    with pytest.raises(NoEventsInWindow, match="appsim simulate"):
+        run(feedback_store)
 
 
 def test_holdout_starts_at_the_cut_and_train_ends_before_it(feedback_store):
@@ -320,7 +377,7 @@ def test_same_input_gives_byte_identical_outputs(feedback_store):
     first = run(feedback_store, output="one")
     second = run(feedback_store, output="two")
 
-    assert first["files"] == second["files"] and len(first["files"]) == 5
+    assert first["files"] == second["files"] and len(first["files"]) == 6
 
 
 def test_job_entry_point_with_the_sagemaker_processing_layout(feedback_store, tmp_path):
