@@ -7,7 +7,6 @@ leaves an honest record. A step that fails names itself and its cause (``StepFai
 
 from __future__ import annotations
 
-import importlib
 import time
 import traceback
 from typing import Any, Callable
@@ -18,7 +17,7 @@ from models.registry import Registry, open_registry
 from pipelines import graph
 from pipelines.config import PipelineConfig
 from pipelines.runs import RunRecord, StepRecord, new_run_id, now, save_run
-from steps import evaluate, register, train
+from steps import evaluate, prepare, register, train
 
 Echo = Callable[[str], None]
 
@@ -60,13 +59,11 @@ class LocalRunner:
         evaluation_uri = storage.join(evaluation_dir_uri, graph.EVALUATION_REPORT)
 
         progress = Progress("", every=5.0) if self.show_progress else Progress.quiet()
-        # The engine's job module (steps.prepare or steps.prepare_spark, in local mode): same run() contract.
-        prepare = importlib.import_module(graph.step("PrepareFeedback", params.prepare_engine).entry_module)
         prepared = self._step(record, "PrepareFeedback", lambda: prepare.run(
             data["feedback_uri"], data["catalog_uri"], prepared_uri,
             window_end=window_end, window_days=params.window_days, holdout_fraction=params.holdout_fraction,
             max_bad_fraction=params.max_bad_fraction, use_attributed_clicks=params.use_attributed_clicks,
-            progress=progress.child("PrepareFeedback"),
+            engine=params.prepare_engine, progress=progress.child("PrepareFeedback"),  # spark: local mode
         ), summary=lambda m: {"prepared_uri": prepared_uri, "counts": m.get("counts", {})})
         trained = self._step(record, "TrainEmbeddings", lambda: train.run(
             prepared_uri, data["catalog_uri"], model_dir_uri,
