@@ -70,12 +70,14 @@ DIURNAL /= DIURNAL.sum()
 FAULT_KINDS = ("duplicate", "late", "malformed_json", "missing_field", "invalid_field",
                "unknown_event_type", "unknown_app_id")
 FAULT_WEIGHTS = np.array([0.25, 0.2, 0.12, 0.12, 0.12, 0.04, 0.15])
-# What prepare must do with each kind: the quarantine reason, or None when the line is not bad
+# What prepare must do with each kind: the quarantine reason (or, for KEPT_FAULTS, the kept reason: a valid
+# event for an app not yet in the catalog is kept, not bad), or None when the line is used as is
 # (a late event is valid and used; a duplicate delivery is dropped and counted as a duplicate).
 FAULT_REASON: dict[str, str | None] = {
     "duplicate": None, "late": None, "malformed_json": "malformed_json", "missing_field": "missing_field",
-    "invalid_field": "invalid_field", "unknown_event_type": "unknown_event_type", "unknown_app_id": "unknown_app_id",
+    "invalid_field": "invalid_field", "unknown_event_type": "unknown_event_type", "unknown_app_id": "app_not_in_catalog",
 }
+KEPT_FAULTS = ("unknown_app_id",)
 # Fields a producer bug can drop (never event_type: its absence reads as an unknown event type).
 REQUIRED_FIELDS = {
     "click": ("event_id", "ts", "app_id", "campaign_id", "partner_id", "user_id", "clicked"),
@@ -661,7 +663,8 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
     faults = writer.fault_table()
     _write_parquet(faults, storage.join(ground_truth, "faults.parquet"))
     fault_counts = {kind: int((faults["kind"] == kind).sum()) for kind in FAULT_KINDS}
-    quarantined = faults["reason"].dropna().value_counts()
+    quarantined = faults.loc[~faults["kind"].isin(KEPT_FAULTS), "reason"].dropna().value_counts()
+    kept = faults.loc[faults["kind"].isin(KEPT_FAULTS), "reason"].value_counts()
     window_end = params.end.strftime("%Y-%m-%dT%H:%M:%SZ")
     summary = {
         "parameters": {**asdict(params), "end": window_end},
@@ -676,6 +679,7 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
         "faults": fault_counts,
         "expected_prepare": {
             "quarantined": {reason: int(n) for reason, n in sorted(quarantined.items())},
+            "kept": {reason: int(n) for reason, n in sorted(kept.items())},
             "duplicates": fault_counts["duplicate"],
             "late_accepted": fault_counts["late"],
         },
@@ -692,7 +696,14 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
     return summary
 
 
-def _parse_end(_ctx: click.Context, _param: click.Parameter, value: str) -> datetime:
+def current_hour() -> datetime:
+    """The start of the current UTC hour: simulate's default end, so `appsim retrain` (window_end = now) reads it all."""
+    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _parse_end(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime:
+    if not value:
+        return current_hour()
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -713,8 +724,9 @@ def _parse_end(_ctx: click.Context, _param: click.Parameter, value: str) -> date
 @click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same bytes.")
 @click.option("--fault-rate", default=0.02, show_default=True, type=click.FloatRange(0, 0.5, max_open=True),
               help="Share of events broken on purpose (duplicates, bad JSON, bad fields, unknown apps, late).")
-@click.option("--end", default=DEFAULT_END, show_default=True, callback=_parse_end,
-              help="UTC hour the data ends at (fixed so the demo is reproducible); run prepare with window_end = this.")
+@click.option("--end", default=None, show_default="the current UTC hour", callback=_parse_end,
+              help=f"UTC hour the data ends at. The default suits `appsim retrain` with its default window_end "
+                   f"(now); pass a fixed hour (e.g. {DEFAULT_END}, the Makefile's demo) for reproducible bytes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalog, feedback and ground truth in the store.")
 @click.option("--drift-days", default=0, show_default=True, type=click.IntRange(min=0),
               help=f"Input drift over the last N days: {DRIFT_CATEGORIES} categories become {DRIFT_BOOST:g}x as popular "

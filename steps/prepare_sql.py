@@ -32,6 +32,15 @@ NaN/Infinity or trailing-comma leniency, canonical timestamps (``YYYY-MM-DDTHH:M
 then ``Z`` or ``+00:00``), and every field of ``FIELD_RULES`` checked for JSON type and range.
 Everything else takes the slow path, so a bad line gets exactly the reference's reason code.
 ``FIELD_RULES`` is checked against the pydantic models by tests/steps/test_prepare_sql.py.
+
+Portability: steps 3 and 4 use only portable SQL (window function, CASE, count_if, min/max, joins).
+The fast path (``typed_sql``) uses DuckDB's JSON functions, which sqlglot renames but Spark does not
+all have: an engine without them defines, under the transpiled names, ``JSON_VALID(raw)``,
+``JSON_TYPE(raw, paths)`` and ``GET_JSON_OBJECT(raw, paths)`` (both taking an array of JSONPaths and
+returning an array: DuckDB's type names 'OBJECT', 'ARRAY', 'VARCHAR', 'BOOLEAN', 'UBIGINT', 'BIGINT',
+'DOUBLE', 'NULL' or NULL when absent, and the unquoted value text), ``JSON_OBJECT_KEYS(raw)``,
+``REGEXP_FULL_MATCH`` and ``EPOCH_US`` -- or it skips the fast path and sends every line to the
+reference validator (correct, only slower): ``accepted`` false for all lines.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from models.artifact import ModelArtifact
-from models.dataset import QUARANTINE
+from models.dataset import KEPT, QUARANTINE
+from pipelines.simulate import FAULT_REASON
 
 END = "2026-11-02T00:00:00Z"
 DAYS = 14
@@ -105,28 +106,37 @@ def test_embeddings_agree_with_ground_truth_neighbours(loop):
     assert np.mean(overlaps) > 10 * chance, np.mean(overlaps)
 
 
-def test_every_injected_fault_is_quarantined_with_its_reason(loop):
+def test_every_injected_fault_is_quarantined_or_kept_with_its_reason(loop):
     store, first, *_ = loop
     prepared = store / "runs" / first["run_id"] / "prepare"
     manifest = json.loads((prepared / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts["lines_read"] == counts["good"] + counts["quarantined"] + counts["duplicates"] + counts["out_of_window"]
-    with gzip.open(prepared / QUARANTINE, "rt") as handle:
-        quarantined = [json.loads(line) for line in handle]
-    assert len(quarantined) == counts["quarantined"] > 0
-    assert all(q["reason"] and q["detail"] for q in quarantined)
+    assert counts["lines_read"] == (counts["good"] + counts["quarantined"] + counts["duplicates"] + counts["out_of_window"]
+                                    + counts["kept"])
+    records = {}
+    for name, count in ((QUARANTINE, counts["quarantined"]), (KEPT, counts["kept"])):
+        with gzip.open(prepared / name, "rt") as handle:
+            written = [json.loads(line) for line in handle]
+        assert len(written) == count > 0 and all(r["reason"] for r in written)
+        records |= {(Path(r["source"]).name, r["line"]): r["reason"] for r in written}
     faults = pd.read_parquet(store / "ground_truth" / "faults.parquet")
-    expected = {"malformed": "malformed_json", "missing_field": "missing_field", "mistyped_field": "invalid_field",
-                "unknown_app": "unknown_app_id"}
-    found = {(Path(q["source"]).name, q["line"]): q["reason"] for q in quarantined}
+    expected = {kind: reason for kind, reason in FAULT_REASON.items() if reason}
     checked = 0
     for fault in faults.itertuples():
         if fault.kind in expected:
             key = (Path(fault.file).name, fault.line)
-            if key in found:  # faults outside the window were never read
-                assert found[key] == expected[fault.kind], fault
+            if key in records:  # faults outside the window were never read
+                assert records[key] == expected[fault.kind], fault
                 checked += 1
     assert checked >= 0.9 * faults["kind"].isin(list(expected)).sum()
+
+
+def test_simulate_then_retrain_with_defaults_completes(tmp_path):
+    store = tmp_path / "defaults"
+    appsim("simulate", "--store", str(store), "--apps", "60", "--users", "200", "--events-per-day", "150")
+    proc = appsim("retrain", "--store", str(store), "--json")  # window_end = now: the simulated data is the window's end
+    summary = json.loads(proc.stdout)
+    assert summary["decision"] == "approved" and summary["version"] == 1
 
 
 def test_too_many_bad_events_fail_prepare_loudly(tmp_path):

@@ -76,15 +76,16 @@ class FeedbackStore:
             arrival = next(item.ts for item in items if not isinstance(item, str))  # type: ignore[attr-defined]
         folder = self.root / firehose_prefix(arrival)
         folder.mkdir(parents=True, exist_ok=True)
-        body = "".join(to_line(item) + "\n" for item in items).encode()
+        # surrogatepass: a lone surrogate in a test line becomes the invalid UTF-8 a broken producer would write.
+        body = "".join(to_line(item) + "\n" for item in items).encode("utf-8", "surrogatepass")
         path = folder / (f"{name}.gz" if compress else f"{name}.jsonl")
         path.write_bytes(gzip.compress(body, mtime=0) if compress else body)
         self.written.append(path)
         return path
 
 
-@pytest.fixture
-def feedback_store(tmp_path: Path) -> FeedbackStore:
+def make_feedback_store(root: Path) -> FeedbackStore:
+    """A store folder with a six-app catalog and no feedback yet."""
     catalog = pd.DataFrame({
         "app_id": list(CATALOG_APPS),
         "name": [f"App {i}" for i in range(len(CATALOG_APPS))],
@@ -95,7 +96,12 @@ def feedback_store(tmp_path: Path) -> FeedbackStore:
         "description": [f"app number {i}" for i in range(len(CATALOG_APPS))],
         "avg_rating": [4.1, 3.9, 4.5, 4.0, 3.2, 4.8],
     })
-    path = tmp_path / "catalog" / "apps.parquet"
+    path = root / "catalog" / "apps.parquet"
     path.parent.mkdir(parents=True)
     catalog.to_parquet(path, index=False)
-    return FeedbackStore(tmp_path)
+    return FeedbackStore(root)
+
+
+@pytest.fixture
+def feedback_store(tmp_path: Path) -> FeedbackStore:
+    return make_feedback_store(tmp_path)
