@@ -94,13 +94,16 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                        help="spark: the PySparkProcessor job (steps.prepare_spark) in local mode, local[2]")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="appsim-bench-prepare-") as tmp:
         root = Path(tmp)
         generate(root, args.lines, args.apps, args.users, args.seed)
         started = time.monotonic()
         subprocess.run(
-            [sys.executable, "-m", "steps.prepare", "--feedback", str(root / "feedback"),
+            [sys.executable, "-m", {"duckdb": "steps.prepare", "spark": "steps.prepare_spark"}[args.engine],
+             "--feedback", str(root / "feedback"),
              "--catalog", str(root / "catalog"), "--output", str(root / "prepared"),
              "--window-end", WINDOW_END.isoformat(), "--window-days", str(WINDOW_DAYS),
              "--holdout-fraction", "0.2", "--max-bad-fraction", "0.05"],
@@ -111,7 +114,7 @@ def main() -> None:
         manifest = json.loads((root / "prepared" / "manifest.json").read_text())
     counts = manifest["counts"]
     print(json.dumps({
-        "lines_read": counts["lines_read"], "good": counts["good"], "duplicates": counts["duplicates"],
+        "engine": manifest["engine"], "lines_read": counts["lines_read"], "good": counts["good"], "duplicates": counts["duplicates"],
         "quarantined": counts["quarantined"], "seconds_wall": round(seconds, 2),
         "seconds_in_run": manifest["seconds"], "lines_per_second": round(counts["lines_read"] / manifest["seconds"]),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),

@@ -206,9 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The PySparkProcessor job (``smspark-submit prepare_spark.py --window-end ...``): steps.prepare's
     arguments, run on the cluster's session."""
     from steps import prepare
-    from steps.spark_session import cluster_session
+    from steps.spark_session import job_session
 
-    cluster_session()  # the active session read() runs on
+    job_session()  # the active session read() runs on
     return prepare.main(argv, engine="spark")
 
 

@@ -17,6 +17,7 @@ from models import dataset
 from models.events import ClickEvent, PredictionEvent, firehose_prefix
 from pipelines.simulate import FAULT_REASON, simulate
 from steps import prepare, prepare_spark
+from steps.prepare_sql import KEPT_REASONS
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)
 DAYS = 3
@@ -72,7 +73,7 @@ def test_spark_equals_duckdb_equals_reference_on_every_fault_kind(spark, faulty_
 
     counts = reference["counts"]
     # The store really holds every fault: each simulator reason, duplicates, late and kept events, bad files.
-    assert {reason for reason in FAULT_REASON.values() if reason and reason != "unknown_app_id"} | {
+    assert {reason for reason in FAULT_REASON.values() if reason and reason not in KEPT_REASONS} | {
         "unreadable_file"} <= set(counts["quarantine_reasons"])
     assert counts["duplicates"] > 0 and counts["out_of_window"] > 0 and counts["bad_files"] == 2
     assert counts["kept_reasons"]["cold_start_query"] == 1 and counts["kept_reasons"]["app_not_in_catalog"] > 0
