@@ -4,6 +4,9 @@ pipeline builder both execute, so the two cannot drift (a test compares them).
     PrepareFeedback -> TrainEmbeddings -> EvaluateCandidate -> CheckImprovement
         CheckImprovement true  -> RegisterCandidate  (Approved, or PendingManualApproval)
         CheckImprovement false -> RegisterRejected   (recorded as Rejected; the run still succeeds)
+
+PrepareFeedback's job depends on ``prepare_engine`` (``steps(prepare_engine)``): steps.prepare
+(DuckDB) or steps.prepare_spark (a PySparkProcessor on SageMaker); a build parameter, not a run one.
 """
 
 from __future__ import annotations
