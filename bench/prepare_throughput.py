@@ -1,11 +1,16 @@
-"""PrepareFeedback throughput and peak memory on synthetic feedback.
+"""PrepareFeedback throughput and peak memory against DuckDB's floor, on the same synthetic feedback.
 
-    .venv/bin/python bench/prepare_throughput.py --lines 1000000
+    .venv/bin/python bench/prepare_throughput.py --lines 2000000 [--reference] [--memory-limit 2GB]
 
 Writes ``--lines`` events (clicks and conversions, some attributed, plus predictions, ~2%
-retried duplicates and ~0.5% bad lines) in the Firehose layout over a 28-day window, then runs
-the job entry point (``python -m steps.prepare``) in a subprocess and reports lines/s and the
-subprocess's peak RSS. Generation is not timed.
+retried duplicates and ~0.5% bad lines) in the Firehose layout over a 28-day window, then, each in
+a subprocess of its own (so each peak RSS is its own): the job entry point (``python -m
+steps.prepare``, DuckDB engine) and the floor, a plain DuckDB query that reads the same gzip JSON,
+drops bad lines, dedupes by event_id and aggregates per (user, app). Prints lines/s of both, their
+ratio (floor seconds / prepare seconds: 1.0 = as fast as the floor), peak RSS, the core count and
+the load average (the machine is shared). ``--reference`` also times the pure-Python reference,
+``--spark`` the spark engine in local mode (wall clock, same counts asserted).
+Generation is not timed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -29,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from models.events import ClickEvent, ConversionEvent, PredictionEvent, firehose_prefix  # noqa: E402
+from steps.prepare_duckdb import DuckDBSettings  # noqa: E402
+from steps.spark_session import LOCAL_CORES as SPARK_LOCAL_CORES  # noqa: E402
 
 WINDOW_END = datetime(2026, 3, 1, tzinfo=timezone.utc)
 WINDOW_DAYS = 28
@@ -88,39 +96,108 @@ def generate(root: Path, lines: int, apps: int, users: int, seed: int) -> None:
         (folder / f"part-{first:012d}.gz").write_bytes(gzip.compress(b"\n".join(body) + b"\n", compresslevel=1))
 
 
+FLOOR_SQL = """
+WITH events AS (
+    SELECT * FROM read_ndjson({files}, compression = 'gzip', ignore_errors = true, columns = {{
+        event_id: 'VARCHAR', event_type: 'VARCHAR', ts: 'TIMESTAMPTZ', app_id: 'VARCHAR', user_id: 'VARCHAR',
+        clicked: 'BOOLEAN', converted: 'BOOLEAN'}})
+    WHERE event_id IS NOT NULL AND ts IS NOT NULL
+), first_seen AS (
+    SELECT any_value(COLUMNS(* EXCLUDE (event_id))) FROM events GROUP BY event_id
+)
+SELECT count(*) FROM (
+    SELECT user_id, app_id, count_if(event_type = 'click') AS clicks, count_if(event_type = 'conversion') AS conversions
+    FROM first_seen WHERE coalesce(clicked, converted) AND event_type <> 'prediction'
+    GROUP BY user_id, app_id
+)
+"""
+
+
+def child(task: str, root: Path, engine: str, memory_limit: str) -> None:
+    """Runs in a subprocess of its own, so that its peak RSS is its alone."""
+    started = time.monotonic()
+    if task == "prepare":
+        from steps import prepare
+
+        subprocess_args = ["--feedback", str(root / "feedback"), "--catalog", str(root / "catalog"),
+                           "--output", str(root / f"prepared-{engine}"), "--window-end", WINDOW_END.isoformat(),
+                           "--window-days", str(WINDOW_DAYS), "--holdout-fraction", "0.2", "--max-bad-fraction", "0.05",
+                           "--engine", engine, "--memory-limit", memory_limit]
+        if prepare.main(subprocess_args) != 0:
+            raise SystemExit(1)
+    else:
+        import duckdb
+
+        files = sorted(str(path) for path in (root / "feedback").rglob("*.gz"))
+        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                     "memory_limit": memory_limit})
+        con.execute(FLOOR_SQL.format(files=files)).fetchall()
+    seconds = time.monotonic() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_mib": round(usage.ru_maxrss / 1024)}))  # ru_maxrss is KiB on Linux
+
+
+def measure(task: str, root: Path, engine: str, memory_limit: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", task, "--root", str(root), "--engine", engine,
+                           "--memory-limit", memory_limit], cwd=REPO, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _figures(measured: dict, lines: int) -> dict:
+    return {"seconds": round(measured["seconds"], 2), "lines_per_second": round(lines / measured["seconds"]),
+            "cpu_seconds": round(measured["cpu_seconds"], 2),
+            "lines_per_cpu_second": round(lines / measured["cpu_seconds"]), "peak_rss_mib": measured["peak_rss_mib"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--lines", type=int, default=2_000_000)
     parser.add_argument("--apps", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
-                        help="spark: the PySparkProcessor job (steps.prepare_spark) in local mode, local[2]")
+    parser.add_argument("--memory-limit", default=DuckDBSettings().memory_limit, help="for both DuckDB runs")
+    parser.add_argument("--reference", action="store_true", help="also time the pure-Python reference engine (slow)")
+    parser.add_argument("--child", choices=("prepare", "floor"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="duckdb", help=argparse.SUPPRESS)
+    parser.add_argument("--spark", action="store_true",
+                        help="also time the spark engine (steps.prepare_spark's job, local mode: local[2])")
     args = parser.parse_args()
+    if args.child:
+        child(args.child, args.root, args.engine, args.memory_limit)
+        return
     with tempfile.TemporaryDirectory(prefix="appsim-bench-prepare-") as tmp:
         root = Path(tmp)
         generate(root, args.lines, args.apps, args.users, args.seed)
-        started = time.monotonic()
-        subprocess.run(
-            [sys.executable, "-m", {"duckdb": "steps.prepare", "spark": "steps.prepare_spark"}[args.engine],
-             "--feedback", str(root / "feedback"),
-             "--catalog", str(root / "catalog"), "--output", str(root / "prepared"),
-             "--window-end", WINDOW_END.isoformat(), "--window-days", str(WINDOW_DAYS),
-             "--holdout-fraction", "0.2", "--max-bad-fraction", "0.05"],
-            cwd=REPO, check=True,
-        )
-        seconds = time.monotonic() - started
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the prepare subprocess only
-        manifest = json.loads((root / "prepared" / "manifest.json").read_text())
-    counts = manifest["counts"]
-    print(json.dumps({
-        "engine": manifest["engine"], "lines_read": counts["lines_read"], "good": counts["good"], "duplicates": counts["duplicates"],
-        "quarantined": counts["quarantined"], "seconds_wall": round(seconds, 2),
-        "seconds_in_run": manifest["seconds"], "lines_per_second": round(counts["lines_read"] / manifest["seconds"]),
-        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),  # ru_maxrss is KiB on Linux
-        "train_interactions": counts["splits"]["train"]["interactions"],
-    }, indent=2))
+        prepared = measure("prepare", root, "duckdb", args.memory_limit)
+        floor = measure("floor", root, "duckdb", args.memory_limit)
+        reference = measure("prepare", root, "reference", args.memory_limit) if args.reference else None
+        spark = measure("prepare", root, "spark", args.memory_limit) if args.spark else None
+        counts = json.loads((root / "prepared-duckdb" / "manifest.json").read_text())["counts"]
+        if spark:  # the same counts, or the figures compare different work
+            assert json.loads((root / "prepared-spark" / "manifest.json").read_text())["counts"] == counts
+    lines = counts["lines_read"]
+    report = {
+        "lines_read": lines, "good": counts["good"], "duplicates": counts["duplicates"],
+        "quarantined": counts["quarantined"], "train_interactions": counts["splits"]["train"]["interactions"],
+        "cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2), "memory_limit": args.memory_limit,
+        "prepare": _figures(prepared, lines),
+        "duckdb_floor": _figures(floor, lines),
+        # Wall-clock ratio (the goal's measure) and CPU ratio (fairer when other jobs share the cores).
+        "ratio_prepare_to_floor": round(floor["seconds"] / prepared["seconds"], 3),
+        "cpu_ratio_prepare_to_floor": round(floor["cpu_seconds"] / prepared["cpu_seconds"], 3),
+    }
+    if reference:
+        report["reference"] = _figures(reference, lines)
+    if spark:
+        # Wall clock only: the JVM and the Python workers are not this child's own CPU or RSS.
+        report["spark_local_2_cores"] = {
+            "seconds": round(spark["seconds"], 2), "lines_per_second": round(lines / spark["seconds"]),
+            "lines_per_second_per_core": round(lines / spark["seconds"] / SPARK_LOCAL_CORES),
+            "ratio_spark_to_prepare": round(prepared["seconds"] / spark["seconds"], 3),
+        }
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ class PipelineParameters(_Strict):
         return parse_utc(self.window_end) if self.window_end else datetime.now(timezone.utc)
 
 
+class PrepareSettings(_Strict):
+    """Resources of PrepareFeedback's DuckDB engine (see steps.prepare_duckdb.DuckDBSettings)."""
+
+    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    spill_dir: str = ""
+    threads: int = Field(0, ge=0, le=1024)
+
+
 class Backends(_Strict):
     store: str = "./appsim-store"
     registry: str = ""
@@ -88,6 +96,7 @@ class ScheduleSettings(_Strict):
 class PipelineConfig(_Strict):
     pipeline_name: str = "appsim-retrain"
     parameters: PipelineParameters = Field(default_factory=PipelineParameters)
+    prepare: PrepareSettings = Field(default_factory=PrepareSettings)
     backends: Backends = Field(default_factory=Backends)
     sagemaker: SageMakerSettings = Field(default_factory=SageMakerSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)

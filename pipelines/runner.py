@@ -18,6 +18,7 @@ from pipelines import graph
 from pipelines.config import PipelineConfig
 from pipelines.runs import RunRecord, StepRecord, new_run_id, now, save_run
 from steps import evaluate, prepare, register, train
+from steps.prepare_duckdb import DuckDBSettings
 
 Echo = Callable[[str], None]
 
@@ -63,7 +64,8 @@ class LocalRunner:
             data["feedback_uri"], data["catalog_uri"], prepared_uri,
             window_end=window_end, window_days=params.window_days, holdout_fraction=params.holdout_fraction,
             max_bad_fraction=params.max_bad_fraction, use_attributed_clicks=params.use_attributed_clicks,
-            engine=params.prepare_engine, progress=progress.child("PrepareFeedback"),  # spark: local mode
+            engine=params.prepare_engine, duckdb_settings=DuckDBSettings(**self.config.prepare.model_dump()),
+            progress=progress.child("PrepareFeedback"),  # engine spark: local mode
         ), summary=lambda m: {"prepared_uri": prepared_uri, "counts": m.get("counts", {})})
         trained = self._step(record, "TrainEmbeddings", lambda: train.run(
             prepared_uri, data["catalog_uri"], model_dir_uri,

@@ -434,9 +434,9 @@ def _catalog_file(uri: str) -> str:
     return uri if uri.endswith(".parquet") else storage.join(uri, "apps.parquet")
 
 
-def main(argv: Sequence[str] | None = None, engine: str = "duckdb") -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The SageMaker Processing job: ``python -m steps.prepare --window-end ... --window-days ...``
-    (steps/prepare_spark.py runs the same job with ``engine="spark"``)."""
+    (steps/prepare_spark.py runs the same job with ``--engine spark``)."""
     parser = argparse.ArgumentParser(prog="python -m steps.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--feedback", default="/opt/ml/processing/input/feedback",
                         help="folder or URI holding YYYY/MM/DD/HH/ feedback files")
@@ -449,6 +449,14 @@ def main(argv: Sequence[str] | None = None, engine: str = "duckdb") -> int:
     parser.add_argument("--max-bad-fraction", type=float, required=True)
     parser.add_argument("--use-attributed-clicks", type=_parse_bool, nargs="?", const=True, default=False,
                         help="train on recommendation-attributed positives too (true/false; bare flag = true)")
+    parser.add_argument("--engine", choices=ENGINES, default="duckdb",
+                        help="duckdb (default), spark (local mode here; steps.prepare_spark on a cluster) or reference "
+                             "(the pure-Python oracle, slow)")
+    defaults = prepare_duckdb.DuckDBSettings()
+    parser.add_argument("--memory-limit", default=defaults.memory_limit,
+                        help="DuckDB's memory limit (e.g. 2GB); past it, work spills to --spill-dir")
+    parser.add_argument("--spill-dir", default=defaults.spill_dir, help="local folder for spill files; empty: system temp")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="DuckDB threads; 0: one per core")
     args = parser.parse_args(argv)
     try:
         window_end = parse_utc(args.window_end) if args.window_end else datetime.now(timezone.utc)
@@ -459,7 +467,8 @@ def main(argv: Sequence[str] | None = None, engine: str = "duckdb") -> int:
             args.feedback, _catalog_file(args.catalog), args.output, window_end=window_end,
             window_days=args.window_days, holdout_fraction=args.holdout_fraction,
             max_bad_fraction=args.max_bad_fraction, use_attributed_clicks=args.use_attributed_clicks,
-            engine=engine, progress=Progress("PrepareFeedback", every=5.0),
+            engine=args.engine, progress=Progress("PrepareFeedback", every=5.0),
+            duckdb_settings=prepare_duckdb.DuckDBSettings(args.memory_limit, args.spill_dir, args.threads),
         )
     except (PrepareError, FileNotFoundError) as error:
         print(f"PrepareFeedback failed: {error}", file=sys.stderr)
@@ -467,7 +476,7 @@ def main(argv: Sequence[str] | None = None, engine: str = "duckdb") -> int:
     counts = manifest["counts"]
     print(f"PrepareFeedback: {counts['good']:,} good events of {counts['lines_read']:,} lines "
           f"({counts['quarantined']:,} quarantined, {counts['duplicates']:,} duplicates, "
-          f"{counts['out_of_window']:,} out of window) in {manifest['seconds']:.1f}s -> {storage.normalize(args.output)}")
+          f"{counts['out_of_window']:,} out of window, {counts['kept']:,} kept) in {manifest['seconds']:.1f}s -> {storage.normalize(args.output)}")
     return 0
 
 

@@ -8,8 +8,8 @@ it cannot prove valid are parsed by the reference validator (``models.events.par
 so every bad line gets the reference's reason code. Dedupe, the window, the kept outcome and the
 aggregates are SQL; no event id is held in Python.
 
-DuckDB works in a database file in the spill folder with a memory limit: past the limit it spills
-there instead of growing (``DuckDBSettings``; pipeline.yaml ``prepare:``). Extension auto-install
+DuckDB works in memory with a memory limit: past the limit it spills to the spill folder instead of
+growing (``DuckDBSettings``; pipeline.yaml ``prepare:``). Extension auto-install
 and auto-load are off: json and parquet are built into the wheel, and nothing is downloaded.
 """
 
@@ -48,7 +48,7 @@ _EVENT_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("event
 @dataclass(frozen=True)
 class DuckDBSettings:
     memory_limit: str = "2GB"  # DuckDB's own memory (buffer pool); past it, work spills to spill_dir
-    spill_dir: str = ""  # local folder for DuckDB's database and spill files; empty = the system temp folder
+    spill_dir: str = ""  # local folder for DuckDB's spill files; empty = the system temp folder
     threads: int = 0  # 0 = one per core
 
 
@@ -95,7 +95,8 @@ def _connect(settings: DuckDBSettings, folder: str) -> duckdb.DuckDBPyConnection
     }
     if settings.threads:
         config["threads"] = settings.threads
-    return duckdb.connect(os.path.join(folder, "prepare.duckdb"), config=config)
+    # In memory, but not bounded by memory: past memory_limit DuckDB evicts blocks to temp_directory.
+    return duckdb.connect(":memory:", config=config)
 
 
 def read(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: RecordWriter, kept: RecordWriter,
@@ -168,12 +169,12 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
 
     bad_by_source = {files.index(bad.uri): bad for bad in bad_files}
     _slow_path(con, files, undecodable, bad_by_source, quarantine)
-    con.execute(f"CREATE TABLE events AS {prepare_sql.events_sql('typed', 'slow_events')}")
-    con.execute("DROP TABLE typed")
-    con.execute("DROP TABLE slow_events")
+    con.execute(f"CREATE VIEW events AS {prepare_sql.events_sql('typed', 'slow_events')}")
     start_us, end_us, cut_us = window.microseconds()
     con.execute(f"CREATE TABLE classified AS {prepare_sql.classified_sql(start_us, end_us, cut_us, 'events', 'catalog')}")
-    con.execute("DROP TABLE events")
+    con.execute("DROP VIEW events")
+    con.execute("DROP TABLE typed")
+    con.execute("DROP TABLE slow_events")
 
     outcomes = con.execute(prepare_sql.outcome_counts_sql("classified")).fetch_df()
     for reason, source, line, raw in _rows(con, prepare_sql.kept_rows_sql("classified")):

@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from steps.spark_session import job_session
 
     job_session()  # the active session read() runs on
-    return prepare.main(argv, engine="spark")
+    return prepare.main([*(sys.argv[1:] if argv is None else argv), "--engine", "spark"])
 
 
 if __name__ == "__main__":

@@ -27,20 +27,19 @@ How an engine runs it (the DuckDB engine is the worked example):
    ``revenue_rows_sql``, ``kept_rows_sql``, ``users_sql``).
 
 The fast path accepts only lines it can prove valid under models/events.py: no backslash (so no
-escapes: no lone surrogates, and string lengths are character counts), no duplicate keys, no
-NaN/Infinity or trailing-comma leniency, canonical timestamps (``YYYY-MM-DDTHH:MM:SS[.ffffff]``
+escapes: no lone surrogates, and string lengths are character counts), no key but the event type's
+own fields and each once, no trailing commas, canonical timestamps (``YYYY-MM-DDTHH:MM:SS[.ffffff]``
 then ``Z`` or ``+00:00``), and every field of ``FIELD_RULES`` checked for JSON type and range.
 Everything else takes the slow path, so a bad line gets exactly the reference's reason code.
 ``FIELD_RULES`` is checked against the pydantic models by tests/steps/test_prepare_sql.py.
 
 Portability: steps 3 and 4 use only portable SQL (window function, CASE, count_if, min/max, joins).
-The fast path (``typed_sql``) uses DuckDB's JSON functions, which sqlglot renames but Spark does not
-all have: an engine without them defines, under the transpiled names, ``JSON_VALID(raw)``,
-``JSON_TYPE(raw, paths)`` and ``GET_JSON_OBJECT(raw, paths)`` (both taking an array of JSONPaths and
-returning an array: DuckDB's type names 'OBJECT', 'ARRAY', 'VARCHAR', 'BOOLEAN', 'UBIGINT', 'BIGINT',
-'DOUBLE', 'NULL' or NULL when absent, and the unquoted value text), ``JSON_OBJECT_KEYS(raw)``,
-``REGEXP_FULL_MATCH`` and ``EPOCH_US`` -- or it skips the fast path and sends every line to the
-reference validator (correct, only slower): ``accepted`` false for all lines.
+The fast path (``typed_sql``) uses DuckDB's JSON functions; sqlglot renames them for Spark
+(``JSON_VALID``, ``FROM_JSON(raw, '{"field": "JSON", ...}')`` giving each field's JSON text or NULL,
+``JSON_OBJECT_KEYS``, ``REGEXP_FULL_MATCH``, ``EPOCH_US``, ``ISFINITE``, ``LIST_BOOL_AND``) but Spark
+lacks or differs on some. An engine without them either registers functions with DuckDB's
+semantics under those names, or skips the fast path (``accepted`` false for every line) and sends
+every line to the reference validator: correct, only slower.
 """
 
 from __future__ import annotations
@@ -65,11 +64,10 @@ COLD_START_PREFIX = "new:"  # serving's app_id for a query app described by meta
 KEPT_REASONS = ("cold_start_query", "app_not_in_catalog")
 OUTCOMES = ("good", "duplicate", "before_window", "after_window", "kept")
 
-_NUMBER = "('UBIGINT', 'BIGINT', 'DOUBLE')"
-_INTEGER = "('UBIGINT', 'BIGINT')"
-# JSON leniencies of DuckDB's reader that pydantic refuses: trailing commas, + signs, nan/inf spelled any
-# way. Conservative: a string that merely looks like one (e.g. "a,]") only costs a slow-path parse.
-_LENIENT_JSON = r",\s*[\]}]|[:,\[]\s*(\+|-?([iI]|[nN][aA]))"  # no JSON value starts with i or na
+# A JSON leniency of DuckDB's reader that pydantic refuses: trailing commas (conservative: a string that
+# merely looks like one, e.g. "a,]", only costs a slow-path parse). Its other leniency, nan/inf spelled any
+# way, cannot reach an accepted line: every field is type-checked and no other key is allowed.
+_TRAILING_COMMA = r",\s*[\]}]"
 _TS_PATTERN = (r"20\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{6})?"
                r"(Z|\+00:00)")
 assert TS_MIN.year == 2000 and TS_MAX.year == 2100, "_TS_PATTERN's year range follows models.events"
@@ -111,72 +109,76 @@ FIELD_RULES: dict[str, tuple[FieldRule, ...]] = {
 EVENT_MODELS = {"prediction": PredictionEvent, "click": ClickEvent, "conversion": ConversionEvent}
 COMMON_FIELDS = ("event_id", "ts", "schema_version", "event_type")
 
-_PATHS = ("$", "event_id", "event_type", "ts", "schema_version",
-          *dict.fromkeys(rule.name for rules in FIELD_RULES.values() for rule in rules))
+_FIELDS = ("event_id", "event_type", "ts", "schema_version",
+           *dict.fromkeys(rule.name for rules in FIELD_RULES.values() for rule in rules))
+# One parse per line: every field as its JSON text ('"abc"', 'true', '1.5', '[...]'); SQL NULL when the
+# key is absent *or* its value is null (the keys list tells the two apart where it matters).
+_STRUCTURE = "{" + ", ".join(f'"{name}": "JSON"' for name in _FIELDS) + "}"
 
 
-def _at(name: str) -> int:
-    """1-based position of a field in the ``t`` (JSON types) and ``v`` (values) lists of typed_sql()."""
-    return _PATHS.index(name) + 1
+def _f(name: str) -> str:
+    """The column holding a field's JSON text in typed_sql()."""
+    return f"f_{name}"
 
 
-def _type(name: str) -> str:
-    return f"t[{_at(name)}]"
+def _is_string(fragment: str, max_length: int) -> str:
+    # No backslash in the line, so a string's text is its characters between the quotes.
+    return f"(starts_with({fragment}, '\"') AND length({fragment}) - 2 BETWEEN 1 AND {max_length})"
 
 
-def _value(name: str) -> str:
-    return f"v[{_at(name)}]"
+def _string(fragment: str) -> str:
+    return f"{fragment}[2:-2]"
 
 
-def _number_in_range(value: str, rule: FieldRule) -> str:
-    checks = [f"isfinite(TRY_CAST({value} AS DOUBLE))"]
-    if rule.minimum is not None:
-        checks.append(f"TRY_CAST({value} AS DOUBLE) >= {rule.minimum!r}")
-    if rule.maximum is not None:
-        checks.append(f"TRY_CAST({value} AS DOUBLE) <= {rule.maximum!r}")
-    return " AND ".join(checks)
+def _is_finite_number(fragment: str, rule: FieldRule | None = None) -> str:
+    # Only a JSON number's text casts to a finite double: strings are quoted, NaN/Infinity are not finite.
+    number = f"TRY_CAST({fragment} AS DOUBLE)"
+    checks = [f"isfinite({number})"]
+    if rule is not None and rule.minimum is not None:
+        checks.append(f"{number} >= {rule.minimum!r}")
+    if rule is not None and rule.maximum is not None:
+        checks.append(f"{number} <= {rule.maximum!r}")
+    return "(" + " AND ".join(checks) + ")"
+
+
+def _present(name: str) -> str:
+    return f"list_contains(keys, '{name}')"
 
 
 def _rule_check(rule: FieldRule) -> str:
     """A SQL condition, true only when the field provably satisfies the rule."""
-    t, v, path = _type(rule.name), _value(rule.name), f"'$.{rule.name}[*]'"
+    f = _f(rule.name)
     if rule.kind == "id":
-        present = f"({t} = 'VARCHAR' AND length({v}) BETWEEN 1 AND {rule.max_length})"
+        value = _is_string(f, rule.max_length)
     elif rule.kind == "bool":
-        present = f"{t} = 'BOOLEAN'"
+        value = f"{f} IN ('true', 'false')"
     elif rule.kind == "int":
-        present = f"{t} IN {_INTEGER}"
+        value = f"regexp_full_match({f}, '-?[0-9]{{1,18}}')"
     elif rule.kind == "number":
-        present = f"({t} IN {_NUMBER} AND {_number_in_range(v, rule)})"
-    elif rule.kind == "id_list":
-        present = (f"({t} = 'ARRAY' AND coalesce(list_bool_and(list_transform(json_type(raw, {path}), "
-                   f"x -> x = 'VARCHAR')), true) AND coalesce(list_bool_and(list_transform("
-                   f"json_extract_string(raw, {path}), x -> length(x) BETWEEN 1 AND {rule.max_length})), true))")
-    elif rule.kind == "number_list":
-        present = (f"({t} = 'ARRAY' AND coalesce(list_bool_and(list_transform(json_type(raw, {path}), "
-                   f"x -> x IN {_NUMBER})), true) AND coalesce(list_bool_and(list_transform("
-                   f"json_extract_string(raw, {path}), x -> isfinite(TRY_CAST(x AS DOUBLE)))), true))")
+        value = _is_finite_number(f, rule)
+    elif rule.kind in ("id_list", "number_list"):
+        element = _is_string("x", rule.max_length) if rule.kind == "id_list" else _is_finite_number("x")
+        value = (f"(starts_with({f}, '[') AND coalesce(list_bool_and(list_transform(from_json({f}, '[\"JSON\"]'), "
+                 f"x -> coalesce({element}, false))), true))")
     else:
         raise ValueError(f"unknown field rule kind {rule.kind}")
-    alternatives = [present]
-    if not rule.required:
-        alternatives.append(f"{t} IS NULL")
+    if rule.required:
+        return value
     if rule.nullable:
-        alternatives.append(f"{t} = 'NULL'")
-    return "(" + " OR ".join(alternatives) + ")"
+        return f"({f} IS NULL OR {value})"
+    return f"(CASE WHEN {f} IS NULL THEN NOT {_present(rule.name)} ELSE {value} END)"
 
 
 def _common_checks() -> str:
-    ts, version = _value("ts"), _value("schema_version")
+    ts = _string(_f("ts"))
+    versions = ", ".join(f"'{version}'" for version in range(1, SCHEMA_VERSION + 1))
     return " AND ".join((
-        f"{_type('$')} = 'OBJECT'",
-        f"{_type('event_id')} = 'VARCHAR'",
-        f"length({_value('event_id')}) BETWEEN 1 AND {MAX_EVENT_ID_LENGTH}",
-        f"{_type('ts')} = 'VARCHAR'",
+        _is_string(_f("event_id"), MAX_EVENT_ID_LENGTH),
+        f"starts_with({_f('ts')}, '\"')",
         f"regexp_full_match({ts}, '{_TS_PATTERN}')",
         f"TRY_CAST({_naive_ts(ts)} AS TIMESTAMP) IS NOT NULL",
-        f"({_type('schema_version')} IS NULL OR ({_type('schema_version')} IN {_INTEGER} "
-        f"AND TRY_CAST({version} AS BIGINT) BETWEEN 1 AND {SCHEMA_VERSION}))",
+        f"(CASE WHEN {_f('schema_version')} IS NULL THEN NOT {_present('schema_version')} "
+        f"ELSE {_f('schema_version')} IN ({versions}) END)",
     ))
 
 
@@ -185,9 +187,15 @@ def _naive_ts(ts: str) -> str:
     return f"substr({ts}, 1, CASE WHEN substr({ts}, 20, 1) = '.' THEN 26 ELSE 19 END)"
 
 
-def _kind() -> str:
-    whens = " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(EVENT_TYPES))
-    return f"CASE {_value('event_type')} {whens} END"
+def _only_known_keys(rules: tuple[FieldRule, ...]) -> str:
+    """Every top-level key is one of the type's fields, each once: no duplicate (DuckDB reads the first,
+    pydantic the last) and no extra field (pydantic ignores it, but still refuses the line for JSON that
+    DuckDB accepts, such as nan). Lines from newer producers with extra fields take the slow path."""
+    counted = [f"CASE WHEN {_f(name)} IS NULL THEN 0 ELSE 1 END"
+               for name in ("event_id", "event_type", "ts", "schema_version", *(rule.name for rule in rules))]
+    counted += [f"CASE WHEN {_f(rule.name)} IS NULL AND {_present(rule.name)} THEN 1 ELSE 0 END"
+                for rule in rules if rule.nullable]  # present with a null value
+    return f"len(keys) = {' + '.join(counted)}"
 
 
 def typed_sql(raw_relation: str = "raw_lines", catalog_relation: str = "catalog") -> str:
@@ -196,42 +204,43 @@ def typed_sql(raw_relation: str = "raw_lines", catalog_relation: str = "catalog"
     ``raw`` is carried for lines that are not accepted (the slow path needs them) and for accepted
     events of apps outside the catalog (they are written verbatim if kept).
     """
-    paths = ", ".join("'$'" if p == "$" else f"'$.{p}'" for p in _PATHS)
+    event_type = _f("event_type")
     per_type = " ".join(
-        f"WHEN '{name}' THEN " + " AND ".join(_rule_check(rule) for rule in rules)
+        f"WHEN '\"{name}\"' THEN " + " AND ".join((*(_rule_check(rule) for rule in rules), _only_known_keys(rules)))
         for name, rules in FIELD_RULES.items()
     )
-    accepted = f"coalesce(plain AND {_common_checks()} AND CASE {_value('event_type')} {per_type} ELSE false END, false)"
+    kinds = " ".join(f"WHEN '\"{name}\"' THEN {code}" for code, name in enumerate(EVENT_TYPES))
+    columns = ", ".join(f"j.{name} AS {_f(name)}" for name in _FIELDS)
+    accepted = f"coalesce(plain AND {_common_checks()} AND CASE {event_type} {per_type} ELSE false END, false)"
     return f"""
 WITH guarded AS (
     SELECT source, line, raw,
            starts_with(raw, '{{') AND NOT contains(raw, '\\') AND NOT contains(raw, '\ufffd')
-           AND NOT regexp_matches(raw, '{_LENIENT_JSON}') AND json_valid(raw) AS plain
+           AND NOT regexp_matches(raw, '{_TRAILING_COMMA}') AND json_valid(raw) AS plain
     FROM {raw_relation}
 ), parsed AS (
     SELECT source, line, raw, plain,
-           CASE WHEN plain THEN json_type(raw, [{paths}]) END AS t,
-           CASE WHEN plain THEN json_extract_string(raw, [{paths}]) END AS v,
+           CASE WHEN plain THEN from_json(raw, '{_STRUCTURE}') END AS j,
            CASE WHEN plain THEN json_keys(raw) END AS keys
     FROM guarded
-), checked AS (
-    SELECT source, line, raw, t, v,
-           {accepted} AND len(keys) = len(list_distinct(keys)) AS accepted
+), fields AS (
+    SELECT source, line, raw, plain, keys, {columns}
     FROM parsed
+), checked AS (
+    SELECT *, {accepted} AS accepted
+    FROM fields
 )
 SELECT source, line, accepted,
-       CASE WHEN accepted THEN {_value('event_id')} END AS event_id,
-       CASE WHEN accepted THEN CAST({_kind()} AS TINYINT) END AS kind,
-       CASE WHEN accepted THEN epoch_us(TRY_CAST({_naive_ts(_value('ts'))} AS TIMESTAMP)) END AS ts_us,
-       CASE WHEN accepted THEN {_value('app_id')} END AS app_id,
-       CASE WHEN accepted AND {_value('event_type')} <> 'prediction' THEN {_value('user_id')} END AS user_id,
-       CASE WHEN accepted THEN coalesce(({_value('event_type')} = 'click' AND {_value('clicked')} = 'true')
-            OR ({_value('event_type')} = 'conversion' AND {_value('converted')} = 'true'), false) END AS positive,
-       CASE WHEN accepted THEN {_value('event_type')} = 'prediction' OR coalesce({_type('request_id')} = 'VARCHAR', false)
-            END AS attributed,
-       CASE WHEN accepted AND {_value('event_type')} = 'conversion' AND {_type('revenue')} IS NOT NULL
-            THEN TRY_CAST({_value('revenue')} AS DOUBLE) WHEN accepted THEN 0.0 END AS revenue,
-       CASE WHEN NOT accepted OR {_value('app_id')} NOT IN (SELECT app_id FROM {catalog_relation}) THEN raw END AS raw
+       CASE WHEN accepted THEN {_string(_f('event_id'))} END AS event_id,
+       CASE WHEN accepted THEN CAST(CASE {event_type} {kinds} END AS TINYINT) END AS kind,
+       CASE WHEN accepted THEN epoch_us(TRY_CAST({_naive_ts(_string(_f('ts')))} AS TIMESTAMP)) END AS ts_us,
+       CASE WHEN accepted THEN {_string(_f('app_id'))} END AS app_id,
+       CASE WHEN accepted AND {event_type} <> '"prediction"' THEN {_string(_f('user_id'))} END AS user_id,
+       CASE WHEN accepted THEN coalesce({_f('clicked')} = 'true' OR {_f('converted')} = 'true', false) END AS positive,
+       CASE WHEN accepted THEN {event_type} = '"prediction"' OR {_f('request_id')} IS NOT NULL END AS attributed,
+       CASE WHEN accepted AND {event_type} = '"conversion"' AND {_f('revenue')} IS NOT NULL
+            THEN TRY_CAST({_f('revenue')} AS DOUBLE) WHEN accepted THEN 0.0 END AS revenue,
+       CASE WHEN NOT accepted OR {_string(_f('app_id'))} NOT IN (SELECT app_id FROM {catalog_relation}) THEN raw END AS raw
 FROM checked
 """
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-LOCAL_MASTER = "local[2]"
+LOCAL_CORES = 2
+LOCAL_MASTER = f"local[{LOCAL_CORES}]"
 LOCAL_DRIVER_MEMORY = "1g"
 
 

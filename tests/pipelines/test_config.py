@@ -61,3 +61,11 @@ def test_s3_store_needs_an_explicit_registry():
     config = load_config(store="s3://bucket/prefix")
     with pytest.raises(ConfigError, match="sagemaker://"):
         _ = config.registry_uri
+
+
+def test_prepare_engine_resources_are_configured_and_checked(tmp_path: Path):
+    assert load_config().prepare.memory_limit == "2GB"
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text("prepare:\n  memory_limit: lots\n")
+    with pytest.raises(ConfigError, match="prepare.memory_limit"):
+        load_config(bad)

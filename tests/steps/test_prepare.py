@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from models import dataset, storage
-from steps import prepare
+from steps import prepare, prepare_duckdb
 from steps.prepare import CTR_PRIOR_STRENGTH, CVR_PRIOR_STRENGTH, LATENESS, NoEventsInWindow, TooManyBadEvents
 from tests.steps.conftest import WINDOW_END, FeedbackStore, at, click, conversion, prediction, to_line
 
@@ -447,3 +447,28 @@ def test_an_s3_store_works_through_the_same_code(feedback_store, s3_bucket):
         assert manifest["files"][name] == local["files"][name]
     assert storage.read_json(f"{remote_output}/{dataset.MANIFEST}")["status"] == "succeeded"
     assert dataset.read_table(remote_output, dataset.HOLDOUT_INTERACTIONS)["user_id"].tolist() == ["u2"]
+
+
+def test_a_tiny_memory_limit_spills_to_the_spill_folder_and_gives_the_same_outputs(feedback_store, tmp_path):
+    rng = np.random.default_rng(3)
+    feedback_store.deliver([click(f"u{rng.integers(500)}", f"app-{rng.integers(6)}", at(float(rng.uniform(0, 9))))
+                            for _ in range(1000)], arrival=at(5))
+    spill = tmp_path / "spill"
+    roomy = run(feedback_store, output="roomy")
+
+    tight = run(feedback_store, output="tight",
+                duckdb_settings=prepare_duckdb.DuckDBSettings(memory_limit="40MB", spill_dir=str(spill), threads=1))
+
+    assert tight["counts"] == roomy["counts"] and tight["files"] == roomy["files"]
+    assert spill.is_dir() and not any(spill.iterdir())  # its working folder is removed afterwards
+
+
+def test_duckdb_never_installs_or_loads_extensions_on_its_own(tmp_path):
+    connection = prepare_duckdb._connect(prepare_duckdb.DuckDBSettings(), str(tmp_path))
+    settings = dict(connection.execute(
+        "SELECT name, value FROM duckdb_settings() WHERE name LIKE 'auto%_known_extensions'").fetchall())
+    assert settings == {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+    built_in = dict(connection.execute(
+        "SELECT extension_name, install_mode FROM duckdb_extensions() WHERE extension_name IN ('json', 'parquet')"
+    ).fetchall())
+    assert built_in == {"json": "STATICALLY_LINKED", "parquet": "STATICALLY_LINKED"}
