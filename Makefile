@@ -18,7 +18,7 @@ $(VENV)/.installed-run: setup.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: setup.py | $(BIN)/python
-	$(BIN)/pip install -q -e ".[aws,serve,dev]"
+	$(BIN)/pip install -q -e ".[aws,serve,spark,dev]"
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run

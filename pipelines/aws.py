@@ -12,6 +12,7 @@ weekly run trains on its own window and never reuses a cached step of the week b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ EXECUTION_ID = "<aws.scheduler.execution-id>"
 PREVIEW_STORE = "s3://your-appsim-bucket/appsim"
 PREVIEW_IMAGE_URI = "000000000000.dkr.ecr.us-east-1.amazonaws.com/appsim:set-sagemaker-image-uri"
 PREVIEW_ROLE_ARN = "arn:aws:iam::000000000000:role/set-sagemaker-role-arn"
+PREVIEW_SPARK_IMAGE_URI = "000000000000.dkr.ecr.us-east-1.amazonaws.com/appsim-spark:set-sagemaker-spark-image-uri"
+# prepare_engine=spark: PySparkProcessor submits a Python file from S3 (it cannot run a module of the
+# image), so deploying copies the job's entry point here, beside the data it prepares.
+SPARK_APP_MODULE = graph.PREPARE_ENTRY_MODULES["spark"]
 
 
 class PipelineBuildError(ConfigError):
@@ -60,6 +65,8 @@ class Target:
     store: str
     image_uri: str
     role_arn: str
+    prepare_engine: str = "duckdb"
+    spark_image_uri: str = ""  # prepare_engine=spark only
 
     @classmethod
     def from_config(cls, config: PipelineConfig, role_arn: str | None = None, preview: bool = False) -> "Target":
@@ -67,9 +74,12 @@ class Target:
         store = "" if storage.is_local(config.store) else config.store
         image = config.sagemaker.image_uri
         role = role_arn or config.sagemaker.role_arn
+        engine = config.parameters.prepare_engine
+        spark_image = config.sagemaker.spark_image_uri if engine == "spark" else ""
         if preview:
-            return cls(store or PREVIEW_STORE, image or PREVIEW_IMAGE_URI, role or PREVIEW_ROLE_ARN)
-        return cls(store, image, role)
+            spark_image = spark_image or (PREVIEW_SPARK_IMAGE_URI if engine == "spark" else "")
+            return cls(store or PREVIEW_STORE, image or PREVIEW_IMAGE_URI, role or PREVIEW_ROLE_ARN, engine, spark_image)
+        return cls(store, image, role, engine, spark_image)
 
     def placeholders(self) -> list[str]:
         """One note per placeholder in use (empty when deployable)."""
@@ -80,7 +90,14 @@ class Target:
             notes.append(f"image {PREVIEW_IMAGE_URI} (set sagemaker.image_uri in pipeline.yaml)")
         if self.role_arn == PREVIEW_ROLE_ARN:
             notes.append(f"role {PREVIEW_ROLE_ARN} (pass --role-arn or set sagemaker.role_arn)")
+        if self.spark_image_uri == PREVIEW_SPARK_IMAGE_URI:
+            notes.append(f"spark image {PREVIEW_SPARK_IMAGE_URI} (set sagemaker.spark_image_uri in pipeline.yaml)")
         return notes
+
+    @property
+    def spark_app_uri(self) -> str:
+        """Where deployment puts the spark engine's entry point for PySparkProcessor to submit."""
+        return storage.join(self.store, "code", SPARK_APP_MODULE.replace(".", "/") + ".py")
 
 
 def check_deployable(target: Target) -> None:
@@ -92,6 +109,10 @@ def check_deployable(target: Target) -> None:
         problems.append("sagemaker.image_uri is empty: push the appsim image (serving/Dockerfile) to ECR and set it")
     if not target.role_arn or target.role_arn == PREVIEW_ROLE_ARN:
         problems.append("no execution role: pass --role-arn arn:aws:iam::<account>:role/<name> or set sagemaker.role_arn")
+    if target.prepare_engine == "spark" and target.spark_image_uri in ("", PREVIEW_SPARK_IMAGE_URI):
+        problems.append(
+            "prepare_engine is spark but sagemaker.spark_image_uri is empty: build the SageMaker Spark 3.5 "
+            "processing image with appsim installed (pip install '.[spark]'), push it to ECR and set it")
     if problems:
         raise PipelineBuildError("cannot deploy the SageMaker pipeline: " + "; ".join(problems))
 
@@ -116,6 +137,8 @@ def upsert_pipeline(config: PipelineConfig, role_arn: str | None = None, client:
         definition = sagemaker_pipeline.definition(config, target)
     body = json.dumps(definition)
     client = client or sagemaker_client(config)
+    if target.prepare_engine == "spark":
+        storage.write_bytes(target.spark_app_uri, _module_source(SPARK_APP_MODULE))
     # The register steps need the model package group to exist; creating it here means the
     # execution role never needs to.
     SageMakerRegistry(config.sagemaker.model_package_group, client=client)
@@ -134,6 +157,11 @@ def upsert_pipeline(config: PipelineConfig, role_arn: str | None = None, client:
     return client.update_pipeline(**request)["PipelineArn"]
 
 
+def _module_source(module: str) -> bytes:
+    with open(importlib.util.find_spec(module).origin, "rb") as handle:
+        return handle.read()
+
+
 # -- start and watch -------------------------------------------------------------------
 def parameter_value(value: Any) -> str:
     """A pipeline parameter value as SageMaker takes it (booleans as true/false)."""
@@ -147,9 +175,11 @@ def execution_parameters(config: PipelineConfig, overrides: dict[str, Any], now:
 
     An empty ``window_end`` means "now" to the steps, but it would also give every run the same
     arguments, and a cached PrepareFeedback of an earlier run would be reused: so it is resolved
-    here. Data locations and instance types and counts pass through as given.
+    here. Data locations and instance types and counts pass through as given. Build parameters
+    (prepare_engine) are not execution parameters: ``retrain_on_sagemaker`` deploys with them.
     """
     model, passthrough = _split(overrides)
+    model = {k: v for k, v in model.items() if k not in graph.BUILD_PARAMETERS}
     params = config.with_overrides(model).parameters
     chosen = {name: getattr(params, name) for name in model}
     if not params.window_end:
@@ -214,6 +244,7 @@ def retrain_on_sagemaker(config: PipelineConfig, overrides: dict, wait: bool, ec
                          client: Any = None, poll_seconds: float = 30.0) -> dict:
     """`appsim retrain --on sagemaker`: upsert the pipeline, start it with the overrides, maybe wait."""
     client = client or sagemaker_client(config)
+    config = config.with_overrides({k: v for k, v in overrides.items() if k in graph.BUILD_PARAMETERS})
     parameters = execution_parameters(config, overrides)
     pipeline_arn = upsert_pipeline(config, client=client)
     echo(f"pipeline {config.pipeline_name} deployed: {pipeline_arn}")
@@ -233,7 +264,12 @@ def scheduler_client(config: PipelineConfig) -> Any:
 def schedule_target(config: PipelineConfig, role_arn: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The schedule's target: StartPipelineExecution with every parameter of pipeline.yaml."""
     model, passthrough = _split(overrides or {})
-    params = config.with_overrides(model).parameters.model_dump()
+    chosen_at_deployment = sorted(set(model) & set(graph.BUILD_PARAMETERS))
+    if chosen_at_deployment:
+        raise PipelineBuildError(
+            f"{', '.join(chosen_at_deployment)} is chosen when the pipeline is deployed, not by the schedule: "
+            "set it in pipeline.yaml (or pass it to `appsim retrain --on sagemaker`), which redeploys the pipeline")
+    params = config.with_overrides(model).parameters.model_dump(exclude=set(graph.BUILD_PARAMETERS))
     params["window_end"] = SCHEDULED_TIME
     params.update(passthrough)
     body = {

@@ -47,6 +47,8 @@ class PipelineParameters(_Strict):
     min_relative_improvement: float = Field(0.03, ge=0, le=10)
     bootstrap_samples: int = Field(1000, ge=50, le=100_000)
     approval_status: Literal["Approved", "PendingManualApproval"] = "Approved"
+    # The PrepareFeedback engine: a build-time choice on SageMaker (see pipelines/graph.py).
+    prepare_engine: Literal["duckdb", "spark"] = "duckdb"
 
     @field_validator("window_end")
     @classmethod
@@ -85,6 +87,7 @@ class SageMakerSettings(_Strict):
     role_arn: str = ""
     model_package_group: str = "appsim-app-embeddings"
     image_uri: str = ""
+    spark_image_uri: str = ""
     processing_instance_type: str = "ml.m5.xlarge"
     processing_instance_count: int = Field(1, ge=1)
     training_instance_type: str = "ml.m5.2xlarge"

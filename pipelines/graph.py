@@ -4,11 +4,14 @@ pipeline builder both execute, so the two cannot drift (a test compares them).
     PrepareFeedback -> TrainEmbeddings -> EvaluateCandidate -> CheckImprovement
         CheckImprovement true  -> RegisterCandidate  (Approved, or PendingManualApproval)
         CheckImprovement false -> RegisterRejected   (recorded as Rejected; the run still succeeds)
+
+PrepareFeedback's job depends on ``prepare_engine`` (``steps(prepare_engine)``): steps.prepare
+(DuckDB) or steps.prepare_spark (a PySparkProcessor on SageMaker); a build parameter, not a run one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pipelines.config import PipelineParameters
@@ -39,7 +42,14 @@ class ConditionSpec:
 
 # Parameters that are not model hyper-parameters but say where the data is.
 DATA_PARAMETERS: tuple[str, ...] = ("feedback_uri", "catalog_uri")
-PARAMETERS: tuple[str, ...] = DATA_PARAMETERS + tuple(PipelineParameters.model_fields)
+# Parameters that choose the graph's jobs rather than feed them: on SageMaker the spark engine is
+# another step type (PySparkProcessor, a cluster of instances), so a started execution cannot
+# switch it; the definition is built for one engine and these are not execution parameters.
+BUILD_PARAMETERS: tuple[str, ...] = ("prepare_engine",)
+PARAMETERS: tuple[str, ...] = DATA_PARAMETERS + tuple(
+    name for name in PipelineParameters.model_fields if name not in BUILD_PARAMETERS)
+# PrepareFeedback's job entry point for each prepare_engine.
+PREPARE_ENTRY_MODULES: dict[str, str] = {"duckdb": "steps.prepare", "spark": "steps.prepare_spark"}
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec(
@@ -75,8 +85,16 @@ CONDITION = ConditionSpec(
 EVALUATION_REPORT = CONDITION.report_file
 
 
-def step(name: str) -> StepSpec:
-    for spec in STEPS:
+def steps(prepare_engine: str = "duckdb") -> tuple[StepSpec, ...]:
+    """The graph with PrepareFeedback running on ``prepare_engine``."""
+    if prepare_engine not in PREPARE_ENTRY_MODULES:
+        raise KeyError(f"no prepare engine {prepare_engine}; engines are {', '.join(PREPARE_ENTRY_MODULES)}")
+    module = PREPARE_ENTRY_MODULES[prepare_engine]
+    return tuple(replace(spec, entry_module=module) if spec.name == "PrepareFeedback" else spec for spec in STEPS)
+
+
+def step(name: str, prepare_engine: str = "duckdb") -> StepSpec:
+    for spec in steps(prepare_engine):
         if spec.name == name:
             return spec
     raise KeyError(f"no step named {name}; steps are {', '.join(s.name for s in STEPS)}")

@@ -74,7 +74,8 @@ class LocalRunner:
             data["feedback_uri"], data["catalog_uri"], prepared_uri,
             window_end=window_end, window_days=params.window_days, holdout_fraction=params.holdout_fraction,
             max_bad_fraction=params.max_bad_fraction, use_attributed_clicks=params.use_attributed_clicks,
-            duckdb_settings=DuckDBSettings(**self.config.prepare.model_dump()), progress=progress.child("PrepareFeedback"),
+            engine=params.prepare_engine, duckdb_settings=DuckDBSettings(**self.config.prepare.model_dump()),
+            progress=progress.child("PrepareFeedback"),  # engine spark: local mode
         ), summary=lambda m: {"prepared_uri": prepared_uri, "counts": m.get("counts", {})})
         trained = self._step(record, "TrainEmbeddings", lambda: train.run(
             prepared_uri, data["catalog_uri"], model_dir_uri,

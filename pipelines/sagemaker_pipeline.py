@@ -3,7 +3,8 @@
 This is the one module that imports the SDK (1.2 GB, pinned to sagemaker==3.27.0 in the `aws`
 extra); everything else talks to AWS with boto3, and the embedded mode never loads it.
 
-    PrepareFeedback (Processing: python -m steps.prepare)
+    PrepareFeedback (Processing: python -m steps.prepare; with prepare_engine=spark a PySparkProcessor
+                     on processing_instance_count instances submitting steps/prepare_spark.py)
       -> TrainEmbeddings (Training: python -m steps.train)
       -> EvaluateCandidate (Processing: python -m steps.evaluate; evaluation.json is a PropertyFile)
       -> CheckImprovement (JsonGet(evaluation.json, "improved") == True)
@@ -13,7 +14,11 @@ extra); everything else talks to AWS with boto3, and the embedded mode never loa
 Building the definition is offline: every S3 location is explicit (the store's
 ``runs/<execution id>/<prepare|train|evaluate>``, as local runs), no code is uploaded (the job
 image already holds the appsim packages), and the SDK's telemetry is switched off, so
-``appsim pipeline definition`` needs neither credentials nor network.
+``appsim pipeline definition`` needs neither credentials nor network. (The spark engine's entry
+point is submitted from S3; deployment, not the build, copies it there: pipelines/aws.py.)
+
+The prepare engine is fixed when the definition is built: the two engines are different step
+types, so ``prepare_engine`` is not an execution parameter (graph.BUILD_PARAMETERS).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
 
 from sagemaker.core.processing import Processor  # noqa: E402
+from sagemaker.core.spark.processing import PySparkProcessor  # noqa: E402
 from sagemaker.core.shapes import (  # noqa: E402
     MetricsSource,
     ModelMetrics,
@@ -94,7 +100,7 @@ def parameter_defaults(config: PipelineConfig, store: str) -> dict[str, Any]:
     defaults: dict[str, Any] = {
         "feedback_uri": layout.feedback_uri(store),
         "catalog_uri": layout.catalog_uri(store),
-        **config.parameters.model_dump(),
+        **config.parameters.model_dump(exclude=set(graph.BUILD_PARAMETERS)),
     }
     settings = config.sagemaker
     defaults.update({name: getattr(settings, name) for name in INFRASTRUCTURE_PARAMETERS})
@@ -204,19 +210,28 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
     # PrepareFeedback reads the feedback prefix by URI instead of a ProcessingInput: the window
     # selects a few hour folders of an ever-growing prefix, which a download would copy whole.
     prepare_spec = graph.step("PrepareFeedback")
+    prepare_run: dict[str, Any] = dict(
+        inputs=[s3_input("catalog", params["catalog_uri"])],
+        outputs=[s3_output("prepared", step_output(prepare_spec.name))],
+        arguments=[
+            "--feedback", params["feedback_uri"],
+            "--catalog", f"{PROCESSING_INPUT}/catalog",
+            "--output", f"{PROCESSING_OUTPUT}/prepared",
+            *_cli_args(params, tuple(n for n in prepare_spec.parameters if n not in graph.DATA_PARAMETERS)),
+        ],
+    )
+    if target.prepare_engine == "spark":
+        # smspark-submit makes the instances one YARN cluster; the job reads feedback with s3a.
+        spark = PySparkProcessor(
+            role=target.role_arn, image_uri=target.spark_image_uri,
+            instance_type=params["processing_instance_type"], instance_count=params["processing_instance_count"],
+            base_job_name=f"appsim-{prepare_spec.name.lower()}", sagemaker_session=session,
+        )
+        prepare_args = spark.run(submit_app=target.spark_app_uri, **prepare_run)
+    else:
+        prepare_args = processor(prepare_spec.name).run(**prepare_run)
     prepare = ProcessingStep(
-        name=prepare_spec.name,
-        step_args=processor(prepare_spec.name).run(
-            inputs=[s3_input("catalog", params["catalog_uri"])],
-            outputs=[s3_output("prepared", step_output(prepare_spec.name))],
-            arguments=[
-                "--feedback", params["feedback_uri"],
-                "--catalog", f"{PROCESSING_INPUT}/catalog",
-                "--output", f"{PROCESSING_OUTPUT}/prepared",
-                *_cli_args(params, tuple(n for n in prepare_spec.parameters if n not in graph.DATA_PARAMETERS)),
-            ],
-        ),
-        cache_config=cache, retry_policies=job_retries,
+        name=prepare_spec.name, step_args=prepare_args, cache_config=cache, retry_policies=job_retries,
     )
     prepared_uri = prepare.properties.ProcessingOutputConfig.Outputs["prepared"].S3Output.S3Uri
 

@@ -6,7 +6,8 @@ used, drops retried duplicates, splits the rest in time and writes the tables of
 ``models/dataset.py`` plus a manifest.
 
 Engines (``engine=``): ``duckdb``, the default (steps/prepare_duckdb.py: multi-threaded, out-of-core,
-running the SQL of steps/prepare_sql.py), and ``reference``, the pure-Python reader below, kept as
+running the SQL of steps/prepare_sql.py), ``spark`` (steps/prepare_spark.py: the same SQL on a Spark
+cluster, or in local mode; needs the `spark` extra), and ``reference``, the pure-Python reader below, kept as
 the oracle the engines are tested against (same counts, same quarantine, byte-identical tables).
 
 Rules (each one is counted in the manifest, so nothing is lost silently):
@@ -74,7 +75,7 @@ __all__ = ["LATENESS", "RAW_LINE_LIMIT", "InvalidWindow", "NoEventsInWindow", "P
 CTR_PRIOR_STRENGTH = 100.0  # pseudo-impressions behind the global CTR
 CVR_PRIOR_STRENGTH = 20.0  # pseudo-clicks behind the global CVR
 PROGRESS_EVERY_LINES = 8192
-ENGINES = ("duckdb", "reference")
+ENGINES = ("duckdb", "spark", "reference")
 
 TABLES = (dataset.TRAIN_INTERACTIONS, dataset.HOLDOUT_INTERACTIONS, dataset.TRAIN_APP_STATS, dataset.HOLDOUT_APP_STATS)
 SPLITS = ("train", "holdout")
@@ -293,6 +294,10 @@ def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: dat
             kept = RecordWriter(storage.join(output_uri, dataset.KEPT), stack)
             if engine == "reference":
                 read = read_reference(found.files, window, app_ids, quarantine, kept, use_attributed_clicks, reading)
+            elif engine == "spark":
+                from steps import prepare_spark  # pyspark is an extra: loaded only for this engine
+
+                read = prepare_spark.read(found.files, window, app_ids, quarantine, kept, use_attributed_clicks, reading)
             else:
                 read = prepare_duckdb.read(found.files, window, app_ids, quarantine, kept, use_attributed_clicks,
                                            reading, duckdb_settings or prepare_duckdb.DuckDBSettings())
@@ -430,7 +435,8 @@ def _catalog_file(uri: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The SageMaker Processing job: ``python -m steps.prepare --window-end ... --window-days ...``."""
+    """The SageMaker Processing job: ``python -m steps.prepare --window-end ... --window-days ...``
+    (steps/prepare_spark.py runs the same job with ``--engine spark``)."""
     parser = argparse.ArgumentParser(prog="python -m steps.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--feedback", default="/opt/ml/processing/input/feedback",
                         help="folder or URI holding YYYY/MM/DD/HH/ feedback files")
@@ -444,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--use-attributed-clicks", type=_parse_bool, nargs="?", const=True, default=False,
                         help="train on recommendation-attributed positives too (true/false; bare flag = true)")
     parser.add_argument("--engine", choices=ENGINES, default="duckdb",
-                        help="duckdb (default) or reference (the pure-Python oracle, slow)")
+                        help="duckdb (default), spark (local mode here; steps.prepare_spark on a cluster) or reference "
+                             "(the pure-Python oracle, slow)")
     defaults = prepare_duckdb.DuckDBSettings()
     parser.add_argument("--memory-limit", default=defaults.memory_limit,
                         help="DuckDB's memory limit (e.g. 2GB); past it, work spills to --spill-dir")

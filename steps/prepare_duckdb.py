@@ -21,7 +21,7 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import duckdb
 import numpy as np
@@ -61,7 +61,8 @@ class _FileLines:
     error: str | None
 
 
-def _file_lines(source: int, uri: str) -> _FileLines:
+def file_lines(source: int, uri: str) -> _FileLines:
+    """A file's lines as the ``raw_lines`` relation (``RAW_COLUMNS``), read as every engine reads them."""
     content, error = read_file(uri)
     undecodable: dict[int, bytes] = {}
     try:
@@ -152,7 +153,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
         next_file = 0
         while next_file < len(files) or queue:
             while next_file < len(files) and len(queue) < READ_AHEAD_FILES:
-                queue.append(pool.submit(_file_lines, next_file, files[next_file]))
+                queue.append(pool.submit(file_lines, next_file, files[next_file]))
                 next_file += 1
             done = queue.popleft().result()
             n = done.table.num_rows
@@ -182,7 +183,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     def total(outcome: str) -> int:
         return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
 
-    splits = {part: _split(con, outcomes, holdout, use_attributed_clicks)
+    splits = {part: split_result(lambda sql: con.execute(sql).fetch_df(), outcomes, holdout, use_attributed_clicks)
               for part, holdout in (("train", False), ("holdout", True))}
     lines_read = sum(lines_per_file.values()) + len(bad_files)
     return EngineResult(
@@ -232,20 +233,20 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 65_536):
         yield from zip(*(column.to_pylist() for column in batch.columns))
 
 
-def _split(con: duckdb.DuckDBPyConnection, outcomes: pd.DataFrame, holdout: bool,
-           use_attributed_clicks: bool) -> SplitResult:
-    pairs = con.execute(prepare_sql.interactions_sql(holdout, use_attributed_clicks, "classified")).arrow()
-    if isinstance(pairs, pa.RecordBatchReader):
-        pairs = pairs.read_all()
+def split_result(fetch: Callable[[str], pd.DataFrame], outcomes: pd.DataFrame, holdout: bool,
+                 use_attributed_clicks: bool) -> SplitResult:
+    """One split's results from the read-only queries on ``classified``; ``fetch`` runs a statement of
+    steps/prepare_sql.py on an engine (here DuckDB; the Spark engine transpiles it first)."""
+    pairs = fetch(prepare_sql.interactions_sql(holdout, use_attributed_clicks, "classified"))
     interactions = interactions_frame(
-        pairs["user_id"].to_numpy(zero_copy_only=False), pairs["app_id"].to_numpy(zero_copy_only=False),
+        pairs["user_id"].to_numpy(object), pairs["app_id"].to_numpy(object),
         pairs["clicks"].to_numpy(), pairs["conversions"].to_numpy(),
         pairs["first_ts_us"].to_numpy(), pairs["last_ts_us"].to_numpy())
-    totals = con.execute(prepare_sql.app_totals_sql(holdout, "classified")).fetch_df()
-    revenue = con.execute(prepare_sql.revenue_rows_sql(holdout, "classified")).fetch_df()
+    totals = fetch(prepare_sql.app_totals_sql(holdout, "classified"))
+    revenue = fetch(prepare_sql.revenue_rows_sql(holdout, "classified"))
     codes = pd.Index(totals["app_id"]).get_indexer(revenue["app_id"])
     totals["revenue"] = np.bincount(codes, weights=revenue["revenue"].to_numpy(np.float64), minlength=len(totals))
-    positives, attributed_positives = con.execute(prepare_sql.positive_counts_sql(holdout, "classified")).fetchone()
+    positives, attributed_positives = fetch(prepare_sql.positive_counts_sql(holdout, "classified")).iloc[0]
     good = outcomes[(outcomes["outcome"] == "good") & (outcomes["holdout"] == holdout)]
     by_kind = good.groupby("kind")["n"].sum()
     return SplitResult(

@@ -78,3 +78,13 @@ def aws_server_env(aws_env, moto_server: str, monkeypatch: pytest.MonkeyPatch) -
     """``aws_env`` with every AWS client (boto3, s3fs, subprocesses) pointed at the moto server."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one local-mode SparkSession of the test run (a JVM start costs seconds: every Spark test shares it)."""
+    from steps.spark_session import local_session
+
+    session = local_session()
+    yield session
+    session.stop()

@@ -1,8 +1,9 @@
 """The SageMaker pipeline: its definition (offline, golden, equal to the local graph) and its
 deployment, start and schedule against moto.
 
-The definition is built once per module (the SDK import and build take ~15 s), through the
-`appsim pipeline definition` command with no credentials and every non-loopback connection refused.
+The definition is built once per module and prepare engine (the SDK import and build take ~15 s),
+through the `appsim pipeline definition` command with no credentials and every non-loopback
+connection refused. The spark engine's definition differs in PrepareFeedback alone (a PySparkProcessor).
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from pipelines import aws, graph
 from pipelines.config import DEFAULT_CONFIG, load_config
 from tests.conftest import set_aws_env
 
-GOLDEN = Path(__file__).parent / "golden" / "sagemaker_definition.json"
+GOLDEN = {
+    "duckdb": Path(__file__).parent / "golden" / "sagemaker_definition.json",
+    "spark": Path(__file__).parent / "golden" / "sagemaker_definition_spark.json",
+}
 STORE = "s3://appsim-test-store/appsim"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/appsim:1.0.0"
+SPARK_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/appsim-spark:1.0.0"
 ROLE = "arn:aws:iam::123456789012:role/AppsimSageMakerExecution"
 SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/AppsimScheduler"
 # SDK-generated names carry a timestamp (e.g. base job names, code prefixes): normalised.
@@ -33,10 +38,13 @@ TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{3}")
 KIND_OF_TYPE = {"Processing": "processing", "Training": "training", "Condition": "condition", "RegisterModel": "register"}
 
 
-def _config_file(tmp_path: Path) -> Path:
+def _config_file(tmp_path: Path, prepare_engine: str = "duckdb") -> Path:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["sagemaker"].update(image_uri=IMAGE, role_arn=ROLE)
     raw["backends"] = {"store": STORE, "registry": "sagemaker://appsim-app-embeddings"}
+    if prepare_engine == "spark":
+        raw["parameters"]["prepare_engine"] = "spark"
+        raw["sagemaker"]["spark_image_uri"] = SPARK_IMAGE
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -48,7 +56,11 @@ def config_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def definition(tmp_path_factory, config_path: Path) -> Iterator[dict[str, Any]]:
+def spark_config_path(tmp_path_factory) -> Path:
+    return _config_file(tmp_path_factory.mktemp("config"), "spark")
+
+
+def _build_definition(tmp_path_factory, config_path: Path) -> Iterator[dict[str, Any]]:
     """`appsim pipeline definition --out FILE`, offline: no credentials, no network."""
     from pipelines.cli import cli
 
@@ -61,6 +73,23 @@ def definition(tmp_path_factory, config_path: Path) -> Iterator[dict[str, Any]]:
         result = CliRunner().invoke(cli, ["pipeline", "definition", "--config", str(config_path), "--out", str(out)])
         assert result.exit_code == 0, result.output + repr(result.exception)
         yield json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def definition(tmp_path_factory, config_path: Path) -> Iterator[dict[str, Any]]:
+    yield from _build_definition(tmp_path_factory, config_path)
+
+
+@pytest.fixture(scope="module")
+def spark_definition(tmp_path_factory, spark_config_path: Path) -> Iterator[dict[str, Any]]:
+    yield from _build_definition(tmp_path_factory, spark_config_path)
+
+
+@pytest.fixture(params=["duckdb", "spark"])
+def engine_definition(request) -> tuple[str, dict[str, Any]]:
+    """(prepare_engine, its definition): for the checks both definitions must pass."""
+    fixture = "definition" if request.param == "duckdb" else "spark_definition"
+    return request.param, request.getfixturevalue(fixture)
 
 
 def normalised(definition: dict[str, Any]) -> dict[str, Any]:
@@ -116,43 +145,60 @@ def closure(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
 
 
 # -- the definition -----------------------------------------------------------------------
-def test_definition_has_the_five_steps_and_every_parameter(definition):
+def test_definition_has_the_five_steps_and_every_parameter(engine_definition):
+    _, definition = engine_definition
     steps = all_steps(definition)
     assert {name: KIND_OF_TYPE[step["Type"]] for name, step in steps.items()} == {s.name: s.kind for s in graph.STEPS}
     names = [p["Name"] for p in definition["Parameters"]]
     assert names == list(graph.PARAMETERS) + list(aws.INFRASTRUCTURE_PARAMETERS)
+    assert "prepare_engine" in graph.BUILD_PARAMETERS and "prepare_engine" not in names  # fixed at build time
     config = load_config()
     defaults = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}
-    assert {k: defaults[k] for k in type(config.parameters).model_fields} == config.parameters.model_dump()
+    expected = config.parameters.model_dump(exclude=set(graph.BUILD_PARAMETERS))
+    assert {k: defaults[k] for k in expected} == expected
     assert defaults["feedback_uri"] == f"{STORE}/feedback"
     assert defaults["catalog_uri"] == f"{STORE}/catalog/apps.parquet"
     approval = next(p for p in definition["Parameters"] if p["Name"] == "approval_status")
     assert approval["EnumValues"] == ["Approved", "PendingManualApproval"]
 
 
-def test_definition_matches_the_golden_file(definition):
+def test_definition_matches_the_golden_file(engine_definition):
+    engine, definition = engine_definition
+    golden = GOLDEN[engine]
     if os.environ.get("APPSIM_UPDATE_GOLDEN"):
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(normalised(definition), indent=2, sort_keys=True) + "\n")
-    assert GOLDEN.is_file(), f"{GOLDEN} is missing: run with APPSIM_UPDATE_GOLDEN=1 once and review it"
-    assert normalised(definition) == json.loads(GOLDEN.read_text()), (
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(json.dumps(normalised(definition), indent=2, sort_keys=True) + "\n")
+    assert golden.is_file(), f"{golden} is missing: run with APPSIM_UPDATE_GOLDEN=1 once and review it"
+    assert normalised(definition) == json.loads(golden.read_text()), (
         "the pipeline definition changed: review the diff, then APPSIM_UPDATE_GOLDEN=1 to accept it")
 
 
-def test_local_graph_equals_the_definition(definition):
-    from pipelines.sagemaker_pipeline import LINEAGE_PARAMETERS
+def test_local_graph_equals_the_definition(engine_definition):
+    from pipelines.sagemaker_pipeline import LINEAGE_PARAMETERS, PROCESSING_INPUT
 
+    engine, definition = engine_definition
     steps = all_steps(definition)
     # Every edge of the graph is in the definition; the definition adds only data references
     # that the graph already orders (the register steps read Train's model and Evaluate's report).
     assert graph.edges() <= definition_edges(definition)
     assert closure(definition_edges(definition)) == closure(graph.edges())
-    for spec in graph.STEPS:
+    for spec in graph.steps(engine):
         step = steps[spec.name]
         if spec.entry_module:
             arguments = step["Arguments"]
             entry = (arguments.get("AppSpecification") or arguments.get("AlgorithmSpecification"))["ContainerEntrypoint"]
-            assert entry == ["python", "-m", spec.entry_module]
+            if spec.entry_module == aws.SPARK_APP_MODULE:
+                # PySparkProcessor: smspark-submit runs the module's file, delivered as the `code` input.
+                app = spec.entry_module.rsplit(".", 1)[-1] + ".py"
+                assert entry == ["smspark-submit", f"{PROCESSING_INPUT}/code/{app}"]
+                (code,) = [i for i in arguments["ProcessingInputs"] if i["InputName"] == "code"]
+                assert code["S3Input"]["S3Uri"] == f"{STORE}/code/{spec.entry_module.replace('.', '/')}.py"
+                assert arguments["AppSpecification"]["ImageUri"] == SPARK_IMAGE
+            else:
+                assert entry == ["python", "-m", spec.entry_module]
+            if spec.kind == "processing":
+                assert arguments["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == {
+                    "Get": "Parameters.processing_instance_count"}
         used = references(step, "Parameters.") - set(aws.INFRASTRUCTURE_PARAMETERS)
         expected = set(spec.parameters) | (set(LINEAGE_PARAMETERS) if spec.kind == "register" else set())
         assert used == expected, spec.name
@@ -204,6 +250,34 @@ def test_preview_placeholders_are_named_and_refused_for_deployment(tmp_path):
     assert len(target.placeholders()) == 3
     with pytest.raises(aws.PipelineBuildError, match="store must be on S3.*image_uri.*execution role"):
         aws.check_deployable(target)
+    spark = aws.Target.from_config(config.with_overrides(["prepare_engine=spark"]), preview=True)
+    assert len(spark.placeholders()) == 4
+    with pytest.raises(aws.PipelineBuildError, match="prepare_engine is spark but sagemaker.spark_image_uri is empty"):
+        aws.check_deployable(spark)
+
+
+def test_prepare_engine_is_chosen_at_deployment_not_at_start(config_path):
+    config = load_config(config_path)
+    assert "prepare_engine" not in aws.execution_parameters(config, {"prepare_engine": "spark", "seed": "3"})
+    with pytest.raises(aws.PipelineBuildError, match="prepare_engine is chosen when the pipeline is deployed"):
+        aws.schedule_target(config, SCHEDULER_ROLE, {"prepare_engine": "spark"})
+
+
+def test_spark_deployment_uploads_the_job_it_submits(aws_server_env, spark_config_path, spark_definition):
+    import importlib.util
+
+    config = load_config(spark_config_path)
+    target = aws.Target.from_config(config)
+    bucket, key = target.spark_app_uri.removeprefix("s3://").split("/", 1)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)  # the moto server (s3fs writes the upload: in-process mocks miss it)
+    aws.upsert_pipeline(config, client=boto3.client("sagemaker"), definition=spark_definition)
+    uploaded = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    source = Path(importlib.util.find_spec(aws.SPARK_APP_MODULE).origin).read_bytes()
+    assert uploaded == source
+    (code,) = [i for i in all_steps(spark_definition)["PrepareFeedback"]["Arguments"]["ProcessingInputs"]
+               if i["InputName"] == "code"]
+    assert code["S3Input"]["S3Uri"] == target.spark_app_uri
 
 
 # -- against moto -------------------------------------------------------------------------
@@ -259,7 +333,7 @@ def test_schedule_create_update_show_delete(aws_env, config_path):
         assert shown["target"] == aws.START_PIPELINE_TARGET and shown["role_arn"] == SCHEDULER_ROLE
         assert shown["parameters"]["embedding_dim"] == "32"
         assert shown["parameters"]["window_end"] == aws.SCHEDULED_TIME
-        assert set(shown["parameters"]) == set(type(config.parameters).model_fields)
+        assert set(shown["parameters"]) == set(type(config.parameters).model_fields) - set(graph.BUILD_PARAMETERS)
         assert aws.set_schedule(config, SCHEDULER_ROLE, {"embedding_dim": "48"}, client=client) == arn  # update
         assert aws.show_schedule(config, client)["parameters"]["embedding_dim"] == "48"
         assert aws.delete_schedule(config, client) is True

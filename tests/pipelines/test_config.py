@@ -34,6 +34,7 @@ def test_overrides_take_the_parameter_type():
                                             "give one from 2000-01-01 to before 2100-01-01"),
         ("window_end=1970-01-01T00:00:00Z", "outside the dates"),
         ("min_relative_improvement=50", "min_relative_improvement"),
+        ("prepare_engine=flink", "prepare_engine"),
     ],
 )
 def test_bad_overrides_name_the_parameter(override, message):
