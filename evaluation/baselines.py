@@ -273,6 +273,23 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
         raise BaselineError(f"{len(app_ids)} app ids but {len(positions)} positions, {len(cluster)} clusters, "
                             f"{len(popularity)} popularities")
     cluster_mass = np.bincount(cluster, weights=popularity)
+
+    def scores(own: np.ndarray) -> np.ndarray:
+        affinity = positions[own] @ positions.T
+        click = 1.0 / (1.0 + np.exp(-(click_bias + click_slope * affinity)))
+        same = cluster[own][:, None] == cluster[None, :]
+        return popularity * ((1.0 - targeted_fraction) + targeted_fraction * same / cluster_mass[cluster[own]][:, None]) * click
+
+    return score_rows_rankings("engagement oracle", app_ids, query_app_ids, k, scores)
+
+
+def score_rows_rankings(name: str, app_ids: Sequence[str], query_app_ids: Sequence[str], k: int,
+                        score_rows: Callable[[np.ndarray], np.ndarray]) -> Ranking:
+    """Exact top-k from dense scores: ``score_rows(rows)`` is (len(rows), apps) for those query apps' rows.
+
+    In blocks of ``ORACLE_CELLS`` query x app scores, O(queries x apps) time; the query itself is never listed.
+    """
+    app_ids = [str(a) for a in app_ids]
     distinct, inverse = _distinct(query_app_ids)
     rows = pd.Index(app_ids).get_indexer(distinct)
     found = np.full((len(distinct), k), PADDING, dtype=np.int64)
@@ -282,13 +299,9 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
     for start in range(0, known.size, block):
         batch = known[start : start + block]
         own = rows[batch]
-        affinity = positions[own] @ positions.T
-        click = 1.0 / (1.0 + np.exp(-(click_bias + click_slope * affinity)))
-        same = cluster[own][:, None] == cluster[None, :]
-        exposure = popularity * ((1.0 - targeted_fraction) + targeted_fraction * same / cluster_mass[cluster[own]][:, None])
-        score = exposure * click
+        score = np.array(score_rows(own), dtype=np.float64)
         score[np.arange(len(own)), own] = -np.inf  # never the query itself
         top = np.argpartition(-score, take - 1, axis=1)[:, :take]
         order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
         found[batch, :take] = np.take_along_axis(top, order, axis=1)
-    return Ranking("engagement oracle", found[inverse], app_ids)
+    return Ranking(name, found[inverse], app_ids)
