@@ -50,6 +50,11 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "ind
 # engaged before the last VALIDATION_FRACTION of the train span fit, the pairs engaged after it validate.
 VALIDATION_FRACTION = 0.2
 VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
+# Bounds that keep selection within the training budget at 200K apps (about one extra fit): query x app
+# scores per candidate (5K apps: every query; 200K apps: 1,500 queries) and fit pairs per factorisation
+# (beyond it, a seeded sample of users; the knobs' ranking is read off a smaller but same-shaped graph).
+VALIDATION_SEARCH_CELLS = 300_000_000
+VALIDATION_MAX_FIT_PAIRS = 2_000_000
 # Families: one spectral factorisation each (on the fit part), then knobs that need no refit.
 #  - "cooccurrence-svd": the regularised degree-normalised co-engagement graph (models/embedding.py's default);
 #  - "rp3beta-svd": the same without degree regularisation, i.e. RP3beta's app -> user -> app transition
@@ -79,12 +84,19 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
     progress = progress or Progress.quiet()
     step = progress.child("validation")
     fit, validation = validation_split(interactions)
+    app_ids = sorted(catalog["app_id"].astype(str).unique().tolist())
+    max_queries = max(500, VALIDATION_SEARCH_CELLS // max(len(app_ids), 1))
     try:
-        queries = build_queries(validation, seed=base.seed, max_users=VALIDATION_USERS)
+        queries = build_queries(validation, seed=base.seed, max_users=VALIDATION_USERS,
+                                max_queries_per_user=int(np.clip(max_queries // VALIDATION_USERS, 1, 10)))
     except EmptyHoldout as error:
         step.finish("no validation queries: defaults kept")
         return base, {"chosen": "default", "reason": f"no validation queries ({error})", "candidates": []}
-    app_ids = sorted(catalog["app_id"].astype(str).unique().tolist())
+    if len(fit) > VALIDATION_MAX_FIT_PAIRS:
+        users = np.sort(fit["user_id"].astype(str).unique())
+        keep = np.random.default_rng([base.seed, 7]).choice(
+            users, size=int(len(users) * VALIDATION_MAX_FIT_PAIRS / len(fit)), replace=False)
+        fit = fit[fit["user_id"].astype(str).isin(keep)]
     matrix = interaction_matrix(fit, app_ids, base.conversion_weight).matrix
     degrees = np.asarray(matrix.sum(axis=0)).ravel()
     factor_dim = base.embedding_dim - 1
