@@ -51,7 +51,7 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "ind
 VALIDATION_FRACTION = 0.2
 VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
 # Bounds that keep selection within the training budget at 200K apps (about one extra fit): query x app
-# scores per candidate (5K apps: every query; 200K apps: 1,500 queries) and fit pairs per factorisation
+# scores per candidate (5K apps: up to 10 queries per user; 200K apps: one per user) and fit pairs per factorisation
 # (beyond it, a seeded sample of users; the knobs' ranking is read off a smaller but same-shaped graph).
 VALIDATION_SEARCH_CELLS = 300_000_000
 VALIDATION_MAX_FIT_PAIRS = 2_000_000
