@@ -82,7 +82,7 @@ METHODS = ("popularity", "content-only", "item-kNN", "implicit ALS", "implicit B
            "RP3beta", "EASE", "appsim", "oracle", "engagement oracle")
 # RP3beta's and EASE's knobs are chosen on the validation split, like ALS's.
 RP3BETA_GRID = tuple({"alpha": a, "beta": b} for a in (0.5, 1.0) for b in (0.0, 0.25, 0.5))
-EASE_GRID = tuple({"l2": l2} for l2 in (10.0, 100.0, 1_000.0, 10_000.0, 30_000.0))
+EASE_GRID = tuple({"l2": l2} for l2 in (10.0, 100.0, 1_000.0, 10_000.0, 30_000.0, 100_000.0, 300_000.0))
 TUNED = {"implicit ALS": "ALS_GRID", "implicit ALS (inner product)": "ALS_GRID", "RP3beta": "RP3BETA_GRID",
          "EASE": "EASE_GRID"}
 COLD_METHODS = ("content-only", "appsim")
