@@ -1,30 +1,35 @@
-"""Similarity quality of the trainer against the baselines, on the simulator at several sizes.
+"""Similarity quality of the trainer against the baselines, on real data and on simulated worlds.
 
-    .venv/bin/python bench/quality.py --quick              # one small world, a few minutes
-    .venv/bin/python bench/quality.py                      # ~5K, 50K and 200K apps (about 20 minutes on 2 cores)
-    .venv/bin/python bench/quality.py --sizes 5k --tune    # also the validation-split choice of the defaults
+    .venv/bin/python bench/quality.py                      # movielens, world-5k and the 5K demo world
+    .venv/bin/python bench/quality.py --sizes 5k,50k,200k  # the demo world at three sizes (about 20 minutes)
+    .venv/bin/python bench/quality.py --quick              # one small demo world, a few minutes
+    .venv/bin/python bench/quality.py --sizes 5k --tune    # also the trainer's knobs one at a time on validation
 
-For each size the simulator writes a store (cached under ``--work``: the same parameters are not
-simulated twice), PrepareFeedback splits it in time, and every method is trained on the train part
-and scored on the holdout by ``evaluation/compare.py`` (the pipeline's own metric code) over the
-same queries. Each method runs in its own process, so its peak RSS is its own (the process loads
-the prepared tables, then trains and ranks); training time is wall and CPU seconds of fitting
-alone (ranking the queries is not counted).
+Datasets: ``movielens`` is MovieLens 100K, real, converted by ``pipelines/movielens.py`` from the
+installed ``recbole`` wheel (``make bench-data``; the bench says so if it is missing); ``world-*``
+are the taxonomy world (``pipelines/simulate_world.py``); the others the demo world
+(``pipelines/simulate.py``). Each store is written once under ``--work`` and reused, PrepareFeedback
+splits it in time, and every method is trained on the train part and scored on the holdout by
+``evaluation/compare.py`` (the pipeline's own metric code) over the same queries. Each method runs in
+its own process, so its peak RSS is its own (the process loads the prepared tables, then trains and
+ranks); training time is wall and CPU seconds of fitting alone (ranking the queries is not counted).
 
 Methods (``evaluation/baselines.py``): popularity, content-only, item-kNN (cosine), implicit ALS
 and BPR (neighbours by cosine of item factors, as the library's ``similar_items``), implicit ALS
 ranked by the inner product of its factors (reported for transparency: it needs an asymmetric
-index like ours to serve), appsim (models/embedding.py), the oracle (ground-truth latent
-positions) and the engagement oracle (the simulator's own expected co-engagement: exposure by
-cluster and popularity times click probability; a reference for the ceiling, not a method). All factor models use
-the same embedding dimension.
+index like ours to serve), RP3beta and EASE (exact item-item), appsim (what TrainEmbeddings does:
+family and knobs chosen on a validation split of the train part, ``steps/train.py``, then the
+fit), the oracle (ground-truth latent positions) and the engagement oracle (the world's own expected
+co-engagement: in the demo world exposure by cluster and popularity times click probability, in the
+taxonomy world ``simulate_world.expected_coengagement``; a reference for the ceiling, not a method;
+neither exists for real data). All factor models use the same embedding dimension.
 
 Cold start: a seeded 10% of the apps lose all their train interactions; "appsim" and
 "content-only" are retrained without them and scored on the queries about those apps only.
 
-``--tune`` splits the TRAIN part once more in time (pairs first engaged before the last 20% of
-the train window fit; pairs engaged after it validate) and scores a small grid of the trainer's
-parameters there, so the defaults in ``EmbeddingParams`` are chosen without touching the holdout.
+The validation split (``steps.train.validation_split``) cuts the TRAIN part once more in time (pairs
+first engaged before the last 20% of the train window fit; pairs engaged after it validate): the
+ALS, RP3beta and EASE knobs are chosen there, and ``--tune`` scores one trainer knob at a time there.
 Nothing here is asserted in tests: rerun it on the target machine and quote what it prints.
 """
 
