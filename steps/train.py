@@ -50,11 +50,12 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "ind
 # engaged before the last VALIDATION_FRACTION of the train span fit, the pairs engaged after it validate.
 VALIDATION_FRACTION = 0.2
 VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
-# Bounds that keep selection within the training budget at 200K apps (about one extra fit): query x app
-# scores per candidate (5K apps: up to 10 queries per user; 200K apps: one per user) and fit pairs per factorisation
-# (beyond it, a seeded sample of users; the knobs' ranking is read off a smaller but same-shaped graph).
-VALIDATION_SEARCH_CELLS = 300_000_000
-VALIDATION_MAX_FIT_PAIRS = 2_000_000
+# Bounds that keep selection within the training budget at scale (at most about one extra fit): query x app
+# scores per candidate (5K apps: up to 10 queries per user; 50K apps: one per user; more apps: 500 queries) and fit
+# pairs per factorisation (beyond it, a seeded sample of users; the knobs' ranking is read off a smaller but
+# same-shaped graph). With 3e8 cells and 2M pairs selection cost 1.8x a fit at 50K apps.
+VALIDATION_SEARCH_CELLS = 50_000_000
+VALIDATION_MAX_FIT_PAIRS = 1_000_000
 # Families: one spectral factorisation each (on the fit part), then knobs that need no refit.
 #  - "cooccurrence-svd": the regularised degree-normalised co-engagement graph (models/embedding.py's default);
 #  - "rp3beta-svd": the same without degree regularisation, i.e. RP3beta's app -> user -> app transition
