@@ -7,7 +7,7 @@ STORE ?= ./appsim-store
 # The demo data ends here (fixed, so every clone gets the same data and the same results).
 DEMO_END := 2026-11-02T00:00:00Z
 
-.PHONY: run test bench clean
+.PHONY: run test bench bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# The quality bench's real dataset: MovieLens 100K ships inside the recbole wheel (only its data files are read,
+# so no dependencies); its licence forbids redistribution, so it is installed, never committed.
+bench-data: $(VENV)/.installed-test
+	$(BIN)/pip install -q --no-deps "recbole==1.2.1"
 
 clean:
 	rm -rf $(VENV) $(STORE) *.egg-info .pytest_cache

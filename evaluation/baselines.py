@@ -14,6 +14,10 @@ same metric code.
   like-for-like comparison for a cold app's metadata embedding.
 - **item-kNN**: cosine between apps' columns of the user x app engagement matrix (the one the
   trainer builds), computed only for the query apps, in blocks, never as an app x app matrix.
+- **RP3beta** (Paudel et al. 2016): a random walk app -> user -> app with a popularity penalty,
+  exact and sparse, computed like item-kNN for the query apps only.
+- **EASE** (Steck 2019): the closed-form item-item ridge regression with a zero diagonal, where a
+  dense app x app matrix fits in memory (``EASE_MAX_APPS``).
 - **ALS / BPR**: the ``implicit`` library's models on the same matrix (confidence ``alpha * x``
   for ALS), neighbours by cosine of item factors, as the library's ``similar_items`` does.
   ``implicit`` is a dev/bench dependency only, imported when these run.
@@ -27,7 +31,7 @@ same metric code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -42,6 +46,7 @@ from models.features import MetadataEncoder, l2_normalize, tokenize
 
 SEARCH_BATCH = 4096
 KNN_BATCH = 1024
+EASE_MAX_APPS = 12_000  # a dense float64 app x app inverse: 1.2 GB at this size
 ORACLE_CELLS = 8_000_000  # query x app scores held at once by the engagement oracle
 DEFAULT_CONVERSION_WEIGHT = 3.0
 
@@ -139,6 +144,27 @@ def _sparse_row_top_k(columns: np.ndarray, values: np.ndarray, k: int, exclude: 
     return np.concatenate([best, np.full(k - best.size, PADDING, dtype=np.int64)])
 
 
+def _query_rows_top_k(name: str, app_ids: list[str], query_app_ids: Sequence[str], k: int,
+                      similarity_rows: Callable[[np.ndarray], sparse.csr_matrix | np.ndarray]) -> Ranking:
+    """Top-k per query app from item-item scores computed a block of query apps at a time.
+
+    ``similarity_rows(rows)`` gives the scores of those apps' rows (sparse or dense); only positive
+    scores are ranked, the query itself never is, and an unknown query app gets padding.
+    """
+    distinct, inverse = _distinct(query_app_ids)
+    rows = pd.Index(app_ids).get_indexer(distinct)
+    found = np.full((len(distinct), k), PADDING, dtype=np.int64)
+    known = np.flatnonzero(rows >= 0)
+    for start in range(0, known.size, KNN_BATCH):
+        batch = known[start : start + KNN_BATCH]
+        similarity = sparse.csr_matrix(similarity_rows(rows[batch]))
+        for offset, query in enumerate(batch):
+            entries = slice(similarity.indptr[offset], similarity.indptr[offset + 1])
+            found[query] = _sparse_row_top_k(similarity.indices[entries].astype(np.int64), similarity.data[entries], k,
+                                             rows[query])
+    return Ranking(name, found[inverse], app_ids)
+
+
 def item_knn(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int,
              conversion_weight: float = DEFAULT_CONVERSION_WEIGHT) -> Ranking:
     """Top-k apps by cosine of engagement columns; only apps sharing a user with the query can be ranked.
@@ -150,18 +176,53 @@ def item_knn(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: 
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel())
     normalized = (matrix @ sparse.diags(1.0 / np.where(norms > 0, norms, 1.0))).astype(np.float32).tocsr()
     by_app = normalized.T.tocsr()  # apps x users
-    distinct, inverse = _distinct(query_app_ids)
-    rows = pd.Index(app_ids).get_indexer(distinct)
-    found = np.full((len(distinct), k), PADDING, dtype=np.int64)
-    known = np.flatnonzero(rows >= 0)
-    for start in range(0, known.size, KNN_BATCH):
-        batch = known[start : start + KNN_BATCH]
-        similarity = (by_app[rows[batch]] @ normalized).tocsr()
-        for offset, query in enumerate(batch):
-            entries = slice(similarity.indptr[offset], similarity.indptr[offset + 1])
-            found[query] = _sparse_row_top_k(similarity.indices[entries].astype(np.int64), similarity.data[entries], k,
-                                             rows[query])
-    return Ranking("item-kNN", found[inverse], app_ids)
+    return _query_rows_top_k("item-kNN", app_ids, query_app_ids, k, lambda rows: by_app[rows] @ normalized)
+
+
+def rp3beta(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int, *, alpha: float = 1.0,
+            beta: float = 0.5, conversion_weight: float = DEFAULT_CONVERSION_WEIGHT) -> Ranking:
+    """RP3beta (Paudel et al., ACM TiiS 2016): a three-step random walk app -> user -> app, re-ranked by popularity.
+
+        W[i, j] = sum_u P(u | i)^alpha P(j | u)^alpha / deg(j)^beta
+
+    with P(u | i) and P(j | u) the bipartite graph's transition probabilities (engagement strength
+    normalised over the app's users and over the user's apps) and deg(j) the app's number of users.
+    Exact and sparse, a block of query apps at a time, like item-kNN.
+    """
+    app_ids, matrix = _train_matrix(train_interactions, conversion_weight)
+    matrix = matrix.astype(np.float64)
+
+    def transition(rows: sparse.csr_matrix) -> sparse.csr_matrix:
+        sums = np.asarray(rows.sum(axis=1)).ravel()
+        walked = (sparse.diags(1.0 / np.where(sums > 0, sums, 1.0)) @ rows).tocsr()
+        return walked.power(alpha) if alpha != 1.0 else walked
+
+    app_to_user = transition(matrix.T.tocsr())            # apps x users
+    degrees = np.bincount(matrix.indices, minlength=len(app_ids)).astype(np.float64)
+    user_to_app = (transition(matrix) @ sparse.diags(np.where(degrees > 0, degrees, 1.0) ** -beta)).tocsr()
+    return _query_rows_top_k("RP3beta", app_ids, query_app_ids, k, lambda rows: app_to_user[rows] @ user_to_app)
+
+
+def ease(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int, *, l2: float = 100.0,
+         conversion_weight: float = DEFAULT_CONVERSION_WEIGHT, max_apps: int = EASE_MAX_APPS) -> Ranking:
+    """EASE (Steck, WWW 2019): the closed-form item-item ridge regression with a zero diagonal.
+
+        P = (X^T X + l2 I)^-1,  B[i, j] = -P[i, j] / P[j, j] (i != j),  score(q -> j) = B[q, j]
+
+    on the binary user x app matrix (one dense app x app inverse: only where that fits in memory,
+    ``max_apps``; beyond it the baseline refuses rather than swap).
+    """
+    app_ids, matrix = _train_matrix(train_interactions, conversion_weight)
+    if len(app_ids) > max_apps:
+        raise BaselineError(f"EASE needs a dense {len(app_ids):,} x {len(app_ids):,} matrix; it runs up to {max_apps:,} "
+                            "engaged apps (pass max_apps to raise the limit where memory allows)")
+    binary = (matrix > 0).astype(np.float64)
+    gram = (binary.T @ binary).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    inverse = np.linalg.inv(gram)
+    weights = inverse / -np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return _query_rows_top_k("EASE", app_ids, query_app_ids, k, lambda rows: weights[rows])
 
 
 def implicit_embeddings(train_interactions: pd.DataFrame, method: str, *, dim: int, seed: int,
@@ -188,12 +249,6 @@ def implicit_embeddings(train_interactions: pd.DataFrame, method: str, *, dim: i
     return app_ids, np.asarray(model.item_factors, dtype=np.float64)
 
 
-def implicit_model(train_interactions: pd.DataFrame, query_app_ids: Sequence[str], k: int, method: str, *,
-                   dim: int, seed: int, **options: float) -> Ranking:
-    app_ids, factors = implicit_embeddings(train_interactions, method, dim=dim, seed=seed, **options)
-    return embedding_rankings(f"implicit {method.upper()}", app_ids, factors, query_app_ids, k)
-
-
 def oracle(app_ids: Sequence[str], latent_positions: np.ndarray, query_app_ids: Sequence[str], k: int) -> Ranking:
     """Ground-truth neighbours: cosine of the simulator's latent app positions (``ground_truth/apps.parquet``)."""
     return embedding_rankings("oracle", app_ids, latent_positions, query_app_ids, k)
@@ -218,6 +273,23 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
         raise BaselineError(f"{len(app_ids)} app ids but {len(positions)} positions, {len(cluster)} clusters, "
                             f"{len(popularity)} popularities")
     cluster_mass = np.bincount(cluster, weights=popularity)
+
+    def scores(own: np.ndarray) -> np.ndarray:
+        affinity = positions[own] @ positions.T
+        click = 1.0 / (1.0 + np.exp(-(click_bias + click_slope * affinity)))
+        same = cluster[own][:, None] == cluster[None, :]
+        return popularity * ((1.0 - targeted_fraction) + targeted_fraction * same / cluster_mass[cluster[own]][:, None]) * click
+
+    return score_rows_rankings("engagement oracle", app_ids, query_app_ids, k, scores)
+
+
+def score_rows_rankings(name: str, app_ids: Sequence[str], query_app_ids: Sequence[str], k: int,
+                        score_rows: Callable[[np.ndarray], np.ndarray]) -> Ranking:
+    """Exact top-k from dense scores: ``score_rows(rows)`` is (len(rows), apps) for those query apps' rows.
+
+    In blocks of ``ORACLE_CELLS`` query x app scores, O(queries x apps) time; the query itself is never listed.
+    """
+    app_ids = [str(a) for a in app_ids]
     distinct, inverse = _distinct(query_app_ids)
     rows = pd.Index(app_ids).get_indexer(distinct)
     found = np.full((len(distinct), k), PADDING, dtype=np.int64)
@@ -227,13 +299,9 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
     for start in range(0, known.size, block):
         batch = known[start : start + block]
         own = rows[batch]
-        affinity = positions[own] @ positions.T
-        click = 1.0 / (1.0 + np.exp(-(click_bias + click_slope * affinity)))
-        same = cluster[own][:, None] == cluster[None, :]
-        exposure = popularity * ((1.0 - targeted_fraction) + targeted_fraction * same / cluster_mass[cluster[own]][:, None])
-        score = exposure * click
+        score = np.array(score_rows(own), dtype=np.float64)
         score[np.arange(len(own)), own] = -np.inf  # never the query itself
         top = np.argpartition(-score, take - 1, axis=1)[:, :take]
         order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
         found[batch, :take] = np.take_along_axis(top, order, axis=1)
-    return Ranking("engagement oracle", found[inverse], app_ids)
+    return Ranking(name, found[inverse], app_ids)

@@ -71,6 +71,7 @@ class EmbeddingParams:
     user_degree_exponent: float = 0.5  # a in D_user^-a: how much a very active user's engagement is damped
     app_degree_exponent: float = 0.5   # b in D_app^-b: how much a popular app is damped in the factorisation
     degree_regularization: float = 0.25  # tau / mean degree added to every degree (regularised spectral embedding)
+    factor_rank: int = 0             # SVD rank used (0: embedding_dim - 1); a smaller rank is zero-padded to the dim
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
 
     def to_dict(self) -> dict:
@@ -191,11 +192,35 @@ def asymmetric_vectors(factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return queries, items
 
 
+def spectral_factors(matrix: sparse.csr_matrix, params: EmbeddingParams,
+                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values and right singular vectors (rank ``embedding_dim - 1``) of the degree-normalised matrix."""
+    normalized = normalize_degrees(matrix, params.user_degree_exponent, params.app_degree_exponent,
+                                   params.degree_regularization)
+    return randomized_svd(normalized, params.embedding_dim - 1, params.seed, params.oversampling,
+                          params.power_iterations, progress)
+
+
+def collaborative_factors(singular_values: np.ndarray, vectors: np.ndarray, degrees: np.ndarray,
+                          params: EmbeddingParams) -> np.ndarray:
+    """App factors (apps, embedding_dim - 1): V * S^p over the first ``factor_rank`` directions (the rest zero),
+    scaled by degree^popularity_exponent, the largest row norm 1 (scale-free targets for the encoder's ridge)."""
+    factor_dim = params.embedding_dim - 1
+    rank = min(len(singular_values), params.factor_rank or factor_dim)
+    cf = np.zeros((vectors.shape[0], factor_dim))
+    cf[:, :rank] = vectors[:, :rank] * singular_values[:rank] ** params.singular_value_power
+    cf *= (np.where(degrees > 0, degrees, 1.0) ** params.popularity_exponent)[:, None]
+    return cf / max(float(np.linalg.norm(cf, axis=1).max()), 1e-12)
+
+
 def train_embeddings(catalog: pd.DataFrame, interactions: pd.DataFrame, params: EmbeddingParams,
                      progress: Progress | None = None) -> TrainedEmbeddings:
     """Embeddings (query side) and index vectors for every catalog app (sorted by app id)."""
     if params.embedding_dim < 2:
         raise TrainingDataError(f"embedding_dim must be at least 2 (one coordinate carries the norm), got {params.embedding_dim}")
+    if not 0 <= params.factor_rank < params.embedding_dim:
+        raise TrainingDataError(f"factor_rank must be between 0 (all of embedding_dim - 1) and {params.embedding_dim - 1}, "
+                                f"got {params.factor_rank}")
     progress = progress or Progress.quiet()
     catalog = catalog.assign(app_id=catalog["app_id"].astype(str)).sort_values("app_id", kind="stable")
     duplicated = catalog["app_id"][catalog["app_id"].duplicated()]
@@ -221,16 +246,10 @@ def train_embeddings(catalog: pd.DataFrame, interactions: pd.DataFrame, params: 
 
     factor_dim = params.embedding_dim - 1
     step = progress.child("truncated SVD", total=params.power_iterations, unit="power iterations")
-    normalized = normalize_degrees(built.matrix, params.user_degree_exponent, params.app_degree_exponent,
-                                   params.degree_regularization)
-    singular_values, vectors = randomized_svd(normalized, factor_dim, params.seed, params.oversampling,
-                                              params.power_iterations, step)
-    rank = len(singular_values)
+    singular_values, vectors = spectral_factors(built.matrix, params, step)
     degrees = np.asarray(built.matrix.sum(axis=0)).ravel()
-    cf = np.zeros((len(app_ids), factor_dim))
-    cf[:, :rank] = vectors * singular_values ** params.singular_value_power
-    cf *= (np.where(degrees > 0, degrees, 1.0) ** params.popularity_exponent)[:, None]
-    cf /= max(float(np.linalg.norm(cf, axis=1).max()), 1e-12)  # scale-free targets for the encoder's ridge
+    cf = collaborative_factors(singular_values, vectors, degrees, params)
+    rank = min(len(singular_values), params.factor_rank or factor_dim)
     step.finish(f"rank {rank}, top singular values {', '.join(f'{s:.3f}' for s in singular_values[:3])}")
 
     step = progress.child("metadata encoder")

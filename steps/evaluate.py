@@ -163,6 +163,8 @@ def run(
         "decision_reason": cmp.decision_reason(comparison, label, min_relative_improvement),
         "champion_version": champion.version if champion is not None else None,
         "holdout": {"users": queries.n_users, "queries": queries.n_queries, "apps": queries.n_query_apps},
+        # The candidate's family and knobs as TrainEmbeddings chose them on its validation split (inside train).
+        "training_selection": candidate_artifact.manifest.get("selection"),
         "similarity_metrics": {
             name: {"value": _finite(entry["value"]), "standard_deviation": _finite(entry["standard_deviation"])}
             for name, entry in summary.items()

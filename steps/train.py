@@ -14,14 +14,20 @@ import os
 import subprocess
 import sys
 from importlib import metadata
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from evaluation.baselines import embedding_rankings
+from evaluation.compare import K, score_rankings
+from evaluation.holdout import EmptyHoldout, build_queries
 from models import dataset, storage
 from models.artifact import TARBALL, ModelArtifact
-from models.embedding import TRAINER_NAME, EmbeddingParams, TrainingDataError, train_embeddings
+from models.embedding import (TRAINER_NAME, EmbeddingParams, TrainingDataError, asymmetric_vectors, collaborative_factors,
+                              interaction_matrix, spectral_factors, train_embeddings)
 from models.index import INDEX_TYPES, build_index
 from models.progress import Progress
 
@@ -38,6 +44,86 @@ HYPERPARAMETERS: dict[str, type] = {
 }
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "index_type": "auto",
                                            "exact_index_max_apps": 100_000}
+
+
+# Model selection on a validation split carved, in time, from the train part (never the holdout): the pairs first
+# engaged before the last VALIDATION_FRACTION of the train span fit, the pairs engaged after it validate.
+VALIDATION_FRACTION = 0.2
+VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
+# Bounds that keep selection within the training budget at scale (at most about one extra fit): query x app
+# scores per candidate (5K apps: up to 10 queries per user; 50K apps: one per user; more apps: 500 queries) and fit
+# pairs per factorisation (beyond it, a seeded sample of users; the knobs' ranking is read off a smaller but
+# same-shaped graph). With 3e8 cells and 2M pairs selection cost 1.8x a fit at 50K apps.
+VALIDATION_SEARCH_CELLS = 50_000_000
+VALIDATION_MAX_FIT_PAIRS = 1_000_000
+# Families: one spectral factorisation each (on the fit part), then knobs that need no refit.
+#  - "cooccurrence-svd": the regularised degree-normalised co-engagement graph (models/embedding.py's default);
+#  - "rp3beta-svd": the same without degree regularisation, i.e. RP3beta's app -> user -> app transition
+#    probabilities P(u | i) P(j | u) (Paudel et al. 2016, alpha = 1) factorised: with F = V S the inner product
+#    ranks j for i like [X^T D_user^-1 X]_ij deg(j)^(t - 1/2), RP3beta with beta = 1/2 - t (t the popularity
+#    exponent), up to the rank truncation.
+FAMILIES = (("cooccurrence-svd", {}), ("rp3beta-svd", {"degree_regularization": 0.0}))
+POPULARITY_EXPONENTS = (0.0, 0.25, 0.5)
+RANK_FRACTIONS = (1.0, 0.5)  # of embedding_dim - 1; a lower rank is zero-padded (same artifact dim)
+
+
+def validation_split(train: pd.DataFrame, fraction: float = VALIDATION_FRACTION) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit, validation) inside the train part: the validation pairs are those engaged in its last ``fraction`` of time."""
+    start, end = train["first_ts"].min(), train["last_ts"].max()
+    cut = end - (end - start) * fraction
+    return train[train["first_ts"] < cut], train[train["last_ts"] >= cut]
+
+
+def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: EmbeddingParams,
+                  progress: Progress | None = None) -> tuple[EmbeddingParams, dict]:
+    """The family and knobs with the best validation recall@10 (ties: the earlier candidate, today's default first).
+
+    Each family's factorisation is fitted once on the fit part; popularity exponent and rank are read off it.
+    Candidates are scored on collaborative factors alone (the metadata blend does not change with them).
+    Returns the chosen parameters and a record of every candidate's score for the manifest.
+    """
+    progress = progress or Progress.quiet()
+    step = progress.child("validation")
+    fit, validation = validation_split(interactions)
+    app_ids = sorted(catalog["app_id"].astype(str).unique().tolist())
+    max_queries = max(500, VALIDATION_SEARCH_CELLS // max(len(app_ids), 1))
+    try:
+        queries = build_queries(validation, seed=base.seed, max_users=VALIDATION_USERS,
+                                max_queries_per_user=int(np.clip(max_queries // VALIDATION_USERS, 1, 10)))
+    except EmptyHoldout as error:
+        step.finish("no validation queries: defaults kept")
+        return base, {"chosen": "default", "reason": f"no validation queries ({error})", "candidates": []}
+    if len(fit) > VALIDATION_MAX_FIT_PAIRS:
+        users = np.sort(fit["user_id"].astype(str).unique())
+        keep = np.random.default_rng([base.seed, 7]).choice(
+            users, size=int(len(users) * VALIDATION_MAX_FIT_PAIRS / len(fit)), replace=False)
+        fit = fit[fit["user_id"].astype(str).isin(keep)]
+    matrix = interaction_matrix(fit, app_ids, base.conversion_weight).matrix
+    degrees = np.asarray(matrix.sum(axis=0)).ravel()
+    factor_dim = base.embedding_dim - 1
+    candidates = []
+    for family, knobs in FAMILIES:
+        family_params = replace(base, **knobs)
+        singular_values, vectors = spectral_factors(matrix, family_params)
+        for exponent in POPULARITY_EXPONENTS:
+            for fraction in RANK_FRACTIONS:
+                rank = max(1, round(fraction * factor_dim))
+                params = replace(family_params, popularity_exponent=exponent, factor_rank=0 if rank == factor_dim else rank)
+                queries_side, items_side = asymmetric_vectors(collaborative_factors(singular_values, vectors, degrees, params))
+                ranking = embedding_rankings(family, app_ids, queries_side, queries.query_app_ids, K, items_side)
+                recall = score_rankings(queries, ranking.rankings, ranking.app_ids, catalog_size=len(app_ids),
+                                        ctr_predicted=np.zeros(0), ctr_observed=np.zeros(0)).metrics()["recall_at_10"]
+                candidates.append({"family": family, **knobs, "popularity_exponent": exponent, "factor_rank": rank,
+                                   "recall_at_10": round(float(recall), 6), "params": params})
+    best = max(range(len(candidates)), key=lambda n: (candidates[n]["recall_at_10"], -n))
+    chosen = candidates[best].pop("params")
+    for candidate in candidates:
+        candidate.pop("params", None)
+    step.finish(f"{candidates[best]['family']}, popularity exponent {chosen.popularity_exponent}, rank "
+                f"{candidates[best]['factor_rank']}: validation recall@10 {candidates[best]['recall_at_10']:.4f}")
+    return chosen, {"chosen": candidates[best], "candidates": candidates, "fit_pairs": len(fit),
+                    "validation_pairs": len(validation), "validation_users": queries.n_users,
+                    "validation_queries": queries.n_queries, "fraction": VALIDATION_FRACTION}
 
 
 def code_version() -> str:
@@ -96,7 +182,8 @@ def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, s
     _require_columns(app_stats, dataset.APP_STATS_COLUMNS, dataset.TRAIN_APP_STATS)
     catalog = read_catalog(catalog_uri)
 
-    params = EmbeddingParams(embedding_dim=embedding_dim, seed=seed)
+    params, selection = select_params(catalog, interactions, EmbeddingParams(embedding_dim=embedding_dim, seed=seed),
+                                      progress)
     trained = train_embeddings(catalog, interactions, params, progress)
     index, index_info = build_index(trained.embeddings, index_type, exact_index_max_apps, seed, progress=progress,
                                    item_vectors=trained.item_vectors)
@@ -115,6 +202,7 @@ def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, s
         "warm_apps": trained.summary["warm_apps"],
         "cold_apps": trained.summary["cold_apps"],
         "training": trained.summary,
+        "selection": selection,
     }
     return ModelArtifact(
         app_ids=trained.app_ids,

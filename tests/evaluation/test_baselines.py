@@ -73,6 +73,64 @@ def test_item_knn_agrees_with_brute_force_on_random_data():
     assert np.allclose(found_scores, expected_scores, atol=1e-5)
 
 
+def random_train(seed: int) -> tuple[pd.DataFrame, list[str]]:
+    rng = np.random.default_rng(seed)
+    rows = [(f"u{u}", f"app{a:02d}", int(rng.integers(1, 4))) for u in range(60) for a in rng.choice(25, 4, replace=False)]
+    return interactions(rows), sorted({a for _, a, _ in rows})
+
+
+def assert_same_scores_at_each_position(ranking: baselines.Ranking, scores: np.ndarray, k: int) -> None:
+    """Positive scores only, the query excluded; float ties may order differently, so compare scores per position."""
+    scores = scores.astype(np.float64).copy()
+    scores[scores <= 1e-12] = -np.inf
+    np.fill_diagonal(scores, -np.inf)
+    expected = brute_force_top(scores, k)
+    assert ((ranking.rankings >= 0) == (expected >= 0)).all()
+    found_scores = np.take_along_axis(scores, np.where(ranking.rankings >= 0, ranking.rankings, 0), axis=1)
+    expected_scores = np.take_along_axis(scores, np.where(expected >= 0, expected, 0), axis=1)
+    assert np.allclose(found_scores, expected_scores, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (0.5, 0.7)])
+def test_rp3beta_is_the_three_step_walk_with_a_popularity_penalty(alpha, beta):
+    train, apps = random_train(5)
+    ranking = baselines.rp3beta(train, apps, k=5, alpha=alpha, beta=beta)
+    matrix = interaction_matrix(train, apps, 3.0).matrix.toarray().astype(np.float64)
+    app_to_user = (matrix / matrix.sum(axis=0)).T ** alpha          # P(u | i)
+    user_to_app = (matrix / matrix.sum(axis=1, keepdims=True)) ** alpha  # P(j | u)
+    degree = (matrix > 0).sum(axis=0)
+    assert_same_scores_at_each_position(ranking, app_to_user @ user_to_app / degree ** beta, 5)
+
+
+def test_rp3beta_beta_moves_neighbours_away_from_popular_apps():
+    # Every user has "hub"; q's own users also have "niche".
+    rows = [(f"u{u}", "hub", 1) for u in range(20)] + [("u0", "q", 1), ("u1", "q", 1), ("u0", "niche", 1), ("u1", "niche", 1)]
+    def best(beta: float) -> str:
+        ranking = baselines.rp3beta(interactions(rows), ["q"], k=1, beta=beta)
+        return ranking.app_ids[ranking.rankings[0, 0]]
+
+    assert (best(0.0), best(1.0)) == ("hub", "niche")
+
+
+def test_ease_is_the_zero_diagonal_ridge_regression():
+    train, apps = random_train(6)
+    ranking = baselines.ease(train, apps, k=5, l2=3.0)
+    binary = (interaction_matrix(train, apps, 3.0).matrix.toarray() > 0).astype(np.float64)
+    # B minimises |X - XB|^2 + l2 |B|^2 with diag(B) = 0: solve each column's regression on the other columns.
+    weights = np.zeros((len(apps), len(apps)))
+    for j in range(len(apps)):
+        others = [i for i in range(len(apps)) if i != j]
+        design = binary[:, others]
+        weights[others, j] = np.linalg.solve(design.T @ design + 3.0 * np.eye(len(others)), design.T @ binary[:, j])
+    assert_same_scores_at_each_position(ranking, weights, 5)
+
+
+def test_ease_refuses_a_catalog_too_large_for_a_dense_inverse():
+    train, apps = random_train(7)
+    with pytest.raises(baselines.BaselineError, match="dense 25 x 25 matrix"):
+        baselines.ease(train, apps, k=5, max_apps=10)
+
+
 def test_embedding_rankings_search_items_by_inner_product_with_the_query_excluded():
     rng = np.random.default_rng(8)
     factors = rng.standard_normal((40, 6)) * rng.uniform(0.1, 3.0, (40, 1))  # very different norms

@@ -16,7 +16,7 @@ from tests.evaluation import builders
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {
     "candidate", "champion", "baseline", "comparison", "threshold", "improved", "decision", "decision_reason",
-    "champion_version", "holdout", "similarity_metrics",
+    "champion_version", "holdout", "similarity_metrics", "training_selection",
 }
 
 
@@ -54,6 +54,8 @@ def test_a_better_candidate_beats_the_champion_and_the_report_has_the_agreed_sha
     report = run(store, "clustered", champion(store, "random"), "better")
     assert set(report) == REPORT_KEYS
     assert json.loads((store / "better" / "evaluation.json").read_text()) == report
+    # the candidate here is built by hand, not by TrainEmbeddings: it records no validation choice
+    assert report["training_selection"] is None
     assert set(report["candidate"]) == set(METRIC_KEYS) == set(report["champion"])
     assert report["baseline"]["name"] == "popularity" and set(report["baseline"]) == {"name", *METRIC_KEYS}
     comparison = report["comparison"]

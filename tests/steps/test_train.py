@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models import dataset, storage
@@ -124,3 +125,42 @@ def test_sagemaker_entry_point_writes_a_loadable_model_folder(world, tmp_path):
     failed = subprocess.run([sys.executable, "-m", "steps.train"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=120)
     assert failed.returncode == 1 and "unknown hyper-parameter(s) colour" in failed.stderr
+
+
+def test_validation_split_is_carved_in_time_from_the_train_part():
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = pd.DataFrame({"user_id": ["a", "b", "c"], "app_id": ["x", "y", "z"], "clicks": 1, "conversions": 0,
+                          "first_ts": [start, start + pd.Timedelta(days=9), start + pd.Timedelta(days=1)],
+                          "last_ts": [start + pd.Timedelta(days=1), start + pd.Timedelta(days=10),
+                                      start + pd.Timedelta(days=9)]})
+    fit, validation = train.validation_split(frame, 0.2)  # cut at day 8
+    assert fit["user_id"].tolist() == ["a", "c"] and validation["user_id"].tolist() == ["b", "c"]
+
+
+def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tmp_path):
+    manifest = _run(world, tmp_path / "model")
+    selection = manifest["selection"]
+    candidates = selection["candidates"]
+    assert {c["family"] for c in candidates} == {"cooccurrence-svd", "rp3beta-svd"}
+    assert len(candidates) == len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS)
+    best = max(c["recall_at_10"] for c in candidates)
+    assert selection["chosen"]["recall_at_10"] == best and 0 < best <= 1
+    # the first candidate with the best score is the one trained, and the manifest's parameters say so
+    first_best = next(c for c in candidates if c["recall_at_10"] == best)
+    assert selection["chosen"] == first_best
+    assert manifest["parameters"]["popularity_exponent"] == first_best["popularity_exponent"]
+    assert manifest["parameters"]["degree_regularization"] == first_best.get("degree_regularization", 0.25)
+    assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
+
+
+def test_without_validation_queries_the_defaults_are_kept_and_the_reason_recorded():
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    catalog = pd.DataFrame({"app_id": ["x", "y", "z"], "category": "c", "region": "r", "pricing_model": "free",
+                            "features": [["f"]] * 3, "description": "d", "avg_rating": 4.0})
+    # one app per user in the validation part: nothing to evaluate similarity on
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "app_id": ["x", "y", "z"], "clicks": 1, "conversions": 0,
+                          "first_ts": [start, start, start + pd.Timedelta(days=9)],
+                          "last_ts": [start, start, start + pd.Timedelta(days=10)]})
+    base = train.EmbeddingParams(embedding_dim=4, seed=1)
+    chosen, selection = train.select_params(catalog, frame, base)
+    assert chosen == base and selection["chosen"] == "default" and "no validation queries" in selection["reason"]
