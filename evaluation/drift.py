@@ -8,7 +8,10 @@ shift is the population stability index,
     PSI = sum over values v of (recent_v - reference_v) * ln(recent_v / reference_v)
 
 with shares floored at ``PSI_FLOOR`` so that a value new in one window gives a large finite
-number. PSI > 0.2 (the usual "significant shift" line, the seed's "> 20% shift") is an alert.
+number. PSI > 0.2 (the usual "significant shift" line, the seed's "> 20% shift") is an alert,
+but only when both windows hold at least ``min_count`` observations of that population
+(default ``MIN_COUNT``): on a handful of requests a share swings by tens of points by chance
+(9 requests gave PSI 8.03), so below the minimum the check reports ``insufficient_data``.
 
 Prediction drift: the MAE between each app's mean ``predicted_ctr`` (prediction events) and its
 observed CTR (clicks / impressions of click events), weighted by impressions, over apps with at
@@ -17,8 +20,10 @@ least ``min_impressions`` impressions. It is compared between two windows of the
 observed CTR, and so the MAE, shrinks with volume; a recent MAE more than 1.5x the reference
 (the seed's "MAE increases by > 50%") means the model should be retrained.
 
-``action``: ``retrain`` on prediction drift, else ``alert`` on feature drift, else ``ok``.
-``exit_code``: 0 for ok, 3 for either kind of drift (2 is kept for usage errors), so a
+``action``: ``retrain`` on prediction drift, else ``alert`` on feature drift, else
+``insufficient_data`` when no feature had enough observations to be judged, else ``ok``.
+``exit_code``: 0 for ok and insufficient_data (nothing to act on), 3 for either kind of drift
+(2 is kept for usage errors), so a
 scheduler can run ``appsim drift check || appsim retrain``-style logic on the code alone.
 """
 
@@ -35,6 +40,10 @@ FEATURES = ("category", "region", "pricing_model")
 POPULATIONS = ("queries", "impressions")
 PSI_ALERT = 0.2
 PSI_FLOOR = 1e-4
+# Observations per window (of one population) below which PSI is not judged: with n draws a
+# share's standard error is sqrt(p(1-p)/n), about 2 points at n=500, which keeps the PSI of two
+# samples of the same mix well under PSI_ALERT.
+MIN_COUNT = 500
 MAE_RATIO_ALERT = 1.5
 UNKNOWN = "(unknown)"
 EXIT_OK = 0
@@ -91,14 +100,23 @@ class FeatureDrift:
     threshold: float
     reference_count: int
     recent_count: int
+    min_count: int = MIN_COUNT
     largest_shifts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def insufficient_data(self) -> bool:
+        return min(self.reference_count, self.recent_count) < self.min_count
+
+    @property
     def alert(self) -> bool:
-        return self.psi > self.threshold
+        return not self.insufficient_data and self.psi > self.threshold
+
+    @property
+    def status(self) -> Literal["ok", "alert", "insufficient_data"]:
+        return "insufficient_data" if self.insufficient_data else "alert" if self.alert else "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "alert": self.alert}
+        return {**asdict(self), "alert": self.alert, "status": self.status}
 
 
 @dataclass(frozen=True)
@@ -131,14 +149,16 @@ class DriftReport:
     prediction: PredictionDrift
 
     @property
-    def action(self) -> Literal["ok", "alert", "retrain"]:
+    def action(self) -> Literal["ok", "alert", "retrain", "insufficient_data"]:
         if self.prediction.alert:
             return "retrain"
-        return "alert" if any(f.alert for f in self.features) else "ok"
+        if any(f.alert for f in self.features):
+            return "alert"
+        return "insufficient_data" if all(f.insufficient_data for f in self.features) else "ok"
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.action == "ok" else EXIT_DRIFT
+        return EXIT_DRIFT if self.action in ("alert", "retrain") else EXIT_OK
 
     def reasons(self) -> list[str]:
         found = [f"{f.feature} mix of {f.population} shifted: PSI {f.psi:.3f} > {f.threshold:g}"
@@ -147,6 +167,10 @@ class DriftReport:
         if p.alert:
             found.append(f"prediction MAE rose {p.ratio:.2f}x ({p.reference_mae:.4f} -> {p.recent_mae:.4f}) "
                          f"> {p.threshold_ratio:g}x: retrain")
+        found += sorted({f"insufficient data for the {f.population} mix: {f.reference_count:,} reference and "
+                         f"{f.recent_count:,} recent observations, at least {f.min_count:,} each are needed "
+                         "(lower --min-count only if you accept noisier alerts)"
+                         for f in self.features if f.insufficient_data})
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,8 +184,9 @@ def _mix(app_ids: pd.Series, catalog: pd.DataFrame, feature: str) -> dict[str, f
 
 
 def feature_drift(reference: WindowData, recent: WindowData, catalog: pd.DataFrame,
-                  threshold: float = PSI_ALERT) -> list[FeatureDrift]:
-    """PSI of every feature over every population that both windows observed."""
+                  threshold: float = PSI_ALERT, min_count: int = MIN_COUNT) -> list[FeatureDrift]:
+    """PSI of every feature over every population that both windows observed; judged only
+    where both windows hold ``min_count`` observations."""
     by_app = catalog.set_index("app_id")
     results = []
     for population in POPULATIONS:
@@ -175,7 +200,7 @@ def feature_drift(reference: WindowData, recent: WindowData, catalog: pd.DataFra
                               "recent_share": new_mix.get(v, 0) / new_total} for v in set(ref_mix) | set(new_mix)),
                             key=lambda s: -abs(s["recent_share"] - s["reference_share"]))
             results.append(FeatureDrift(population, feature, population_stability_index(ref_mix, new_mix),
-                                        threshold, int(ref_total), int(new_total), shifts[:3]))
+                                        threshold, int(ref_total), int(new_total), min_count, shifts[:3]))
     return results
 
 
@@ -194,14 +219,17 @@ def prediction_mae(window: WindowData, min_impressions: int) -> tuple[float | No
 def check_drift(reference: WindowData, recent: WindowData, catalog: pd.DataFrame, *,
                 prediction_reference: WindowData | None = None, windows: dict[str, dict[str, str]] | None = None,
                 psi_threshold: float = PSI_ALERT, mae_ratio_threshold: float = MAE_RATIO_ALERT,
-                min_impressions: int = 100) -> DriftReport:
+                min_impressions: int = 100, min_count: int = MIN_COUNT) -> DriftReport:
     """Feature drift of ``recent`` against ``reference``; prediction drift against
     ``prediction_reference`` (a reference sub-window as long as the recent one; default ``reference``)."""
     missing = [c for c in ("app_id", *FEATURES) if c not in catalog.columns]
+    if min_count < 1:
+        raise DriftError(f"min_count must be at least 1, got {min_count}")
     if missing:
         raise DriftError(f"the catalog lacks column(s) {', '.join(missing)}; drift needs app_id, {', '.join(FEATURES)}")
     reference_mae, reference_apps = prediction_mae(prediction_reference or reference, min_impressions)
     recent_mae, recent_apps = prediction_mae(recent, min_impressions)
     prediction = PredictionDrift(reference_mae, recent_mae, mae_ratio_threshold, min_impressions,
                                  reference_apps, recent_apps)
-    return DriftReport(windows or {}, feature_drift(reference, recent, catalog, psi_threshold), prediction)
+    return DriftReport(windows or {}, feature_drift(reference, recent, catalog, psi_threshold, min_count),
+                       prediction)

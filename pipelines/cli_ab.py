@@ -39,7 +39,7 @@ from evaluation.ab import (
     ABError, ArmStats, LiftComparison, arm_stats, compare_arms, posterior_draws, sample_ratio_check,
 )
 from evaluation.ab_decision import Decision, DecisionRules, decide
-from evaluation.drift import DriftError, WindowData, check_drift
+from evaluation.drift import MIN_COUNT, DriftError, WindowData, check_drift
 from models import layout, storage
 from models.events import InvalidEvent, parse_line, parse_utc
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment, ExperimentError, open_experiments, utcnow
@@ -415,11 +415,14 @@ def _reference_window(config: PipelineConfig, recent_start: datetime, reference_
 @click.option("--psi-threshold", type=float, default=0.2, show_default=True)
 @click.option("--mae-ratio", type=float, default=1.5, show_default=True)
 @click.option("--min-impressions", type=int, default=100, show_default=True)
+@click.option("--min-count", type=click.IntRange(min=1), default=MIN_COUNT, show_default=True,
+              help="Observations each window needs before its mix may alert (fewer: insufficient_data).")
 @click.option("--output", default=None, help="Also write the JSON to this URI.")
 @store_option
 @config_option
 def drift_check(at: str | None, recent_days: int, reference_start: str | None, reference_end: str | None,
-                reference_days: int, psi_threshold: float, mae_ratio: float, min_impressions: int, output: str | None,
+                reference_days: int, psi_threshold: float, mae_ratio: float, min_impressions: int, min_count: int,
+                output: str | None,
                 store: str | None, config_path: str | None) -> None:
     """Print a JSON drift report; exit 0 = no drift, 3 = drift (action alert or retrain)."""
     with _user_errors():
@@ -448,7 +451,8 @@ def drift_check(at: str | None, recent_days: int, reference_start: str | None, r
                    "recent": {"start": recent_start.isoformat(), "end": end.isoformat()}}
         report = check_drift(window(ref_start, ref_end), window(recent_start, end), catalog,
                              prediction_reference=window(prediction_start, ref_end), windows=windows,
-                             psi_threshold=psi_threshold, mae_ratio_threshold=mae_ratio, min_impressions=min_impressions)
+                             psi_threshold=psi_threshold, mae_ratio_threshold=mae_ratio, min_impressions=min_impressions,
+                             min_count=min_count)
         result = report.to_dict()
         if output:
             storage.write_json(output, result)

@@ -2,6 +2,10 @@
 
 - ``GET /ping`` (200 once a model is loaded, else 503) and ``POST /invocations`` (JSON or CSV)
   are SageMaker's container contract; ``/v1/...`` is the partner API (API keys, rate limits).
+  With keys configured ``/invocations`` needs one too, unless the server runs in SageMaker mode
+  (``APPSIM_SAGEMAKER_MODE``: the endpoint's IAM auth is in front of it).
+- Every route documents its answers with response models (the OpenAPI schema is checked by
+  schemathesis in the tests); answers are built as plain dicts and sent with orjson.
 - Handlers are async and answer with orjson; a FAISS search is well under a millisecond up to
   1M apps (exact index to ~100K, HNSW/IVF above), so it runs inline on the event loop rather
   than paying a thread hop; large ``/invocations`` batches go to a thread.
@@ -16,7 +20,7 @@ import logging
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator, Literal
 
 import faiss
 import orjson
@@ -25,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from models.events import NOT_UNICODE, Identifier, InvalidEvent, format_ts, prediction_record, validate_event
 from models.features import MetadataError
@@ -33,7 +37,7 @@ from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, Unkn
 from serving.batcher import EventBatcher, JournalError, SpillDir
 from serving.metrics import ARM_SCOPE_KEY, MetricsMiddleware, ServingMetrics
 from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
-from serving.security import ApiError, ApiKeys, RateLimiter
+from serving.security import ApiError, ApiKeys, RateLimiter, open_bucket_store
 from serving.settings import ServingSettings, settings_from_env
 from serving.sinks import FeedbackSink, encode_line, open_sink
 
@@ -124,14 +128,68 @@ class FeedbackResponse(BaseModel):
     event_ids: list[str]
 
 
-class ErrorResponse(BaseModel):
+class PingResponse(BaseModel):
+    status: Literal["ok"]
+    versions: list[int] = Field(description="the model version of each arm")
+
+
+class InstanceError(BaseModel):
+    """One unknown app id in an /invocations batch (the rest of the batch is answered)."""
+
+    app_id: str
     error: str
     message: str
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    predictions: list[SimilarResponse | InstanceError]
+
+
+class LoadedModelOut(BaseModel):
+    arm: str
+    weight: float
+    model_version: int
+    artifact_uri: str
+    loaded_at: str
+    app_count: int | None = None
+    embedding_dim: int | None = None
+    index: dict[str, Any] | None = None
+    checksum: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    source: str
+    mode: Literal["endpoint", "registry"]
+    ready: bool
+    arms: list[LoadedModelOut]
+    refused_versions: dict[str, str] = Field(description="version -> why it is not served")
+    swaps: int
+
+
+class Problem(BaseModel):
+    field: str
+    in_: str = Field(alias="in")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="a stable code, e.g. invalid_request, unknown_app, rate_limited")
+    message: str = Field(description="what is wrong and how to fix it")
     field: str | None = None
+    problems: list[Problem] | None = Field(None, description="every invalid field (validation errors)")
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 422, 429, 503)}
-SAGEMAKER_ERRORS = {code: {"model": ErrorResponse} for code in (404, 413, 415, 422, 503)}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (all rendered as ``ErrorResponse``)."""
+    return {code: {"model": ErrorResponse, **({"headers": _RETRY_AFTER} if code in (429, 503) else {})}
+            for code in codes}
+
+
+AUTH_ERRORS = (401, 429)  # missing/invalid key; rate limit or too many failed authentications
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -143,7 +201,15 @@ class Services:
         self.manager = manager
         self.batcher = batcher
         self.keys = ApiKeys(settings.api_keys)
-        self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+        self.limiter = RateLimiter(open_bucket_store(settings.redis_url, settings.rate_limit_file),
+                                   rate=settings.rate_per_second, burst=settings.rate_burst,
+                                   failure_rate=settings.auth_failures_per_minute / 60,
+                                   failure_burst=settings.auth_failure_burst)
+
+    async def authenticate(self, request: Request, key: str | None) -> str | None:
+        """The key's partner after the key and address limits (None when authentication is off)."""
+        address = request.client.host if request.client else "unknown"
+        return await self.limiter.authenticate(self.keys, key, address)
 
     def state(self) -> ServingState:
         state = self.manager.state
@@ -185,8 +251,9 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             log.warning("feedback logging is off: no store or APPSIM_FEEDBACK_URI, prediction events are not recorded")
         if not settings.api_keys:
             log.warning("no API keys configured: /v1 is open (set APPSIM_API_KEYS=partner:key,... to require keys)")
-        metrics.watch(model_manager, batcher)
-        app.state.services = Services(settings, model_manager, batcher)
+        services = app.state.services = Services(settings, model_manager, batcher)
+        metrics.watch(model_manager, batcher, services.limiter)
+        mirror = asyncio.create_task(metrics.mirror_forever()) if metrics.multiprocess else None
         model_manager.start()  # loads in the background: /ping answers 503 until it is done
         try:
             yield
@@ -195,6 +262,11 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             if batcher is not None:
                 batcher.close()  # SIGTERM lands here: every queued event is delivered or spilled
                 log.info("event batcher closed: %s", batcher.stats)
+            if mirror is not None:
+                mirror.cancel()
+                metrics.mirror()
+            await services.limiter.close()
+            metrics.close()
 
     app = FastAPI(
         title="appsim",
@@ -210,7 +282,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
         if error.status == 429:
-            metrics.rate_limited.inc()
+            metrics.rate_limited.labels(error.code).inc()
         return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -244,14 +316,15 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
     # async on purpose: FastAPI runs a plain-def dependency on a worker thread, a thread hop per request.
     async def partner(request: Request, key: str | None = Depends(api_key_header)) -> str | None:
         """Authenticate and rate-limit a /v1 request; returns the key's partner (None when auth is off)."""
-        svc: Services = request.app.state.services
-        name = svc.keys.partner_for(key)
-        if name is not None:  # limits are per key; with authentication off (local use) there is no key
-            svc.limiter.check(key)  # type: ignore[arg-type]
-        return name
+        return await services(request).authenticate(request, key)
+
+    async def invocations_partner(request: Request, key: str | None = Depends(api_key_header)) -> str | None:
+        """As ``partner``, except in SageMaker mode, where IAM has authenticated the caller already."""
+        svc = services(request)
+        return None if svc.settings.sagemaker_mode else await svc.authenticate(request, key)
 
     # --- SageMaker hosting contract ------------------------------------------------------
-    @app.get("/ping", tags=["sagemaker"], responses={503: {"model": ErrorResponse}})
+    @app.get("/ping", tags=["sagemaker"], response_model=PingResponse, responses=errors(503))
     async def ping(request: Request) -> Response:
         svc = services(request)
         state = svc.state()
@@ -260,16 +333,19 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             raise ApiError(503, "event_logging_stalled", stalled)
         return OrjsonResponse({"status": "ok", "versions": [arm.model.version for arm in state.arms]})
 
-    @app.post("/invocations", tags=["sagemaker"], responses=SAGEMAKER_ERRORS, openapi_extra={"requestBody": {"content": {
-        "application/json": {"example": {"app_id": "app-00001", "k": 10}},
-        "text/csv": {"example": "app-00001\napp-00002\n"}}}})
-    async def invocations(request: Request) -> Response:
-        """Similar apps: JSON `{"app_id", "k"}` (one answer) or `{"instances": [...]}`, or CSV with one app id a line."""
+    @app.post("/invocations", tags=["sagemaker"], response_model=SimilarResponse | BatchResponse,
+              responses=errors(*AUTH_ERRORS, 404, 413, 415, 422, 503), openapi_extra={"requestBody": {"content": {
+                  "application/json": {"example": {"app_id": "app-00001", "k": 10}},
+                  "text/csv": {"example": "app-00001\napp-00002\n"}}}})
+    async def invocations(request: Request, key_partner: str | None = Depends(invocations_partner)) -> Response:
+        """Similar apps: JSON `{"app_id", "k"}` (one answer) or `{"instances": [...]}`, or CSV with one app id a line.
+        Prediction events are logged as for /v1 (partner: the body's partner_id, else the key's, else sagemaker)."""
         svc = services(request)
         state = svc.state()
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        single, instances, k, partner_id = parse_invocation(body, content_type)
+        single, instances, k, asked_by = parse_invocation(body, content_type)
+        partner_id = asked_by or key_partner or SAGEMAKER_PARTNER
         request_id = uuid.uuid4().hex
         if single:
             app_id = instances[0]
@@ -288,7 +364,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         return OrjsonResponse({"request_id": request_id, "predictions": predictions})
 
     # --- partner API ---------------------------------------------------------------------
-    @app.get("/v1/apps/{app_id}/similar", tags=["similarity"], response_model=SimilarResponse, responses=ERRORS)
+    @app.get("/v1/apps/{app_id}/similar", tags=["similarity"], response_model=SimilarResponse,
+             responses=errors(*AUTH_ERRORS, 404, 422, 503))
     async def similar(request: Request, app_id: Annotated[Identifier, Path(description="a catalog app id")],
                       k: int = Query(DEFAULT_K, ge=MIN_K, le=MAX_K, description="how many neighbours"),
                       # Annotated: with `= Query(...)` as the default FastAPI would drop Identifier's constraints
@@ -304,7 +381,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         svc.log_prediction(request_id, asker, app_id, arm, neighbors)
         return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
 
-    @app.post("/v1/similar", tags=["similarity"], response_model=SimilarResponse, responses=ERRORS)
+    @app.post("/v1/similar", tags=["similarity"], response_model=SimilarResponse,
+              responses=errors(*AUTH_ERRORS, 413, 422, 503))
     async def similar_new_app(request: Request, body: SimilarByMetadataRequest,
                               key_partner: str | None = Depends(partner)) -> Response:
         """Cold start: apps similar to a new app given by its metadata (category, features, description...)."""
@@ -321,7 +399,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         svc.log_prediction(request_id, asker, app_id, arm, neighbors)
         return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
 
-    @app.post("/v1/predict", tags=["prediction"], response_model=PredictResponse, responses=ERRORS)
+    @app.post("/v1/predict", tags=["prediction"], response_model=PredictResponse,
+              responses=errors(*AUTH_ERRORS, 404, 413, 422, 503))
     async def predict(request: Request, body: PredictRequest, key_partner: str | None = Depends(partner)) -> Response:
         """Expected CTR and CVR with 95% intervals, from the neighbours' statistics and the app's own."""
         if (body.app_id is None) == (body.app is None):
@@ -345,7 +424,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         svc.log_prediction(request_id, asker, app_id, arm, prediction.neighbors, prediction.ctr)
         return OrjsonResponse(predict_answer(request_id, arm, app_id, prediction))
 
-    @app.post("/v1/feedback", tags=["feedback"], status_code=202, response_model=FeedbackResponse, responses=ERRORS,
+    @app.post("/v1/feedback", tags=["feedback"], status_code=202, response_model=FeedbackResponse,
+              responses=errors(*AUTH_ERRORS, 413, 422, 503),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"example": {"events": [
                   {"event_type": "click", "app_id": "app-00001", "campaign_id": "c-1", "partner_id": "acme",
                    "user_id": "u-123", "clicked": True, "request_id": "9f1c...", "ts": "2026-01-31T12:00:00Z"}]}}}}})
@@ -358,6 +438,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             payload = orjson.loads(await request.body())
         except orjson.JSONDecodeError as error:
             raise ApiError(422, "malformed_json", f"the body is not valid JSON: {error}", field="body") from None
+        check_feedback_size(payload, svc.settings.feedback_max_events)
         events = validate_feedback(payload, key_partner)
         if svc.batcher is None:
             raise ApiError(503, "feedback_disabled", "this server records no feedback (no store or APPSIM_FEEDBACK_URI)")
@@ -369,12 +450,14 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
                            "event_ids", headers={"Retry-After": "1"}) from None
         return OrjsonResponse({"accepted": len(events), "event_ids": [e.event_id for e in events]}, status_code=202)
 
-    @app.get("/v1/models", tags=["models"], responses=ERRORS)
+    @app.get("/v1/models", tags=["models"], response_model=ModelsResponse, responses=errors(*AUTH_ERRORS))
     async def models(request: Request, key_partner: str | None = Depends(partner)) -> Response:
         """The loaded versions, their arms and traffic weights, and any refused version."""
         return OrjsonResponse(services(request).manager.describe())
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format; one scrape covers every worker"}})
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -387,13 +470,13 @@ def app_from_env() -> FastAPI:
 
 
 # --- request handling helpers (pure where they can be) ----------------------------------------
-def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], int, str]:
-    """(single answer?, app ids, k, partner id) from an /invocations body."""
+def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], int, str | None]:
+    """(single answer?, app ids, k, partner id if the body names one) from an /invocations body."""
     if content_type in ("text/csv", "text/plain"):
         # One app id a line; a CSV row's first column is the id (extra columns are ignored).
         ids = [line.split(",")[0].strip().strip('"') for line in body.decode("utf-8", "replace").splitlines()]
         ids = [i for i in ids if i]
-        return False, check_instances(ids), DEFAULT_K, SAGEMAKER_PARTNER
+        return False, check_instances(ids), DEFAULT_K, None
     if content_type not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type {content_type} is not supported; send application/json or text/csv")
@@ -406,7 +489,8 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
     k = payload.get("k", DEFAULT_K)
     if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
         raise ApiError(422, "invalid_k", f"k must be an integer from {MIN_K} to {MAX_K}, got {k!r}", field="k")
-    partner_id = identifier(payload.get("partner_id") or SAGEMAKER_PARTNER, "partner_id")
+    raw_partner = payload.get("partner_id") or None
+    partner_id = None if raw_partner is None else identifier(raw_partner, "partner_id")
     if "instances" in payload:
         raw = payload["instances"]
         if not isinstance(raw, list):
@@ -424,6 +508,13 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
     if not isinstance(app_id, str) or not app_id:
         raise ApiError(422, "invalid_request", 'app_id is required: {"app_id": "...", "k": 10}', field="app_id")
     return True, [identifier(app_id, "app_id")], k, partner_id
+
+
+def check_feedback_size(payload: Any, max_events: int) -> None:
+    """413 naming the limit for a batch that is too large ever to be accepted (retrying cannot help)."""
+    if isinstance(payload, dict) and isinstance(payload.get("events"), list) and len(payload["events"]) > max_events:
+        raise ApiError(413, "too_many_events", f"{len(payload['events']):,} events in one request; send at most "
+                       f"{max_events:,} per request (split the batch)", field="events")
 
 
 def check_instances(ids: list[str]) -> list[str]:

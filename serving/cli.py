@@ -1,12 +1,22 @@
-"""`appsim serve`: run the serving app on uvicorn (uvloop + httptools), locally or in the container."""
+"""`appsim serve`: run the serving app on uvicorn (uvloop + httptools), locally or in the container.
+
+With ``--workers N`` (N > 1) the workers must act as one server: the command prepares a fresh
+folder for the run, with Prometheus's multiprocess files (one scrape covers every worker) and
+the SQLite file of the rate limits they share (unless Redis shares them across hosts), and
+removes it when the server stops.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import click
 
+from serving.metrics import MULTIPROCESS_DIR_ENV, prepare_multiprocess_dir
 from serving.settings import SETTINGS_ENV, ServingSettings, SettingsError, parse_api_keys, settings_from_env
 
 
@@ -51,6 +61,10 @@ def build_settings(overrides: dict[str, Any], config_path: str | None) -> Servin
 @click.option("--rate-limit", "rate_per_second", default=None, type=float, help="Requests/s per API key.")
 @click.option("--rate-burst", default=None, type=float, help="Token bucket size per API key.")
 @click.option("--poll-seconds", default=None, type=float, help="Registry polling interval for hot swaps.")
+@click.option("--redis-url", default=None,
+              help="Share rate limits across hosts through Redis, e.g. redis://cache:6379/0 (default $APPSIM_REDIS_URL).")
+@click.option("--sagemaker-mode", is_flag=True, default=None,
+              help="On a SageMaker endpoint: IAM guards /invocations, so it needs no API key ($APPSIM_SAGEMAKER_MODE).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
@@ -64,9 +78,29 @@ def serve_command(config_path: str | None, host: str, port: int, workers: int, l
     if api_keys is not None:
         overrides["api_keys"] = parse_api_keys(api_keys)
     settings = build_settings(overrides, config_path)
+    run_dir = None
+    if workers > 1:
+        run_dir, settings = prepare_shared_state(settings)
     # Workers are separate processes: they read the settings and the thread count from the environment.
     os.environ[SETTINGS_ENV] = settings.to_env()
     os.environ["OMP_NUM_THREADS"] = "1"
-    uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", log_config=log_config(log_level), access_log=access_log,
-                timeout_graceful_shutdown=30)
+    try:
+        uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    loop="uvloop", http="httptools", log_config=log_config(log_level), access_log=access_log,
+                    timeout_graceful_shutdown=30)
+    finally:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def prepare_shared_state(settings: ServingSettings) -> tuple[str, ServingSettings]:
+    """A fresh run folder (in memory, /dev/shm, where there is one) holding the Prometheus
+    multiprocess files (or a given PROMETHEUS_MULTIPROC_DIR, emptied) and the host's rate-limit
+    file; returns it and the settings that point the workers at the file."""
+    shm = Path("/dev/shm")
+    run_dir = tempfile.mkdtemp(prefix="appsim-serve-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    os.environ[MULTIPROCESS_DIR_ENV] = prepare_multiprocess_dir(
+        os.environ.get(MULTIPROCESS_DIR_ENV) or str(Path(run_dir) / "metrics"))
+    if not settings.redis_url and not settings.rate_limit_file:
+        settings = settings.model_copy(update={"rate_limit_file": str(Path(run_dir) / "rate-limits.db")})
+    return run_dir, settings

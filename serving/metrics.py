@@ -3,40 +3,165 @@
 Request metrics are recorded by a pure ASGI middleware (cheap: no per-request Request object);
 model and sink figures are read from their owners when ``/metrics`` is scraped, so the hot
 path never updates them. Each app has its own ``CollectorRegistry`` (several apps per process
-in tests). With several uvicorn workers each process reports its own figures.
+in tests).
+
+Several workers are one server: with ``PROMETHEUS_MULTIPROC_DIR`` set (``appsim serve --workers
+N`` prepares a fresh one) every worker writes its figures to memory-mapped files there, and a
+scrape, whichever worker answers it, merges every worker's files. Request figures go there as
+they happen; the owners' figures are mirrored into it by every worker each
+``MIRROR_SECONDS`` (and by the scraping worker just before it answers): counters add what
+changed, gauges merge across workers by ``GAUGE_MODES``. A worker that exits cleanly removes its
+live gauges; one killed with SIGKILL leaves them until the server restarts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from contextlib import suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from serving.batcher import EventBatcher
     from serving.model_state import ModelManager
+    from serving.security import RateLimiter
 
 ARM_SCOPE_KEY = "appsim.arm"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MIRROR_SECONDS = 1.0
+# How a gauge of the owners' figures merges over workers (prometheus_client's multiprocess_mode;
+# "live" modes forget workers that exited). Not listed: livesum (per-worker amounts add up).
+GAUGE_MODES = {
+    "appsim_model_version": "liveall",  # per worker (a pid label): during a hot swap workers differ briefly
+    "appsim_model_weight": "liveall",
+    "appsim_model_ready": "livemin",  # 1 only when every worker has a model
+    "appsim_spill_pending_batches": "livemax",  # one spill folder, seen by every worker
+    "appsim_event_logging_stalled": "livemax",  # 1 when any worker is stuck
+}
+
+
+def multiprocess_mode() -> bool:
+    """Whether this process's metric values live in ``PROMETHEUS_MULTIPROC_DIR`` (decided when
+    prometheus_client was imported, so the variable must be set before the worker starts)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def prepare_multiprocess_dir(path: str) -> str:
+    """Make ``path`` an empty metrics folder: files left by an earlier server would be merged
+    into this one's figures."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return str(folder)
 
 
 class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess_mode()
         self.latency = Histogram("appsim_request_duration_seconds", "Request latency by endpoint and arm",
                                  ["endpoint", "arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.requests = Counter("appsim_requests", "Requests by endpoint and HTTP status",
                                 ["endpoint", "status"], registry=self.registry)
-        self.rate_limited = Counter("appsim_rate_limited", "Requests answered 429", registry=self.registry)
+        self.rate_limited = Counter("appsim_rate_limited", "Requests answered 429, by the limit that was reached",
+                                    ["limit"], registry=self.registry)
+        self._mirror: _Mirror | None = None
 
-    def watch(self, manager: "ModelManager | None", batcher: "EventBatcher | None") -> None:
-        self.registry.register(_StateCollector(manager, batcher))
+    def watch(self, manager: "ModelManager | None", batcher: "EventBatcher | None",
+              limiter: "RateLimiter | None" = None) -> None:
+        """Report the owners' figures: read at scrape time, or mirrored into the shared files."""
+        collectors: list[Collector] = [_StateCollector(manager, batcher)]
+        if limiter is not None:
+            collectors.append(_LimiterCollector(limiter))
+        for collector in collectors:
+            if self.multiprocess:
+                self._mirror = self._mirror or _Mirror()
+                self._mirror.sources.append(collector)
+            else:
+                self.registry.register(collector)
+
+    def mirror(self) -> None:
+        if self._mirror is not None:
+            self._mirror.sync()
+
+    async def mirror_forever(self) -> None:
+        """Every worker's loop in multiprocess mode, so that any worker's scrape sees its figures."""
+        while True:
+            self.mirror()
+            await asyncio.sleep(MIRROR_SECONDS)
+
+    def close(self) -> None:
+        """A worker's last step: its live gauges leave the merged figures."""
+        if self.multiprocess:
+            with suppress(OSError):
+                multiprocess.mark_process_dead(os.getpid())
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.mirror()
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+
+class _Mirror:
+    """Copies collectors' figures into multiprocess metrics: counters by their increase since the
+    last copy, gauges by value (a sample that disappeared, such as a removed arm, reads 0)."""
+
+    def __init__(self) -> None:
+        self.sources: list[Collector] = []
+        self._counters: dict[str, Counter] = {}
+        self._gauges: dict[str, Gauge] = {}
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._gauge_samples: dict[str, set[tuple[str, ...]]] = {}
+
+    def sync(self) -> None:
+        for source in self.sources:
+            for family in source.collect():
+                if family.type == "counter":
+                    self._copy_counter(family)
+                elif family.type == "gauge":
+                    self._copy_gauge(family)
+
+    def _copy_counter(self, family: Any) -> None:
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            names = tuple(sorted(sample.labels))
+            counter = self._counters.get(family.name)
+            if counter is None:
+                counter = self._counters[family.name] = Counter(family.name, family.documentation, names, registry=None)
+            labels = tuple(sample.labels[n] for n in names)
+            increase = sample.value - self._last.get((family.name, labels), 0.0)
+            if increase > 0:  # a counter of the owner never goes down; a replaced owner starts again from 0
+                (counter.labels(*labels) if names else counter).inc(increase)
+            self._last[(family.name, labels)] = sample.value
+
+    def _copy_gauge(self, family: Any) -> None:
+        names = tuple(sorted(family.samples[0].labels)) if family.samples else ()
+        gauge = self._gauges.get(family.name)
+        if gauge is None:
+            if not family.samples:
+                return
+            gauge = self._gauges[family.name] = Gauge(family.name, family.documentation, names, registry=None,
+                                                      multiprocess_mode=GAUGE_MODES.get(family.name, "livesum"))
+        seen = set()
+        for sample in family.samples:
+            labels = tuple(sample.labels[n] for n in names)
+            seen.add(labels)
+            (gauge.labels(*labels) if names else gauge).set(sample.value)
+        for gone in self._gauge_samples.get(family.name, set()) - seen:
+            gauge.labels(*gone).set(0)
+        self._gauge_samples[family.name] = seen
 
 
 class _StateCollector(Collector):
@@ -83,6 +208,16 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily("appsim_event_logging_stalled",
                                     "1 while the watchdog sees event logging stuck (/ping answers 503)",
                                     value=int(self.batcher.stall_reason() is not None))
+
+
+class _LimiterCollector(Collector):
+    def __init__(self, limiter: "RateLimiter"):
+        self.limiter = limiter
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily("appsim_rate_limit_store_errors",
+                                  "Shared rate-limit store failures (limits then fall back to per-worker buckets)",
+                                  value=self.limiter.store_errors)
 
 
 class MetricsMiddleware:

@@ -16,12 +16,21 @@ Environment variables (all optional):
 - ``APPSIM_SPILL_DIR``: local folder for events the sink could not take (replayed later).
 - ``APPSIM_API_KEYS``: ``partner:key,partner2:key2``; empty = no authentication (local use).
 - ``APPSIM_RATE_LIMIT`` / ``APPSIM_RATE_BURST``: token bucket per API key (requests/s, burst).
+- ``APPSIM_AUTH_FAILURES_PER_MINUTE`` / ``APPSIM_AUTH_FAILURE_BURST``: requests with a missing or
+  invalid key allowed per client address; past them the address gets 429 whatever key it sends.
+- ``APPSIM_REDIS_URL``: ``redis://host:6379/0`` (``rediss://`` for TLS): rate limits shared by every
+  host (ElastiCache). Without it, ``APPSIM_RATE_LIMIT_FILE`` (a SQLite file that ``appsim serve
+  --workers N`` sets up) shares them between the workers of one host; without either, each
+  process has its own.
+- ``APPSIM_SAGEMAKER_MODE``: ``true`` on a SageMaker endpoint, whose IAM auth is in front of
+  ``/invocations``: it then needs no API key (``/v1`` still does).
 - ``APPSIM_POLL_SECONDS``: how often the registry is checked for a new Approved version.
 - ``APPSIM_QUEUE_SIZE`` / ``APPSIM_BATCH_SIZE`` / ``APPSIM_FLUSH_SECONDS``: the event batcher's
   bounded queue, batch size and the longest an event waits for its batch.
 - ``APPSIM_STALL_SECONDS``: event logging that makes no progress this long fails /ping (503).
 - ``APPSIM_JOURNAL_FSYNC``: ``false`` skips the fsync of the feedback journal (a 202 then survives a
   crash of the process, not of the machine); for benchmarks, not production.
+- ``APPSIM_FEEDBACK_MAX_EVENTS``: the most events one ``/v1/feedback`` request may carry (more: 413).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models import layout, storage
 from models.experiments import default_uri as default_experiments_uri
@@ -68,12 +77,26 @@ class ServingSettings(BaseModel):
     api_keys: dict[str, str] = Field(default_factory=dict, description="API key -> partner id")
     rate_per_second: float = Field(200.0, gt=0)
     rate_burst: float = Field(400.0, ge=1)
+    auth_failures_per_minute: float = Field(10.0, gt=0)
+    auth_failure_burst: float = Field(10.0, ge=1)
+    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
+    rate_limit_file: str | None = None
+    sagemaker_mode: bool = False
     max_body_bytes: int = Field(SAGEMAKER_MAX_BODY_BYTES, ge=1)
+    feedback_max_events: int = Field(1000, ge=1)
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return parse_api_keys(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _batch_fits_the_queue(self) -> "ServingSettings":
+        if self.feedback_max_events > self.queue_size:
+            raise ValueError(f"feedback_max_events ({self.feedback_max_events}) is over queue_size ({self.queue_size}): "
+                             "such a batch could never be queued; lower APPSIM_FEEDBACK_MAX_EVENTS or raise "
+                             "APPSIM_QUEUE_SIZE")
+        return self
 
     @property
     def endpoint_mode(self) -> bool:
@@ -130,11 +153,17 @@ _ENV_FIELDS = {
     "APPSIM_API_KEYS": "api_keys",
     "APPSIM_RATE_LIMIT": "rate_per_second",
     "APPSIM_RATE_BURST": "rate_burst",
+    "APPSIM_AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
+    "APPSIM_AUTH_FAILURE_BURST": "auth_failure_burst",
+    "APPSIM_REDIS_URL": "redis_url",
+    "APPSIM_RATE_LIMIT_FILE": "rate_limit_file",
+    "APPSIM_SAGEMAKER_MODE": "sagemaker_mode",
     "APPSIM_QUEUE_SIZE": "queue_size",
     "APPSIM_BATCH_SIZE": "batch_size",
     "APPSIM_FLUSH_SECONDS": "flush_seconds",
     "APPSIM_STALL_SECONDS": "stall_seconds",
     "APPSIM_JOURNAL_FSYNC": "journal_fsync",
+    "APPSIM_FEEDBACK_MAX_EVENTS": "feedback_max_events",
 }
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from evaluation.drift import (
-    EXIT_DRIFT, EXIT_OK, DriftError, WindowData, check_drift, population_stability_index, prediction_mae,
+    EXIT_DRIFT, EXIT_OK, MIN_COUNT, DriftError, WindowData, check_drift, population_stability_index, prediction_mae,
 )
 
 CATEGORIES = ("Games", "Finance", "Shopping", "Travel")
@@ -98,3 +98,26 @@ def test_window_data_from_events_dedupes_and_keeps_missing_predictions_as_nan():
 def test_a_catalog_without_the_features_is_refused():
     with pytest.raises(DriftError, match="lacks column"):
         check_drift(window(1), window(2), catalog().drop(columns=["region"]))
+
+
+def nine_games_queries() -> WindowData:
+    """Nine requests, all for one category: a mix far from the reference, by chance or not."""
+    return WindowData(pd.DataFrame({"app_id": [f"app-{4 * i}" for i in range(9)], "predicted_ctr": 0.05}),
+                      pd.DataFrame({"app_id": [], "clicked": []}))
+
+
+def test_nine_requests_never_alert_however_skewed():
+    report = check_drift(window(1), nine_games_queries(), catalog())
+    queries = [f for f in report.features if f.population == "queries"]
+    assert queries and all(f.insufficient_data and not f.alert and f.status == "insufficient_data" for f in queries)
+    assert max(f.psi for f in queries) > 1  # the mix did move: only the sample size holds the alert back
+    assert report.action == "insufficient_data" and report.exit_code == EXIT_OK
+    assert any(f"9 recent observations, at least {MIN_COUNT:,}" in reason for reason in report.reasons())
+    assert report.to_dict()["features"][0]["status"] == "insufficient_data"
+
+
+def test_the_minimum_count_is_configurable_and_checked():
+    report = check_drift(window(1), nine_games_queries(), catalog(), min_count=5)
+    assert report.action == "alert" and report.exit_code == EXIT_DRIFT
+    with pytest.raises(DriftError, match="min_count must be at least 1"):
+        check_drift(window(1), window(2), catalog(), min_count=0)

@@ -57,19 +57,20 @@ def test_ping_is_503_until_a_model_is_loaded(tmp_path):
 
 def test_invocations_json_single_and_instances(client):
     one = client.post("/invocations", json={"app_id": "app-00003", "k": 4},
-                      headers={"X-Amzn-SageMaker-Custom-Attributes": "anything", "X-Unknown-Header": "ignored"})
+                      headers=HEADERS | {"X-Amzn-SageMaker-Custom-Attributes": "anything", "X-Unknown-Header": "ignored"})
     assert one.status_code == 200
     body = one.json()
     assert body["app_id"] == "app-00003" and len(body["neighbors"]) == 4
     assert {"request_id", "arm", "model_version"} <= set(body)
-    many = client.post("/invocations", json={"instances": ["app-00001", {"app_id": "app-00002"}, "nope"], "k": 2})
+    many = client.post("/invocations", json={"instances": ["app-00001", {"app_id": "app-00002"}, "nope"], "k": 2},
+                       headers=HEADERS)
     predictions = many.json()["predictions"]
     assert [p["app_id"] for p in predictions] == ["app-00001", "app-00002", "nope"]
     assert len(predictions[0]["neighbors"]) == 2 and predictions[2]["error"] == "unknown_app"
 
 
 def test_invocations_csv(client):
-    answer = client.post("/invocations", content=b"app-00005\napp-00006\n", headers={"Content-Type": "text/csv"})
+    answer = client.post("/invocations", content=b"app-00005\napp-00006\n", headers=HEADERS | {"Content-Type": "text/csv"})
     assert answer.status_code == 200
     predictions = answer.json()["predictions"]
     assert [p["app_id"] for p in predictions] == ["app-00005", "app-00006"]
@@ -77,22 +78,22 @@ def test_invocations_csv(client):
 
 
 def test_invocations_errors(client):
-    assert client.post("/invocations", json={"app_id": "nope"}).status_code == 404
-    bad_k = client.post("/invocations", json={"app_id": "app-00001", "k": 101})
+    assert client.post("/invocations", json={"app_id": "nope"}, headers=HEADERS).status_code == 404
+    bad_k = client.post("/invocations", json={"app_id": "app-00001", "k": 101}, headers=HEADERS)
     assert bad_k.status_code == 422 and bad_k.json()["field"] == "k"
-    assert client.post("/invocations", content=b"x", headers={"Content-Type": "image/png"}).status_code == 415
+    assert client.post("/invocations", content=b"x", headers=HEADERS | {"Content-Type": "image/png"}).status_code == 415
 
 
 def test_bodies_over_6_mb_get_413(client):
     big = b"app-00001\n" * 700_000  # 7 MB
-    answer = client.post("/invocations", content=big, headers={"Content-Type": "text/csv"})
+    answer = client.post("/invocations", content=big, headers=HEADERS | {"Content-Type": "text/csv"})
     assert answer.status_code == 413 and answer.json()["error"] == "payload_too_large"
 
     def chunks():  # no Content-Length: chunked transfer encoding
         for _ in range(7):
             yield b"app-00001\n" * 100_000
 
-    chunked = client.post("/invocations", content=chunks(), headers={"Content-Type": "text/csv"})
+    chunked = client.post("/invocations", content=chunks(), headers=HEADERS | {"Content-Type": "text/csv"})
     assert chunked.status_code == 413
 
 
@@ -122,11 +123,13 @@ def test_unknown_app_is_404_with_the_way_out(client):
     assert answer.json()["error"] == "unknown_app" and "POST /v1/similar" in answer.json()["message"]
 
 
-def test_api_key_is_required_on_v1_only(client):
+def test_api_key_is_required_on_v1_and_invocations(client):
     missing = client.get("/v1/apps/app-00001/similar")
     assert missing.status_code == 401 and missing.json()["error"] == "missing_api_key"
     assert client.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
-    assert client.get("/ping").status_code == 200  # the SageMaker contract has no key
+    # Outside SageMaker nothing guards /invocations but the key (it logs prediction events as /v1 does).
+    assert client.post("/invocations", json={"app_id": "app-00001"}).json()["error"] == "missing_api_key"
+    assert client.get("/ping").status_code == 200  # health checks need no key
 
 
 def test_unknown_route_is_a_json_404(client):
@@ -242,7 +245,7 @@ def test_rate_limit_is_per_key_with_retry_after(tmp_path, store):
             limited = http.get("/v1/models", headers=HEADERS)
             assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
             assert http.get("/v1/models", headers={"X-API-Key": "key-globex"}).status_code == 200
-            assert "appsim_rate_limited_total 2.0" in http.get("/metrics").text
+            assert 'appsim_rate_limited_total{limit="rate_limited"} 2.0' in http.get("/metrics").text
 
 
 def test_ab_arms_follow_the_seeds_pick_arm_and_every_answer_is_logged(tmp_path):

@@ -158,6 +158,15 @@ def test_drift_check_asks_for_a_retrain_when_predictions_degrade(drift_store):
     assert report["action"] == "retrain" and report["prediction"]["ratio"] > 1.5
 
 
+def test_drift_check_on_nine_requests_reports_insufficient_data_not_an_alert(drift_store):
+    games = [e for e in traffic(START + timedelta(days=14), 7, seed=2, games_weight=50.0) if e["event_type"] == "prediction"]
+    write_events(drift_store, games[:9])
+    report = drift(drift_store, expect=0)
+    assert report["action"] == "insufficient_data" and not any(f["alert"] for f in report["features"])
+    assert any("insufficient data for the queries mix" in r for r in report["reasons"])
+    assert drift(drift_store, "--min-count", 5, expect=3)["action"] == "alert"
+
+
 # --- monitoring ---------------------------------------------------------------------------------
 def test_monitoring_dry_run_and_rules():
     requests = json.loads(run("monitoring", "apply", "--dry-run", "--dimension", "service=prod", "--alarm-topic", "arn:x"))

@@ -42,10 +42,10 @@ def test_parse_api_keys_keeps_colons_in_keys():
 
 
 def test_parse_invocation_forms():
-    assert parse_invocation(b'{"app_id": "a", "k": 3}', "application/json") == (True, ["a"], 3, "sagemaker")
+    assert parse_invocation(b'{"app_id": "a", "k": 3}', "application/json") == (True, ["a"], 3, None)
     assert parse_invocation(b'{"instances": ["a", {"app_id": "b"}], "partner_id": "p"}', "application/json") == (
         False, ["a", "b"], 10, "p")
-    assert parse_invocation(b'a\n\n"b",x\n', "text/csv") == (False, ["a", "b"], 10, "sagemaker")
+    assert parse_invocation(b'a\n\n"b",x\n', "text/csv") == (False, ["a", "b"], 10, None)
 
 
 @pytest.mark.parametrize("body, content_type, status, field", [
