@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -34,11 +35,13 @@ from starlette.responses import PlainTextResponse, Response
 from models.events import NOT_UNICODE, Identifier, InvalidEvent, format_ts, prediction_record, validate_event
 from models.features import MetadataError
 from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
+from models.pseudonym import PseudonymKey, load_key, pseudonymize_event
+from serving import jsonlines
 from serving.batcher import EventBatcher, JournalError, SpillDir
 from serving.metrics import ARM_SCOPE_KEY, MetricsMiddleware, ServingMetrics
 from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
 from serving.security import ApiError, ApiKeys, RateLimiter, open_bucket_store
-from serving.settings import ServingSettings, settings_from_env
+from serving.settings import ServingSettings, SettingsError, settings_from_env
 from serving.sinks import FeedbackSink, encode_line, open_sink
 
 log = logging.getLogger("appsim.serving")
@@ -196,10 +199,12 @@ AUTH_ERRORS = (401, 429)  # missing/invalid key; rate limit or too many failed a
 class Services:
     """What the handlers use, built in the lifespan."""
 
-    def __init__(self, settings: ServingSettings, manager: ModelManager, batcher: EventBatcher | None):
+    def __init__(self, settings: ServingSettings, manager: ModelManager, batcher: EventBatcher | None,
+                 pseudonym_key: PseudonymKey | None = None):
         self.settings = settings
         self.manager = manager
         self.batcher = batcher
+        self.pseudonym_key = pseudonym_key
         self.keys = ApiKeys(settings.api_keys)
         self.limiter = RateLimiter(open_bucket_store(settings.redis_url, settings.rate_limit_file),
                                    rate=settings.rate_per_second, burst=settings.rate_burst,
@@ -238,6 +243,10 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         # One OpenMP thread per search: two threads make one small query 2-2.6x slower here;
         # throughput comes from worker processes instead.
         faiss.omp_set_num_threads(1)
+        pseudonym_key = load_key(os.environ, settings.pseudonym_secret_id)
+        if pseudonym_key is None and settings.require_pseudonyms:
+            raise SettingsError("APPSIM_REQUIRE_PSEUDONYMS is set but there is no pseudonym key: set "
+                                "APPSIM_PSEUDONYM_KEY=<key_id>:<secret> or APPSIM_PSEUDONYM_SECRET_ID")
         model_manager = manager or ModelManager(settings)
         feedback_uri = settings.resolved_feedback_uri()
         event_sink = sink or (open_sink(feedback_uri) if feedback_uri else None)
@@ -251,7 +260,9 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             log.warning("feedback logging is off: no store or APPSIM_FEEDBACK_URI, prediction events are not recorded")
         if not settings.api_keys:
             log.warning("no API keys configured: /v1 is open (set APPSIM_API_KEYS=partner:key,... to require keys)")
-        services = app.state.services = Services(settings, model_manager, batcher)
+        if pseudonym_key is None:
+            log.warning("user ids are stored as sent: set APPSIM_PSEUDONYM_KEY or APPSIM_PSEUDONYM_SECRET_ID")
+        services = app.state.services = Services(settings, model_manager, batcher, pseudonym_key)
         metrics.watch(model_manager, batcher, services.limiter)
         mirror = asyncio.create_task(metrics.mirror_forever()) if metrics.multiprocess else None
         model_manager.start()  # loads in the background: /ping answers 503 until it is done
@@ -334,16 +345,24 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         return OrjsonResponse({"status": "ok", "versions": [arm.model.version for arm in state.arms]})
 
     @app.post("/invocations", tags=["sagemaker"], response_model=SimilarResponse | BatchResponse,
-              responses=errors(*AUTH_ERRORS, 404, 413, 415, 422, 503), openapi_extra={"requestBody": {"content": {
+              responses={**errors(*AUTH_ERRORS, 404, 413, 415, 422, 503),
+                         200: {"content": {jsonlines.MEDIA_TYPE: {"schema": {"type": "string"}}}}},
+              openapi_extra={"requestBody": {"content": {
                   "application/json": {"example": {"app_id": "app-00001", "k": 10}},
-                  "text/csv": {"example": "app-00001\napp-00002\n"}}}})
+                  "text/csv": {"example": "app-00001\napp-00002\n"},
+                  jsonlines.MEDIA_TYPE: {"example": '{"app_id": "app-00001", "k": 10}\n"app-00002"\n'}}}})
     async def invocations(request: Request, key_partner: str | None = Depends(invocations_partner)) -> Response:
         """Similar apps: JSON `{"app_id", "k"}` (one answer) or `{"instances": [...]}`, or CSV with one app id a line.
-        Prediction events are logged as for /v1 (partner: the body's partner_id, else the key's, else sagemaker)."""
+        Prediction events are logged as for /v1 (partner: the body's partner_id, else the key's, else sagemaker).
+        JSON Lines (Batch Transform) answers a bulk-export row per line (serving/jsonlines.py)."""
         svc = services(request)
         state = svc.state()
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type in jsonlines.CONTENT_TYPES:
+            lines = jsonlines.parse_lines(body, MAX_INSTANCES)
+            answer = await asyncio.to_thread(jsonlines.answer_lines, state, key_partner or SAGEMAKER_PARTNER, lines)
+            return Response(answer, media_type=jsonlines.MEDIA_TYPE)
         single, instances, k, asked_by = parse_invocation(body, content_type)
         partner_id = asked_by or key_partner or SAGEMAKER_PARTNER
         request_id = uuid.uuid4().hex
@@ -440,6 +459,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             raise ApiError(422, "malformed_json", f"the body is not valid JSON: {error}", field="body") from None
         check_feedback_size(payload, svc.settings.feedback_max_events)
         events = validate_feedback(payload, key_partner)
+        if svc.pseudonym_key is not None:  # before the journal: a raw user id never touches a disk
+            events = [pseudonymize_event(event, svc.pseudonym_key) for event in events]
         if svc.batcher is None:
             raise ApiError(503, "feedback_disabled", "this server records no feedback (no store or APPSIM_FEEDBACK_URI)")
         try:
@@ -479,7 +500,8 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
         return False, check_instances(ids), DEFAULT_K, None
     if content_type not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type {content_type} is not supported; send application/json or text/csv")
+                       f"Content-Type {content_type} is not supported; send application/json, text/csv or "
+                       "application/jsonlines")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
