@@ -82,12 +82,20 @@ class ScheduleSettings(_Strict):
     timezone: str = "UTC"
 
 
+class NeighborsSettings(_Strict):
+    """Bulk neighbours (steps/export_neighbors.py) after a run registers an Approved version."""
+
+    export_on_approval: bool = False
+    k: int = Field(100, ge=1, le=100)
+
+
 class PipelineConfig(_Strict):
     pipeline_name: str = "appsim-retrain"
     parameters: PipelineParameters = Field(default_factory=PipelineParameters)
     backends: Backends = Field(default_factory=Backends)
     sagemaker: SageMakerSettings = Field(default_factory=SageMakerSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
 
     @property
     def store(self) -> str:
