@@ -10,8 +10,12 @@ Output, under ``<store>/neighbors/v<N>/``:
 - ``manifest.json``: version, k, app count, the artifact's embeddings checksum, timing; written last, so a folder
   without it is an unfinished export.
 
-FAISS searches each batch with every core (OpenMP); the CTR/CVR posterior quantiles of one batch
-run on a second thread while the next batch is searched (scipy's ufuncs release the GIL).
+Two passes. The search walks the apps in the order of their IVF list (for an IVF index): the apps
+of one list probe the same lists, which then stay in cache, where app order would pull every
+probed list from memory for every query (2x the apps/s at 200K apps here; the answers are the
+same, a query's result does not depend on its batch). FAISS searches each batch with every core.
+The second pass computes the CTR/CVR posteriors and writes Parquet in app order, the next row
+group's numbers on a thread while the previous one is written.
 """
 
 from __future__ import annotations
@@ -93,33 +97,53 @@ def batches(n_apps: int, batch: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + batch, n_apps), dtype=np.int64)
 
 
+def locality_order(index: faiss.Index, embeddings: np.ndarray, batch: int) -> np.ndarray:
+    """Artifact rows grouped by their IVF list (app order for other index types)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return np.arange(len(embeddings), dtype=np.int64)
+    lists = np.empty(len(embeddings), dtype=np.int64)
+    for rows in batches(len(embeddings), batch):
+        lists[rows] = ivf.quantizer.search(embeddings[rows], 1)[1][:, 0]
+    return np.argsort(lists, kind="stable")
+
+
 def export(artifact: ModelArtifact, out_uri: str, version: int, k: int, *, batch: int = EXPORT_BATCH,
            threads: int | None = None, progress: Progress | None = None) -> ExportResult:
     """Write every app's top-``k`` neighbours and rates to ``out_uri`` (a folder URI)."""
     k = check_k(k)
     predictor = Predictor(artifact)
-    ids = pa.array(artifact.app_ids, pa.string())
     n_apps = len(artifact.app_ids)
-    step = (progress or Progress.quiet()).child("export neighbours", n_apps, unit="apps")
+    progress = progress or Progress.quiet()
     previous_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     started = time.perf_counter()
-    table_uri = storage.join(out_uri, NEIGHBORS_FILE)
     try:
-        with storage.open_uri(table_uri, "wb") as handle, pq.ParquetWriter(handle, NEIGHBOR_SCHEMA) as writer, \
-                ThreadPoolExecutor(max_workers=1) as rate_thread:
-            pending = None
-            for rows in batches(n_apps, batch):
-                positions, scores = predictor.similar_rows(rows, k)
-                if pending is not None:
-                    _write(writer, pending.result(), step)
-                pending = rate_thread.submit(rows_to_table, predictor, ids, rows, positions, scores)
-            if pending is not None:
-                _write(writer, pending.result(), step)
+        positions = np.empty((n_apps, k), dtype=np.int64)
+        scores = np.empty((n_apps, k), dtype=np.float32)
+        searched = progress.child("export: search", n_apps, unit="apps")
+        order = locality_order(artifact.index, artifact.embeddings, batch)
+        for chunk in batches(n_apps, batch):
+            rows = order[chunk]
+            positions[rows], scores[rows] = predictor.similar_rows(rows, k)
+            searched.update(len(rows))
+        searched.finish()
     finally:
         faiss.omp_set_num_threads(previous_threads)
+    written = progress.child("export: rates and Parquet", n_apps, unit="apps")
+    ids = pa.array(artifact.app_ids, pa.string())
+    with storage.open_uri(storage.join(out_uri, NEIGHBORS_FILE), "wb") as handle, \
+            pq.ParquetWriter(handle, NEIGHBOR_SCHEMA) as writer, ThreadPoolExecutor(max_workers=1) as rate_thread:
+        pending = None
+        for rows in batches(n_apps, batch):
+            following = rate_thread.submit(rows_to_table, predictor, ids, rows, positions[rows], scores[rows])
+            if pending is not None:
+                _write(writer, pending.result(), written)
+            pending = following
+        if pending is not None:
+            _write(writer, pending.result(), written)
     seconds = time.perf_counter() - started
-    step.finish(f"{n_apps:,} apps in {seconds:.1f} s")
+    written.finish(f"{n_apps:,} apps in {seconds:.1f} s")
     storage.write_json(storage.join(out_uri, MANIFEST_FILE), {
         "model_version": version, "k": k, "apps": n_apps, "file": NEIGHBORS_FILE,
         "embeddings_sha256": artifact.manifest.get("files", {}).get(EMBEDDINGS), "index": artifact.manifest.get("index"),
