@@ -43,6 +43,7 @@ from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
 from serving.security import ApiError, ApiKeys, RateLimiter, open_bucket_store
 from serving.settings import ServingSettings, SettingsError, settings_from_env
 from serving.sinks import FeedbackSink, encode_line, open_sink
+from serving.tracing import SpanExporter, Tracing, TracingMiddleware
 
 log = logging.getLogger("appsim.serving")
 
@@ -200,8 +201,9 @@ class Services:
     """What the handlers use, built in the lifespan."""
 
     def __init__(self, settings: ServingSettings, manager: ModelManager, batcher: EventBatcher | None,
-                 pseudonym_key: PseudonymKey | None = None):
+                 pseudonym_key: PseudonymKey | None = None, tracing: Tracing | None = None):
         self.settings = settings
+        self.tracing = tracing or Tracing()
         self.manager = manager
         self.batcher = batcher
         self.pseudonym_key = pseudonym_key
@@ -226,17 +228,21 @@ class Services:
                        neighbors: list[Neighbor], predicted_ctr: float | None = None) -> None:
         if self.batcher is None:
             return
-        self.batcher.submit(prediction_record(
-            event_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), request_id=request_id, partner_id=partner_id,
-            app_id=app_id, model_version=arm.model.version, arm=arm.name,
-            neighbors=[n.app_id for n in neighbors], scores=[n.score for n in neighbors], predicted_ctr=predicted_ctr,
-        ))
+        with self.tracing.span("event logging"):
+            self.batcher.submit(prediction_record(
+                event_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), request_id=request_id, partner_id=partner_id,
+                app_id=app_id, model_version=arm.model.version, arm=arm.name,
+                neighbors=[n.app_id for n in neighbors], scores=[n.score for n in neighbors],
+                predicted_ctr=predicted_ctr,
+            ))
 
 
 def create_app(settings: ServingSettings, *, manager: ModelManager | None = None,
-               sink: FeedbackSink | None = None) -> FastAPI:
-    """The ASGI app. ``manager`` and ``sink`` default to what the settings describe."""
+               sink: FeedbackSink | None = None, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """The ASGI app. ``manager`` and ``sink`` default to what the settings describe; ``span_exporter``
+    turns tracing on with that exporter (else ``settings.otlp_endpoint`` decides)."""
     metrics = ServingMetrics()
+    tracing = Tracing.configure(settings.otlp_endpoint, settings.trace_sample_ratio, span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -262,7 +268,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             log.warning("no API keys configured: /v1 is open (set APPSIM_API_KEYS=partner:key,... to require keys)")
         if pseudonym_key is None:
             log.warning("user ids are stored as sent: set APPSIM_PSEUDONYM_KEY or APPSIM_PSEUDONYM_SECRET_ID")
-        services = app.state.services = Services(settings, model_manager, batcher, pseudonym_key)
+        services = app.state.services = Services(settings, model_manager, batcher, pseudonym_key, tracing)
         metrics.watch(model_manager, batcher, services.limiter)
         mirror = asyncio.create_task(metrics.mirror_forever()) if metrics.multiprocess else None
         model_manager.start()  # loads in the background: /ping answers 503 until it is done
@@ -278,6 +284,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
                 metrics.mirror()
             await services.limiter.close()
             metrics.close()
+            tracing.shutdown()
 
     app = FastAPI(
         title="appsim",
@@ -289,6 +296,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if tracing.on:  # outermost, so the request span covers everything; off, nothing is installed
+        app.add_middleware(TracingMiddleware, tracing=tracing)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
@@ -368,12 +377,15 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         request_id = uuid.uuid4().hex
         if single:
             app_id = instances[0]
-            arm = state.route(partner_id, app_id)
+            with svc.tracing.span("routing"):
+                arm = state.route(partner_id, app_id)
             request.scope[ARM_SCOPE_KEY] = arm.name
-            neighbors = similar_or_404(arm.model, app_id, k)
+            with svc.tracing.span("search", k=k):
+                neighbors = similar_or_404(arm.model, app_id, k)
             svc.log_prediction(request_id, partner_id, app_id, arm, neighbors)
             return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
-        routed = [state.route(partner_id, app_id) for app_id in instances]
+        with svc.tracing.span("routing", instances=len(instances)):
+            routed = [state.route(partner_id, app_id) for app_id in instances]
         arm_names = {arm.name for arm in routed}
         request.scope[ARM_SCOPE_KEY] = arm_names.pop() if len(arm_names) == 1 else "mixed"
         if len(instances) > INLINE_BATCH:
@@ -393,9 +405,11 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         """The k apps most similar to a known app (never the app itself), best first."""
         svc = services(request)
         asker = partner_id or key_partner or ANONYMOUS_PARTNER
-        arm = svc.state().route(asker, app_id)
+        with svc.tracing.span("routing"):
+            arm = svc.state().route(asker, app_id)
         request.scope[ARM_SCOPE_KEY] = arm.name
-        neighbors = similar_or_404(arm.model, app_id, k)
+        with svc.tracing.span("search", k=k):
+            neighbors = similar_or_404(arm.model, app_id, k)
         request_id = uuid.uuid4().hex
         svc.log_prediction(request_id, asker, app_id, arm, neighbors)
         return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
@@ -409,10 +423,12 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         asker = body.partner_id or key_partner or ANONYMOUS_PARTNER
         request_id = uuid.uuid4().hex
         app_id = body.app.app_id or f"new:{request_id}"
-        arm = svc.state().route(asker, app_id)
+        with svc.tracing.span("routing"):
+            arm = svc.state().route(asker, app_id)
         request.scope[ARM_SCOPE_KEY] = arm.name
         try:
-            neighbors = arm.model.predictor.similar_to_metadata(body.app.as_metadata(), body.k)
+            with svc.tracing.span("search", k=body.k, cold_start=True):
+                neighbors = arm.model.predictor.similar_to_metadata(body.app.as_metadata(), body.k)
         except MetadataError as error:
             raise ApiError(422, "invalid_metadata", str(error), field="app") from None
         svc.log_prediction(request_id, asker, app_id, arm, neighbors)
@@ -429,13 +445,15 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         asker = body.partner_id or key_partner or ANONYMOUS_PARTNER
         request_id = uuid.uuid4().hex
         app_id = body.app_id or (body.app.app_id if body.app else None) or f"new:{request_id}"
-        arm = svc.state().route(asker, app_id)
+        with svc.tracing.span("routing"):
+            arm = svc.state().route(asker, app_id)
         request.scope[ARM_SCOPE_KEY] = arm.name
         try:
-            if body.app_id is not None:
-                prediction = arm.model.predictor.predict(app_id=body.app_id, k=body.k)
-            else:
-                prediction = arm.model.predictor.predict(metadata=body.app.as_metadata(), k=body.k)  # type: ignore[union-attr]
+            with svc.tracing.span("prediction", k=body.k):  # its neighbour search included
+                if body.app_id is not None:
+                    prediction = arm.model.predictor.predict(app_id=body.app_id, k=body.k)
+                else:
+                    prediction = arm.model.predictor.predict(metadata=body.app.as_metadata(), k=body.k)  # type: ignore[union-attr]
         except UnknownApp as error:
             raise ApiError(404, "unknown_app", str(error), field="app_id") from None
         except MetadataError as error:
@@ -464,8 +482,9 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         if svc.batcher is None:
             raise ApiError(503, "feedback_disabled", "this server records no feedback (no store or APPSIM_FEEDBACK_URI)")
         try:
-            await svc.batcher.journal.commit([encode_line(e.to_json_dict()) for e in events],
-                                             svc.settings.journal_timeout_seconds)
+            with svc.tracing.span("event logging", events=len(events)):
+                await svc.batcher.journal.commit([encode_line(e.to_json_dict()) for e in events],
+                                                 svc.settings.journal_timeout_seconds)
         except JournalError as error:
             raise ApiError(503, "not_recorded", f"{error}; none of the events were recorded, retry with the same "
                            "event_ids", headers={"Retry-After": "1"}) from None
