@@ -15,7 +15,9 @@ the saturation runs, else with a small asyncio HTTP/1.1 keep-alive load generato
   scheduled send time, so queueing behind a slow answer is included (no coordinated omission).
 
 Prints req/s, p50 and p99 per run, and /similar throughput as a share of /ping's (how close the
-handler gets to the framework floor). The load generator shares the machine's cores with the
+handler gets to the framework floor). ``--tracing`` runs the same load again with tracing on
+(``APPSIM_OTLP_ENDPOINT`` pointed at a local OTLP/HTTP sink on 127.0.0.1 that counts what it
+receives) and prints each run's throughput and p99 with tracing on as a ratio to off. The load generator shares the machine's cores with the
 server, so the figures are a floor for what a separate client would see. Model build is not timed.
 """
 
@@ -270,12 +272,14 @@ def wrk_saturate(port: int, endpoint: str, app_ids: list[str], connections: int,
 
 
 # --- the server ------------------------------------------------------------------------------
-def start_server(model_dir: Path, port: int, workers: int, scratch: Path) -> subprocess.Popen:
+def start_server(model_dir: Path, port: int, workers: int, scratch: Path,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [str(Path(sys.executable).with_name("appsim")), "serve", "--model-dir", str(model_dir), "--model-version", "1",
                "--port", str(port), "--workers", str(workers), "--feedback", str(scratch / "feedback"),
                "--spill-dir", str(scratch / "spill"), "--rate-limit", "1e9", "--rate-burst", "1e9",
                "--log-level", "warning"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")} | {"OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")} | {"OMP_NUM_THREADS": "1"} \
+        | (extra_env or {})
     server = subprocess.Popen(command, env=env, cwd=REPO)
     deadline = time.monotonic() + 900
     ready_in_a_row = 0
@@ -295,6 +299,54 @@ def start_server(model_dir: Path, port: int, workers: int, scratch: Path) -> sub
         time.sleep(0.5)
     server.kill()
     raise RuntimeError("appsim serve did not become ready")
+
+
+class OtlpSink:
+    """A local OTLP/HTTP receiver on 127.0.0.1: answers 200 to every export and counts requests and bytes."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_server(model_dir: Path, args: argparse.Namespace, app_ids: list[str],
+               extra_env: dict[str, str] | None = None) -> tuple[list[RunResult], float]:
+    """Start `appsim serve`, drive it, stop it: (results, seconds until ready)."""
+    scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
+    port = free_port()
+    started = time.monotonic()
+    server = start_server(model_dir, port, args.workers, scratch, extra_env)
+    load_seconds = time.monotonic() - started
+    try:
+        return asyncio.run(drive(port, app_ids, args)), load_seconds
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -331,6 +383,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000, help="in-process timing queries")
     parser.add_argument("--wrk", action=argparse.BooleanOptionalAction, default=True, help="use wrk when installed")
     parser.add_argument("--build-only", action="store_true", help="build (cache) the models, then stop")
+    parser.add_argument("--tracing", action="store_true", help="run again with tracing on and print the cost")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
     args = parser.parse_args()
     try:
@@ -350,17 +403,7 @@ def main() -> None:
         index = timing.pop("index")
         rng = np.random.default_rng(3)
         app_ids = [f"app-{i:07d}" for i in rng.integers(0, n_apps, size=2000)]
-        scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
-        port = free_port()
-        started = time.monotonic()
-        server = start_server(model_dir, port, args.workers, scratch)
-        load_seconds = time.monotonic() - started
-        try:
-            results = asyncio.run(drive(port, app_ids, args))
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=120)
-            shutil.rmtree(scratch, ignore_errors=True)
+        results, load_seconds = run_server(model_dir, args, app_ids)
         print(f"\nmodel: {n_apps:,} apps x {DIM} dims, index {index.get('type')} {index.get('params', {})}, "
               f"recall@10 vs exact {index.get('recall_at_10_vs_exact')}; server ready in {load_seconds:.1f}s")
         print(f"in-process, 1 thread: similar p50 {timing['similar'][0]:.3f} ms, p99 {timing['similar'][1]:.3f} ms; "
@@ -372,6 +415,17 @@ def main() -> None:
                   f"{r.percentile(50):>8.2f} {r.percentile(99):>8.2f} {r.percentile(99.9):>9.2f}")
         ping, similar = results[0], results[1]
         print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor)", flush=True)
+        if args.tracing:
+            sink = OtlpSink()
+            try:
+                traced, _ = run_server(model_dir, args, app_ids, {"APPSIM_OTLP_ENDPOINT": sink.endpoint})
+            finally:
+                sink.close()
+            print(f"tracing on (every request sampled, OTLP/HTTP to a local sink: {sink.requests:,} exports, "
+                  f"{sink.bytes / 1e6:.1f} MB), as a ratio to off:")
+            for off, on in zip(results, traced):
+                print(f"  {on.endpoint:<10} {on.mode:<24} req/s {on.rate:>9,.0f} ({on.rate / off.rate:.2f}x)  "
+                      f"p99 {on.percentile(99):.2f} ms ({on.percentile(99) / off.percentile(99):.2f}x)")
 
 
 if __name__ == "__main__":
