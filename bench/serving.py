@@ -17,7 +17,14 @@ the saturation runs, else with a small asyncio HTTP/1.1 keep-alive load generato
 Prints req/s, p50 and p99 per run, and /similar throughput as a share of /ping's (how close the
 handler gets to the framework floor). ``--tracing`` runs the same load again with tracing on
 (``APPSIM_OTLP_ENDPOINT`` pointed at a local OTLP/HTTP sink on 127.0.0.1 that counts what it
-receives) and prints each run's throughput and p99 with tracing on as a ratio to off. The load generator shares the machine's cores with the
+receives) and prints each run's throughput and p99 with tracing on as a ratio to off.
+
+``--feedback`` (on by default) measures what "acknowledged means durable" costs: /v1/feedback
+(``FEEDBACK_EVENTS`` clicks a request) on one connection and on ``--connections``, with the
+journal's fsync on and off (``APPSIM_JOURNAL_FSYNC=false``, same run, same machine), and prints the
+ratio. ``--kill9`` measures the prediction-event loss bound: a steady /similar load, the server's
+process group killed with SIGKILL mid-load, then 200 answers counted against the prediction events
+that reached the store or the spill folder. The load generator shares the machine's cores with the
 server, so the figures are a floor for what a separate client would see. Model build is not timed.
 """
 
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -54,6 +62,7 @@ from models.predictor import Predictor  # noqa: E402
 from models.progress import Progress  # noqa: E402
 
 DIM = 64
+FEEDBACK_EVENTS = 10  # clicks per /v1/feedback request (--feedback-events)
 READY_PINGS = 30
 ENCODER_SAMPLE = 20_000  # the cold-start encoder is fitted on a sample: it is not what is measured here
 CATEGORIES = ("games", "finance", "health", "travel", "music", "shopping", "education", "news", "social", "tools")
@@ -176,8 +185,15 @@ def requests_for(endpoint: str, app_ids: list[str]) -> list[bytes]:
         return [b"GET /ping HTTP/1.1\r\n" + host + b"\r\n"]
     if endpoint == "/similar":
         return [f"GET /v1/apps/{a}/similar?k=10 HTTP/1.1\r\n".encode() + host + b"\r\n" for a in app_ids]
-    bodies = [f'{{"app_id": "{a}", "k": 10}}'.encode() for a in app_ids]
-    return [b"POST /v1/predict HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n"
+    if endpoint == "/feedback":
+        path = b"/v1/feedback"
+        bodies = [orjson.dumps({"events": [{"event_type": "click", "app_id": a, "campaign_id": "bench", "partner_id": "bench",
+                                            "user_id": f"u{i}", "clicked": i % 3 == 0} for i in range(FEEDBACK_EVENTS)]})
+                  for a in app_ids]
+    else:
+        path = b"/v1/predict"
+        bodies = [f'{{"app_id": "{a}", "k": 10}}'.encode() for a in app_ids]
+    return [b"POST " + path + b" HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body for body in bodies]
 
 
@@ -272,15 +288,14 @@ def wrk_saturate(port: int, endpoint: str, app_ids: list[str], connections: int,
 
 
 # --- the server ------------------------------------------------------------------------------
-def start_server(model_dir: Path, port: int, workers: int, scratch: Path,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_server(model_dir: Path, port: int, workers: int, scratch: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [str(Path(sys.executable).with_name("appsim")), "serve", "--model-dir", str(model_dir), "--model-version", "1",
                "--port", str(port), "--workers", str(workers), "--feedback", str(scratch / "feedback"),
                "--spill-dir", str(scratch / "spill"), "--rate-limit", "1e9", "--rate-burst", "1e9",
                "--log-level", "warning"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")} | {"OMP_NUM_THREADS": "1"} \
-        | (extra_env or {})
-    server = subprocess.Popen(command, env=env, cwd=REPO)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")} | {"OMP_NUM_THREADS": "1"}
+    # Its own process group: --kill9 kills the supervisor and its workers at once, as a crashed container would.
+    server = subprocess.Popen(command, env=environment | (env or {}), cwd=REPO, start_new_session=True)
     deadline = time.monotonic() + 900
     ready_in_a_row = 0
     while time.monotonic() < deadline:
@@ -299,6 +314,178 @@ def start_server(model_dir: Path, port: int, workers: int, scratch: Path,
         time.sleep(0.5)
     server.kill()
     raise RuntimeError("appsim serve did not become ready")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def drive(port: int, app_ids: list[str], args: argparse.Namespace) -> list[RunResult]:
+    results = []
+    for endpoint in ("/ping", "/similar", "/predict"):
+        prepared = requests_for(endpoint, app_ids)
+        await saturate(port, endpoint, prepared, args.connections, 500, 5)  # warm-up, not reported
+        if args.wrk and shutil.which("wrk"):
+            results.append(wrk_saturate(port, endpoint, app_ids, args.connections, args.seconds))
+        else:
+            results.append(await saturate(port, endpoint, prepared, args.connections, args.requests, args.seconds))
+    results.append(await steady(port, "/similar", requests_for("/similar", app_ids), args.rate, args.seconds,
+                                args.connections))
+    return results
+
+
+def feedback_durability(model_dir: Path, app_ids: list[str], args: argparse.Namespace) -> None:
+    """/v1/feedback latency and throughput with the journal's fsync on and off (same run, same machine)."""
+    prepared = requests_for("/feedback", app_ids)
+    results: dict[tuple[bool, int], RunResult] = {}
+    for fsync in (True, False):
+        scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
+        port = free_port()
+        server = start_server(model_dir, port, args.workers, scratch, {"APPSIM_JOURNAL_FSYNC": str(fsync).lower()})
+        try:
+            for connections in (1, args.connections):
+                asyncio.run(saturate(port, "/feedback", prepared, connections, 200, 5))  # warm-up
+                results[fsync, connections] = asyncio.run(
+                    saturate(port, "/feedback", prepared, connections, args.requests, args.seconds))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=120)
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\n/v1/feedback, {FEEDBACK_EVENTS} events a request, 202 only once the events are in the local journal")
+    print(f"{'journal':<16} {'connections':>11} {'requests':>9} {'non-2xx':>8} {'req/s':>9} {'events/s':>9} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")
+    for (fsync, connections), r in results.items():
+        print(f"{'fsync' if fsync else 'no fsync':<16} {connections:>11} {r.requests:>9,} {r.errors:>8} {r.rate:>9,.0f} "
+              f"{r.rate * FEEDBACK_EVENTS:>9,.0f} {r.percentile(50):>8.2f} {r.percentile(99):>8.2f}")
+    for connections in (1, args.connections):
+        on, off = results[True, connections], results[False, connections]
+        print(f"fsync cost at {connections} connection(s): p50 {on.percentile(50) - off.percentile(50):+.2f} ms "
+              f"({on.percentile(50) / off.percentile(50):.2f}x), throughput {on.rate / off.rate:.0%} of no-fsync's",
+              flush=True)
+
+
+async def answer_until_killed(port: int, server: subprocess.Popen, prepared: list[bytes], rate: float,
+                              seconds: float, connections: int) -> int:
+    """Open-loop requests at ``rate``; after ``seconds`` the server's process group gets SIGKILL. Returns the
+    number of 200 answers received before the kill."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await Connection.open(port))
+    answered = 0
+
+    async def one(i: int) -> None:
+        nonlocal answered
+        conn = await pool.get()
+        try:
+            status = await conn.send(prepared[i % len(prepared)])
+        except (OSError, asyncio.IncompleteReadError):  # killed with this request in flight: never answered
+            return
+        answered += status == 200
+        pool.put_nowait(conn)
+
+    tasks = []
+    started = time.perf_counter()
+    i = 0
+    while time.perf_counter() - started < seconds:
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+        i += 1
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+    _, waiting = await asyncio.wait(tasks, timeout=5)
+    for task in waiting:  # queued behind a connection the kill closed: never sent
+        task.cancel()
+    return answered
+
+
+def prediction_loss_on_kill(model_dir: Path, app_ids: list[str], args: argparse.Namespace) -> None:
+    """How many prediction events (logged per answer, acknowledged to no one) a kill -9 loses."""
+    import gzip
+
+    scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
+    port = free_port()
+    server = start_server(model_dir, port, args.workers, scratch)
+    try:
+        answered = asyncio.run(answer_until_killed(port, server, requests_for("/similar", app_ids), args.rate,
+                                                   args.seconds, args.connections))
+        stored = sum(len(gzip.decompress(path.read_bytes()).splitlines())
+                     for path in (scratch / "feedback").rglob("*.gz"))
+        spilled = sum(len(path.read_bytes().splitlines()) for path in (scratch / "spill").glob("*spill-*.jsonl"))
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
+    lost = answered - stored - spilled
+    print(f"\nkill -9 under {args.rate:g} /similar req/s after {args.seconds:g}s: {answered:,} answered 200, "
+          f"{stored:,} prediction events in the store, {spilled:,} in the spill folder, {lost:,} lost "
+          f"= {lost / args.rate:.2f}s of answers (the bound is the flush interval, 1 s by default, plus the batch "
+          "in flight)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--apps", type=int, action="append", help="model size(s); default 100000")
+    parser.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=30_000, help="cap per saturation run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="cap per run (and the steady run's length)")
+    parser.add_argument("--rate", type=float, default=500.0, help="steady-rate run, requests/s")
+    parser.add_argument("--queries", type=int, default=2000, help="in-process timing queries")
+    parser.add_argument("--wrk", action=argparse.BooleanOptionalAction, default=True, help="use wrk when installed")
+    parser.add_argument("--build-only", action="store_true", help="build (cache) the models, then stop")
+    parser.add_argument("--tracing", action="store_true", help="run /ping, /similar, /predict again with tracing on")
+    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                        help="the /ping, /similar, /predict runs")
+    parser.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=True,
+                        help="/v1/feedback with the journal's fsync on and off")
+    parser.add_argument("--kill9", action=argparse.BooleanOptionalAction, default=True,
+                        help="prediction events lost when the server is killed with SIGKILL under load")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(f"machine: {os.cpu_count()} cores; server: {args.workers} uvicorn workers (uvloop, httptools), "
+          f"OMP_NUM_THREADS=1; client: {'wrk' if args.wrk and shutil.which('wrk') else 'asyncio HTTP/1.1'}, "
+          f"{args.connections} keep-alive connections, same machine", flush=True)
+    for n_apps in args.apps or [100_000]:
+        model_dir = build_model(n_apps, args.workdir / f"model-{n_apps}-{args.index}", args.index)
+        if args.build_only:
+            continue
+        rng = np.random.default_rng(3)
+        app_ids = [f"app-{i:07d}" for i in rng.integers(0, n_apps, size=2000)]
+        if args.search:
+            search_runs(model_dir, n_apps, app_ids, args)
+        if args.feedback:
+            feedback_durability(model_dir, app_ids, args)
+        if args.kill9:
+            prediction_loss_on_kill(model_dir, app_ids, args)
+
+
+def run_server(model_dir: Path, args: argparse.Namespace, app_ids: list[str],
+               env: dict[str, str] | None = None) -> tuple[list[RunResult], float]:
+    """Start `appsim serve`, drive it, stop it: (results, seconds until ready)."""
+    scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
+    port = free_port()
+    started = time.monotonic()
+    server = start_server(model_dir, port, args.workers, scratch, env)
+    load_seconds = time.monotonic() - started
+    try:
+        return asyncio.run(drive(port, app_ids, args)), load_seconds
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class OtlpSink:
@@ -333,100 +520,32 @@ class OtlpSink:
         self.server.server_close()
 
 
-def run_server(model_dir: Path, args: argparse.Namespace, app_ids: list[str],
-               extra_env: dict[str, str] | None = None) -> tuple[list[RunResult], float]:
-    """Start `appsim serve`, drive it, stop it: (results, seconds until ready)."""
-    scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
-    port = free_port()
-    started = time.monotonic()
-    server = start_server(model_dir, port, args.workers, scratch, extra_env)
-    load_seconds = time.monotonic() - started
-    try:
-        return asyncio.run(drive(port, app_ids, args)), load_seconds
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=120)
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def drive(port: int, app_ids: list[str], args: argparse.Namespace) -> list[RunResult]:
-    results = []
-    for endpoint in ("/ping", "/similar", "/predict"):
-        prepared = requests_for(endpoint, app_ids)
-        await saturate(port, endpoint, prepared, args.connections, 500, 5)  # warm-up, not reported
-        if args.wrk and shutil.which("wrk"):
-            results.append(wrk_saturate(port, endpoint, app_ids, args.connections, args.seconds))
-        else:
-            results.append(await saturate(port, endpoint, prepared, args.connections, args.requests, args.seconds))
-    results.append(await steady(port, "/similar", requests_for("/similar", app_ids), args.rate, args.seconds,
-                                args.connections))
-    return results
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--apps", type=int, action="append", help="model size(s); default 100000")
-    parser.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=30_000, help="cap per saturation run")
-    parser.add_argument("--seconds", type=float, default=10.0, help="cap per run (and the steady run's length)")
-    parser.add_argument("--rate", type=float, default=500.0, help="steady-rate run, requests/s")
-    parser.add_argument("--queries", type=int, default=2000, help="in-process timing queries")
-    parser.add_argument("--wrk", action=argparse.BooleanOptionalAction, default=True, help="use wrk when installed")
-    parser.add_argument("--build-only", action="store_true", help="build (cache) the models, then stop")
-    parser.add_argument("--tracing", action="store_true", help="run again with tracing on and print the cost")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    print(f"machine: {os.cpu_count()} cores; server: {args.workers} uvicorn workers (uvloop, httptools), "
-          f"OMP_NUM_THREADS=1; client: {'wrk' if args.wrk and shutil.which('wrk') else 'asyncio HTTP/1.1'}, "
-          f"{args.connections} keep-alive connections, same machine", flush=True)
-    for n_apps in args.apps or [100_000]:
-        model_dir = build_model(n_apps, args.workdir / f"model-{n_apps}-{args.index}", args.index)
-        if args.build_only:
-            continue
-        timing = in_process_times(model_dir, args.queries)
-        index = timing.pop("index")
-        rng = np.random.default_rng(3)
-        app_ids = [f"app-{i:07d}" for i in rng.integers(0, n_apps, size=2000)]
-        results, load_seconds = run_server(model_dir, args, app_ids)
-        print(f"\nmodel: {n_apps:,} apps x {DIM} dims, index {index.get('type')} {index.get('params', {})}, "
-              f"recall@10 vs exact {index.get('recall_at_10_vs_exact')}; server ready in {load_seconds:.1f}s")
-        print(f"in-process, 1 thread: similar p50 {timing['similar'][0]:.3f} ms, p99 {timing['similar'][1]:.3f} ms; "
-              f"predict p50 {timing['predict'][0]:.3f} ms, p99 {timing['predict'][1]:.3f} ms")
-        print(f"{'endpoint':<10} {'run':<24} {'requests':>9} {'non-2xx':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'p99.9 ms':>9}")
-        for r in results:
-            print(f"{r.endpoint:<10} {r.mode:<24} {r.requests:>9,} {r.errors:>8} {r.rate:>9,.0f} "
-                  f"{r.percentile(50):>8.2f} {r.percentile(99):>8.2f} {r.percentile(99.9):>9.2f}")
-        ping, similar = results[0], results[1]
-        print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor)", flush=True)
-        if args.tracing:
-            sink = OtlpSink()
-            try:
-                traced, _ = run_server(model_dir, args, app_ids, {"APPSIM_OTLP_ENDPOINT": sink.endpoint})
-            finally:
-                sink.close()
-            print(f"tracing on (every request sampled, OTLP/HTTP to a local sink: {sink.requests:,} exports, "
-                  f"{sink.bytes / 1e6:.1f} MB), as a ratio to off:")
-            for off, on in zip(results, traced):
-                print(f"  {on.endpoint:<10} {on.mode:<24} req/s {on.rate:>9,.0f} ({on.rate / off.rate:.2f}x)  "
-                      f"p99 {on.percentile(99):.2f} ms ({on.percentile(99) / off.percentile(99):.2f}x)")
-
+def search_runs(model_dir: Path, n_apps: int, app_ids: list[str], args: argparse.Namespace) -> None:
+    timing = in_process_times(model_dir, args.queries)
+    index = timing.pop("index")
+    results, load_seconds = run_server(model_dir, args, app_ids)
+    print(f"\nmodel: {n_apps:,} apps x {DIM} dims, index {index.get('type')} {index.get('params', {})}, "
+          f"recall@10 vs exact {index.get('recall_at_10_vs_exact')}; server ready in {load_seconds:.1f}s")
+    print(f"in-process, 1 thread: similar p50 {timing['similar'][0]:.3f} ms, p99 {timing['similar'][1]:.3f} ms; "
+          f"predict p50 {timing['predict'][0]:.3f} ms, p99 {timing['predict'][1]:.3f} ms")
+    print(f"{'endpoint':<10} {'run':<24} {'requests':>9} {'non-2xx':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'p99.9 ms':>9}")
+    for r in results:
+        print(f"{r.endpoint:<10} {r.mode:<24} {r.requests:>9,} {r.errors:>8} {r.rate:>9,.0f} "
+              f"{r.percentile(50):>8.2f} {r.percentile(99):>8.2f} {r.percentile(99.9):>9.2f}")
+    ping, similar = results[0], results[1]
+    print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor)", flush=True)
+    if args.tracing:
+        sink = OtlpSink()
+        try:
+            traced, _ = run_server(model_dir, args, app_ids, {"APPSIM_OTLP_ENDPOINT": sink.endpoint})
+        finally:
+            sink.close()
+        print(f"tracing on (every request sampled, OTLP/HTTP to a local sink: {sink.requests:,} exports, "
+              f"{sink.bytes / 1e6:.1f} MB), as a ratio to off:")
+        for off, on in zip(results, traced):
+            print(f"  {on.endpoint:<10} {on.mode:<24} req/s {on.rate:>9,.0f} ({on.rate / off.rate:.2f}x)  "
+                  f"p99 {on.percentile(99):.2f} ms ({on.percentile(99) / off.percentile(99):.2f}x)", flush=True)
 
 if __name__ == "__main__":
     main()

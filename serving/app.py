@@ -469,7 +469,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
     async def feedback(request: Request, key_partner: str | None = Depends(partner)) -> Response:
         """Click and conversion events: `{"events": [...]}` or one event object. `event_id` and `ts` are
         filled in when missing (send your own `event_id` so retries are de-duplicated). The 202 is sent
-        once the events are on the server's disk (fsynced); a 503 means none of them were recorded."""
+        once the events are on the server's disk (fsynced); after a 503 send them again with the same `event_id`s."""
         svc = services(request)
         try:
             payload = orjson.loads(await request.body())
@@ -486,8 +486,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
                 await svc.batcher.journal.commit([encode_line(e.to_json_dict()) for e in events],
                                                  svc.settings.journal_timeout_seconds)
         except JournalError as error:
-            raise ApiError(503, "not_recorded", f"{error}; none of the events were recorded, retry with the same "
-                           "event_ids", headers={"Retry-After": "1"}) from None
+            raise ApiError(503, "not_recorded", f"{error}; the events are not acknowledged: retry with the same "
+                           "event_ids (retries are de-duplicated by event_id)", headers={"Retry-After": "1"}) from None
         return OrjsonResponse({"accepted": len(events), "event_ids": [e.event_id for e in events]}, status_code=202)
 
     @app.get("/v1/models", tags=["models"], response_model=ModelsResponse, responses=errors(*AUTH_ERRORS))

@@ -15,9 +15,11 @@ import pytest
 
 from models import kinesis_source, layout, storage
 from models.events import ClickEvent
-from serving.sinks import SinkError
+from serving.batcher import EventBatcher, SpillDir
+from serving.sinks import SinkError, encode_line
 from serving.sinks_aws import FIREHOSE_LIMITS, KINESIS_LIMITS, FirehoseSink, KinesisSink, batches
 from steps import prepare
+from tests.serving.helpers import wait_for
 
 APPS = [f"app-{i}" for i in range(6)]
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -195,3 +197,22 @@ def test_pull_kinesis_command_reports_what_it_copied(store):
     assert result.exit_code == 0, result.output
     assert f"pulled 12 records from {stream} into 1 objects" in result.output
     assert kinesis_source.checkpoint_uri(store, stream) in result.output
+
+
+def test_journaled_feedback_reaches_kinesis_once_the_stream_takes_it(store, tmp_path):
+    stream = unique("feedback")
+    kinesis = boto3.client("kinesis")
+    spill = SpillDir(tmp_path / "spill")
+    batcher = EventBatcher(KinesisSink(stream, client=kinesis, sleep=lambda s: None), spill, flush_seconds=0.05,
+                           replay_seconds=0.1).start()
+    events = clicks(60)
+    batcher.journal.append([encode_line(e) for e in events]).result(timeout=10)  # acknowledged: on local disk
+    wait_for(lambda: batcher.stats.sink_errors >= 1)  # the stream does not exist yet: the journal file stays
+    assert spill.backlog() == 1
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    wait_for(lambda: batcher.stats.replayed == 60)
+    batcher.close()
+    assert spill.backlog() == 0  # deleted only after the stream took it
+    assert kinesis_source.pull(stream, store, client=kinesis).records == 60
+    counts = prepared_counts(store)
+    assert (counts["lines_read"], counts["good"], counts["duplicates"], counts["quarantined"]) == (60, 60, 0, 0)

@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 
 from models.registry_sqlite import SQLiteRegistry
 from serving.app import create_app
 from tests.integration.test_serving_api import HEADERS, settings_for
-from tests.serving.helpers import build_artifact, free_port, publish, read_feedback, running_server, wait_for
+from tests.serving.helpers import appsim_serve, build_artifact, publish, read_feedback, running_server, wait_for
 from tests.serving.test_batcher import MemorySink
-
-APPSIM = str(Path(sys.executable).with_name("appsim"))
 
 
 def test_sigterm_flushes_every_queued_event(tmp_path):
     publish(SQLiteRegistry(tmp_path / "registry.db"), tmp_path, build_artifact())
-    port = free_port()
-    env = os.environ | {
+    env = {
         "APPSIM_FLUSH_SECONDS": "300", "APPSIM_BATCH_SIZE": "100000",  # events wait in the batcher until shutdown
         "APPSIM_SPILL_DIR": str(tmp_path / "spill"), "APPSIM_API_KEYS": "acme:key-acme",
     }
-    env.pop("APPSIM_SERVING_SETTINGS", None)
-    server = subprocess.Popen([APPSIM, "serve", "--store", str(tmp_path), "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=10) as http:
-            def ready() -> bool:
-                try:
-                    return http.get("/ping").status_code == 200
-                except httpx.TransportError:
-                    assert server.poll() is None, server.stdout.read().decode()
-                    return False
-            wait_for(ready, timeout=60)
+    with appsim_serve(tmp_path, env) as (server, url):
+        with httpx.Client(base_url=url, headers=HEADERS, timeout=10) as http:
             # Feedback is journaled (on disk before the 202) and forwarded to the store right away.
             accepted = http.post("/v1/feedback", json={"events": [
                 {"event_type": "click", "app_id": "app-00001", "campaign_id": "c", "user_id": f"u{i}", "clicked": True}
@@ -48,9 +31,6 @@ def test_sigterm_flushes_every_queued_event(tmp_path):
         assert len(read_feedback(tmp_path / "feedback")) == 20  # the prediction events are still queued
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=60)[0].decode()
-    finally:
-        if server.poll() is None:
-            server.kill()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status says SIGTERM.
     assert server.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import faiss
+import httpx
 import numpy as np
 import pandas as pd
 import uvicorn
@@ -148,3 +152,38 @@ def read_feedback(folder: Path) -> list[dict]:
     for path in sorted(folder.rglob("*.gz")):
         events.extend(json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines() if line.strip())
     return events
+
+
+APPSIM = str(Path(sys.executable).with_name("appsim"))
+
+
+@contextmanager
+def appsim_serve(store: Path, env: dict[str, str] | None = None, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``appsim serve --store`` as a real process on a free loopback port, ready to answer; yields it and its
+    base URL. Killed on exit if the test left it running (read its output with ``process.communicate``)."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")} | (env or {})
+    process = subprocess.Popen([APPSIM, "serve", "--store", str(store), "--port", str(port), *args], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            assert process.poll() is None, process.communicate()[0].decode()
+            try:
+                return httpx.get(f"{url}/ping", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_for(ready, timeout=60, every=0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def metric(text: str, name: str) -> float:
+    """One sample's value from a Prometheus text page, e.g. ``appsim_events_total{outcome="written"}``."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} is not on the metrics page")
