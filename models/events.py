@@ -182,9 +182,10 @@ def parse_line(line: str | bytes) -> PredictionEvent | ClickEvent | ConversionEv
 
 
 def validate_event(data: dict) -> PredictionEvent | ClickEvent | ConversionEvent:
-    """Validate an already-decoded event (an API body), raising ``InvalidEvent``."""
+    """Validate an already-decoded event (an API body), raising ``InvalidEvent``. Strict as for a
+    line: 1 or "true" is not a bool (the API documents JSON types, and keeps to them)."""
     try:
-        return _ADAPTER.validate_python(data, strict=False)
+        return _ADAPTER.validate_python(data, strict=True)
     except ValidationError as error:
         raise _reason_for(error) from None
 

@@ -28,12 +28,15 @@ import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from models.events import NOT_UNICODE, Identifier, InvalidEvent, format_ts, prediction_record, validate_event
-from models.features import MetadataError
+from models.events import (
+    MAX_EVENT_ID_LENGTH, MAX_ID_LENGTH, NOT_UNICODE, SCHEMA_VERSION, Identifier, InvalidEvent, format_ts,
+    prediction_record, validate_event,
+)
+from models.features import METADATA_FIELDS, MetadataError
 from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
 from models.pseudonym import PseudonymKey, load_key, pseudonymize_event
 from serving import jsonlines
@@ -56,20 +59,39 @@ ANONYMOUS_PARTNER = "anonymous"
 SAGEMAKER_PARTNER = "sagemaker"
 
 
-class OrjsonResponse(Response):
-    media_type = "application/json"
+class OrjsonResponse(JSONResponse):
+    """JSON by orjson. A JSONResponse, so that FastAPI documents each route's response model
+    (with a plain Response every 2xx was documented as a string)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 # --- request and response models (they document the API; answers are built as plain dicts) --
-class AppMetadata(BaseModel):
-    """A new app, known only by its metadata (the catalog's columns)."""
+def _json_integer(value: Any) -> Any:
+    """JSON Schema counts 97.0 as an integer: take it as 97 (strict validation refuses "97" and true)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
-        "app_id": "new-app-1", "category": "games", "region": "us", "pricing_model": "free",
-        "features": ["multiplayer", "leaderboards"], "description": "Fast arcade racing", "avg_rating": 4.3}})
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+# What "given" means for each metadata field, as the encoder checks it (models.features): a string
+# with a non-blank character, a non-empty list, a number. The schema says "at least one given".
+_GIVEN = {"category": {"type": "string", "pattern": r"\S"}, "region": {"type": "string", "pattern": r"\S"},
+          "pricing_model": {"type": "string", "pattern": r"\S"}, "features": {"type": "array", "minItems": 1},
+          "description": {"type": "string", "pattern": r"\S"}, "avg_rating": {"type": "number"}}
+assert set(_GIVEN) == set(METADATA_FIELDS)
+
+
+class AppMetadata(BaseModel):
+    """A new app, known only by its metadata (the catalog's columns); at least one of category,
+    region, pricing_model, features, description or avg_rating must be given."""
+
+    # strict: a JSON false is not a rating, nor "10" a k (what the schema says is what is accepted)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={
+        "example": {"app_id": "new-app-1", "category": "games", "region": "us", "pricing_model": "free",
+                    "features": ["multiplayer", "leaderboards"], "description": "Fast arcade racing", "avg_rating": 4.3},
+        "anyOf": [{"required": [name], "properties": {name: given}} for name, given in _GIVEN.items()]})
     app_id: Identifier | None = Field(None, description="an id for the new app, logged with the prediction")
     name: str | None = None
     category: str | None = None
@@ -79,20 +101,34 @@ class AppMetadata(BaseModel):
     description: str | None = None
     avg_rating: float | None = Field(None, ge=0, le=5)
 
+    @model_validator(mode="after")
+    def _something_to_embed(self) -> "AppMetadata":
+        if all(value is None or value == [] or (isinstance(value, str) and not value.strip())
+               for value in (getattr(self, name) for name in METADATA_FIELDS)):
+            raise ValueError(f"give at least one of {', '.join(METADATA_FIELDS)} "
+                             '(e.g. {"category": "games", "features": ["multiplayer"]})')
+        return self
+
     def as_metadata(self) -> dict[str, Any]:
         return self.model_dump(exclude={"app_id", "name"})
 
 
 class SimilarByMetadataRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     app: AppMetadata
-    k: int = Field(DEFAULT_K, ge=MIN_K, le=MAX_K)
+    k: JsonInt = Field(DEFAULT_K, ge=MIN_K, le=MAX_K)
     partner_id: Identifier | None = None
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(strict=True, json_schema_extra={"oneOf": [
+        {"required": ["app_id"], "properties": {"app_id": {"type": "string"}}},
+        {"required": ["app"], "properties": {"app": {"type": "object"}}}]})
+
     app_id: Identifier | None = Field(None, description="a known app; or give `app` for a new one")
     app: AppMetadata | None = None
-    k: int = Field(DEFAULT_K, ge=MIN_K, le=MAX_K, description="neighbours the prediction is made from")
+    k: JsonInt = Field(DEFAULT_K, ge=MIN_K, le=MAX_K, description="neighbours the prediction is made from")
     partner_id: Identifier | None = None
 
 
@@ -192,6 +228,47 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, **({"headers": _RETRY_AFTER} if code in (429, 503) else {})}
             for code in codes}
 
+
+# --- request bodies read by hand (JSON or CSV; one event or a batch), documented as JSON Schema ------
+_K = {"type": "integer", "minimum": MIN_K, "maximum": MAX_K, "default": DEFAULT_K}
+_APP_ID = {"type": "string", "minLength": 1}
+INVOCATION_SCHEMA = {"oneOf": [
+    {"type": "object", "required": ["app_id"], "not": {"required": ["instances"]},
+     "properties": {"app_id": _APP_ID, "k": _K, "partner_id": {"type": ["string", "null"]}}},
+    {"type": "object", "required": ["instances"], "properties": {
+        "instances": {"type": "array", "minItems": 1, "maxItems": MAX_INSTANCES, "items": {"oneOf": [
+            _APP_ID, {"type": "object", "required": ["app_id"], "properties": {"app_id": _APP_ID}}]}},
+        "k": _K, "partner_id": {"type": ["string", "null"]}}}]}
+# A CSV body: one app id a line (first column); at least one line must hold an id.
+INVOCATION_CSV_SCHEMA = {"type": "string", "pattern": r'(^|[\n\r])[ \t"]*[^\s",]'}
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+# ts: UTC ISO-8601 in 2000..2099 with an offset; the alternatives spell out the calendar (which
+# months have 29, 30, 31 days; leap years), so that what the schema allows is what is accepted.
+_TS = ("^(20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|20[0-9]{2}-(0[13-9]|1[0-2])-(29|30)"
+       "|20[0-9]{2}-(0[13578]|1[02])-31|20([02468][048]|[13579][26])-02-29)"
+       "T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]00:00)$")
+
+
+def _event_schema(event_type: str, outcome: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["event_type", "app_id", "campaign_id", "user_id", *outcome],
+            "properties": {"event_type": {"const": event_type}, "app_id": _ID, "campaign_id": _ID, "user_id": _ID,
+                           "partner_id": _ID, "request_id": {"oneOf": [_ID, {"type": "null"}]},
+                           "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID_LENGTH},
+                           "ts": {"type": "string", "pattern": _TS}, "schema_version": {"const": SCHEMA_VERSION},
+                           **outcome}}
+
+
+_CLICK = _event_schema("click", {"clicked": {"type": "boolean"}})
+_CONVERSION = _event_schema("conversion", {"converted": {"type": "boolean"}})
+_CONVERSION["properties"]["revenue"] = {"type": "number", "minimum": 0}
+
+
+def feedback_schema(max_events: int) -> dict[str, Any]:
+    return {"oneOf": [
+        {"type": "object", "required": ["events"], "properties": {"events": {
+            "type": "array", "minItems": 1, "maxItems": max_events, "items": {"oneOf": [_CLICK, _CONVERSION]},
+            "description": f"at most {max_events:,} events (more: 413)"}}},
+        _CLICK, _CONVERSION]}
 
 AUTH_ERRORS = (401, 429)  # missing/invalid key; rate limit or too many failed authentications
 
@@ -307,6 +384,9 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 400:  # FastAPI's "error parsing the body": the same answer as every bad JSON body
+            return OrjsonResponse({"error": "malformed_json", "message": f"the body is not valid JSON: {error.detail}",
+                                   "field": "body"}, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         message = f"{request.method} {request.url.path}: {error.detail}; the API is described at /docs"
         return OrjsonResponse({"error": code, "message": message}, status_code=error.status_code, headers=error.headers)
@@ -354,12 +434,11 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         return OrjsonResponse({"status": "ok", "versions": [arm.model.version for arm in state.arms]})
 
     @app.post("/invocations", tags=["sagemaker"], response_model=SimilarResponse | BatchResponse,
-              responses={**errors(*AUTH_ERRORS, 404, 413, 415, 422, 503),
-                         200: {"content": {jsonlines.MEDIA_TYPE: {"schema": {"type": "string"}}}}},
-              openapi_extra={"requestBody": {"content": {
-                  "application/json": {"example": {"app_id": "app-00001", "k": 10}},
-                  "text/csv": {"example": "app-00001\napp-00002\n"},
-                  jsonlines.MEDIA_TYPE: {"example": '{"app_id": "app-00001", "k": 10}\n"app-00002"\n'}}}})
+              responses=errors(*AUTH_ERRORS, 404, 413, 415, 422, 503), openapi_extra={"requestBody": {
+                  "required": True, "content": {
+                      "application/json": {"schema": INVOCATION_SCHEMA, "example": {"app_id": "app-00001", "k": 10}},
+                      # JSON Lines (Batch Transform) is left out: schemathesis cannot generate its bodies
+                      "text/csv": {"schema": INVOCATION_CSV_SCHEMA, "example": "app-00001\napp-00002\n"}}}})
     async def invocations(request: Request, key_partner: str | None = Depends(invocations_partner)) -> Response:
         """Similar apps: JSON `{"app_id", "k"}` (one answer) or `{"instances": [...]}`, or CSV with one app id a line.
         Prediction events are logged as for /v1 (partner: the body's partner_id, else the key's, else sagemaker).
@@ -463,7 +542,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
 
     @app.post("/v1/feedback", tags=["feedback"], status_code=202, response_model=FeedbackResponse,
               responses=errors(*AUTH_ERRORS, 413, 422, 503),
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"example": {"events": [
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": feedback_schema(settings.feedback_max_events), "example": {"events": [
                   {"event_type": "click", "app_id": "app-00001", "campaign_id": "c-1", "partner_id": "acme",
                    "user_id": "u-123", "clicked": True, "request_id": "9f1c...", "ts": "2026-01-31T12:00:00Z"}]}}}}})
     async def feedback(request: Request, key_partner: str | None = Depends(partner)) -> Response:
@@ -527,11 +607,13 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
         raise ApiError(422, "malformed_json", f"the body is not valid JSON: {error}", field="body") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_request", 'send {"app_id": ..., "k": 10} or {"instances": [...]}', field="body")
-    k = payload.get("k", DEFAULT_K)
+    k = _json_integer(payload.get("k", DEFAULT_K))
     if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
         raise ApiError(422, "invalid_k", f"k must be an integer from {MIN_K} to {MAX_K}, got {k!r}", field="k")
-    raw_partner = payload.get("partner_id") or None
-    partner_id = None if raw_partner is None else identifier(raw_partner, "partner_id")
+    partner_id = payload.get("partner_id")
+    if partner_id is not None and not isinstance(partner_id, str):
+        raise ApiError(422, "invalid_request", "partner_id must be a string", field="partner_id")
+    partner_id = identifier(partner_id, "partner_id") if partner_id else None  # "" names no one
     if "instances" in payload:
         raw = payload["instances"]
         if not isinstance(raw, list):

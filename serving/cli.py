@@ -17,6 +17,10 @@ from typing import Any
 import click
 
 from serving.metrics import MULTIPROCESS_DIR_ENV, prepare_multiprocess_dir
+
+# uvicorn kills a worker that does not answer its supervisor's ping in time (5 s by default); a
+# worker busy importing FAISS and loading a large model on a loaded host can take longer.
+WORKER_HEALTHCHECK_SECONDS = 30
 from serving.settings import SETTINGS_ENV, ServingSettings, SettingsError, parse_api_keys, settings_from_env
 
 
@@ -87,7 +91,7 @@ def serve_command(config_path: str | None, host: str, port: int, workers: int, l
     try:
         uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     loop="uvloop", http="httptools", log_config=log_config(log_level), access_log=access_log,
-                    timeout_graceful_shutdown=30)
+                    timeout_graceful_shutdown=30, timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS)
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -10,8 +10,9 @@ N`` prepares a fresh one) every worker writes its figures to memory-mapped files
 scrape, whichever worker answers it, merges every worker's files. Request figures go there as
 they happen; the owners' figures are mirrored into it by every worker each
 ``MIRROR_SECONDS`` (and by the scraping worker just before it answers): counters add what
-changed, gauges merge across workers by ``GAUGE_MODES``. A worker that exits cleanly removes its
-live gauges; one killed with SIGKILL leaves them until the server restarts.
+changed, gauges merge across workers by ``GAUGE_MODES``. A worker that exits removes its live
+gauges; those of a worker that was killed (uvicorn kills one that stops answering its health
+check) are removed by the next scrape.
 """
 
 from __future__ import annotations
@@ -108,9 +109,23 @@ class ServingMetrics:
         if not self.multiprocess:
             return generate_latest(self.registry)
         self.mirror()
+        forget_dead_workers(os.environ[MULTIPROCESS_DIR_ENV])
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
         return generate_latest(merged)
+
+
+def forget_dead_workers(folder: str) -> None:
+    """Remove the live gauges of workers that are gone (the folder is the host's own, so pids are this host's)."""
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with suppress(OSError):
+                multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:  # alive, under another user
+            pass
 
 
 class _Mirror:

@@ -149,7 +149,9 @@ def test_cold_start_similar_by_metadata(client):
 
 def test_cold_start_errors(client):
     empty = client.post("/v1/similar", headers=HEADERS, json={"app": {}})
-    assert empty.status_code == 422 and empty.json()["error"] == "invalid_metadata"
+    assert empty.status_code == 422 and empty.json()["field"] == "app" and "at least one of" in empty.json()["message"]
+    undecodable = client.post("/v1/similar", headers=HEADERS | {"Content-Type": "application/json"}, content=b"\xff")
+    assert undecodable.status_code == 422 and undecodable.json()["error"] == "malformed_json"
     missing = client.post("/v1/similar", headers=HEADERS, json={"k": 3})
     assert missing.status_code == 422 and missing.json()["field"] == "app"
     rating = client.post("/v1/similar", headers=HEADERS, json={"app": {"category": "games", "avg_rating": 9}})
