@@ -480,10 +480,11 @@ def prediction_loss_on_kill(model_dir: Path, app_ids: list[str], args: argparse.
             os.killpg(server.pid, signal.SIGKILL)
         shutil.rmtree(scratch, ignore_errors=True)
     lost = answered - stored - spilled
-    print(f"\nkill -9 under {args.rate:g} /similar req/s after {args.seconds:g}s: {answered:,} answered 200, "
-          f"{stored:,} prediction events in the store, {spilled:,} in the spill folder, {lost:,} lost "
-          f"= {lost / args.rate:.2f}s of answers (the bound is the flush interval, 1 s by default, plus the batch "
-          "in flight)", flush=True)
+    achieved = answered / args.seconds
+    print(f"\nkill -9 after {args.seconds:g}s of /similar at {args.rate:g} req/s offered ({achieved:,.0f} answered/s): "
+          f"{answered:,} answered 200, {stored:,} prediction events in the store, {spilled:,} in the spill folder, "
+          f"{lost:,} lost = {lost / achieved:.2f}s of answers (bound: the flush interval, 1 s by default, plus the "
+          "batch in flight)", flush=True)
 
 
 def main() -> None:

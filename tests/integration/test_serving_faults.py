@@ -16,6 +16,7 @@ from models.registry_sqlite import SQLiteRegistry
 from serving.app import create_app
 from tests.integration.test_serving_api import settings_for
 from tests.serving.helpers import appsim_serve, build_artifact, metric, publish, read_feedback, running_server, wait_for
+from tests.serving.test_batcher import HangingSink
 
 LOAD_SECONDS = 3.0  # of feedback load before the kill, at most
 LOAD_EVENTS = 6000  # at most; the kill comes at half of it or after LOAD_SECONDS
@@ -154,3 +155,19 @@ def test_claims_left_by_a_killed_replay_are_replayed_by_the_next_process(tmp_pat
         wait_for(lambda: sorted(stored_ids(tmp_path)) == sorted(answer.json()["event_ids"]), timeout=30)
         wait_for(lambda: metric(httpx.get(f"{url}/metrics").text, "appsim_spill_pending_batches") == 0)
     assert not [p for p in os.listdir(spill) if p.startswith((".claimed-", "spill-"))]
+
+
+def test_a_hanging_sink_fails_ping_with_the_reason_until_it_comes_back(tmp_path):
+    publish(SQLiteRegistry(tmp_path / "registry.db"), tmp_path, build_artifact())
+    sink = HangingSink()
+    with running_server(create_app(settings_for(tmp_path, flush_seconds=0.05, stall_seconds=0.5), sink=sink)) as url:
+        with httpx.Client(base_url=url, headers={"X-API-Key": "key-acme"}) as http:
+            wait_for(lambda: http.get("/ping").status_code == 200)
+            assert http.get("/v1/apps/app-00001/similar").status_code == 200  # its event's delivery hangs
+            stuck = wait_for(lambda: (answer := http.get("/ping")).status_code == 503 and answer)
+            assert stuck.json()["error"] == "event_logging_stalled" and "HangingSink" in stuck.json()["message"]
+            assert metric(http.get("/metrics").text, "appsim_event_logging_stalled") == 1
+            sink.release.set()
+            wait_for(lambda: http.get("/ping").status_code == 200)
+            assert metric(http.get("/metrics").text, "appsim_event_logging_stalled") == 0
+    assert len(sink.events) == 1
