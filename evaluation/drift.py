@@ -171,6 +171,8 @@ class DriftReport:
                          f"{f.recent_count:,} recent observations, at least {f.min_count:,} each are needed "
                          "(lower --min-count only if you accept noisier alerts)"
                          for f in self.features if f.insufficient_data})
+        if not self.features:
+            found.append("insufficient data: no population was observed in both windows")
         return found
 
     def to_dict(self) -> dict[str, Any]:

@@ -121,3 +121,10 @@ def test_the_minimum_count_is_configurable_and_checked():
     assert report.action == "alert" and report.exit_code == EXIT_DRIFT
     with pytest.raises(DriftError, match="min_count must be at least 1"):
         check_drift(window(1), window(2), catalog(), min_count=0)
+
+
+def test_a_window_without_traffic_is_insufficient_data():
+    empty = WindowData(pd.DataFrame({"app_id": [], "predicted_ctr": []}), pd.DataFrame({"app_id": [], "clicked": []}))
+    report = check_drift(window(1), empty, catalog())
+    assert report.features == [] and report.action == "insufficient_data" and report.exit_code == EXIT_OK
+    assert report.reasons() == ["insufficient data: no population was observed in both windows"]
