@@ -15,7 +15,9 @@ the saturation runs, else with a small asyncio HTTP/1.1 keep-alive load generato
   scheduled send time, so queueing behind a slow answer is included (no coordinated omission).
 
 Prints req/s, p50 and p99 per run, and /similar throughput as a share of /ping's (how close the
-handler gets to the framework floor).
+handler gets to the framework floor). ``--tracing`` runs the same load again with tracing on
+(``APPSIM_OTLP_ENDPOINT`` pointed at a local OTLP/HTTP sink on 127.0.0.1 that counts what it
+receives) and prints each run's throughput and p99 with tracing on as a ratio to off.
 
 ``--feedback`` (on by default) measures what "acknowledged means durable" costs: /v1/feedback
 (``FEEDBACK_EVENTS`` clicks a request) on one connection and on ``--connections``, with the
@@ -497,6 +499,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000, help="in-process timing queries")
     parser.add_argument("--wrk", action=argparse.BooleanOptionalAction, default=True, help="use wrk when installed")
     parser.add_argument("--build-only", action="store_true", help="build (cache) the models, then stop")
+    parser.add_argument("--tracing", action="store_true", help="run /ping, /similar, /predict again with tracing on")
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
                         help="the /ping, /similar, /predict runs")
     parser.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=True,
@@ -534,20 +537,58 @@ def main() -> None:
             prediction_loss_on_kill(model_dir, app_ids, args)
 
 
-def search_runs(model_dir: Path, n_apps: int, app_ids: list[str], args: argparse.Namespace) -> None:
-    timing = in_process_times(model_dir, args.queries)
-    index = timing.pop("index")
+def run_server(model_dir: Path, args: argparse.Namespace, app_ids: list[str],
+               env: dict[str, str] | None = None) -> tuple[list[RunResult], float]:
+    """Start `appsim serve`, drive it, stop it: (results, seconds until ready)."""
     scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-"))
     port = free_port()
     started = time.monotonic()
-    server = start_server(model_dir, port, args.workers, scratch)
+    server = start_server(model_dir, port, args.workers, scratch, env)
     load_seconds = time.monotonic() - started
     try:
-        results = asyncio.run(drive(port, app_ids, args))
+        return asyncio.run(drive(port, app_ids, args)), load_seconds
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class OtlpSink:
+    """A local OTLP/HTTP receiver on 127.0.0.1: answers 200 to every export and counts requests and bytes."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def search_runs(model_dir: Path, n_apps: int, app_ids: list[str], args: argparse.Namespace) -> None:
+    timing = in_process_times(model_dir, args.queries)
+    index = timing.pop("index")
+    results, load_seconds = run_server(model_dir, args, app_ids)
     print(f"\nmodel: {n_apps:,} apps x {DIM} dims, index {index.get('type')} {index.get('params', {})}, "
           f"recall@10 vs exact {index.get('recall_at_10_vs_exact')}; server ready in {load_seconds:.1f}s")
     print(f"in-process, 1 thread: similar p50 {timing['similar'][0]:.3f} ms, p99 {timing['similar'][1]:.3f} ms; "
@@ -559,6 +600,17 @@ def search_runs(model_dir: Path, n_apps: int, app_ids: list[str], args: argparse
               f"{r.percentile(50):>8.2f} {r.percentile(99):>8.2f} {r.percentile(99.9):>9.2f}")
     ping, similar = results[0], results[1]
     print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor)", flush=True)
+    if args.tracing:
+        sink = OtlpSink()
+        try:
+            traced, _ = run_server(model_dir, args, app_ids, {"APPSIM_OTLP_ENDPOINT": sink.endpoint})
+        finally:
+            sink.close()
+        print(f"tracing on (every request sampled, OTLP/HTTP to a local sink: {sink.requests:,} exports, "
+              f"{sink.bytes / 1e6:.1f} MB), as a ratio to off:")
+        for off, on in zip(results, traced):
+            print(f"  {on.endpoint:<10} {on.mode:<24} req/s {on.rate:>9,.0f} ({on.rate / off.rate:.2f}x)  "
+                  f"p99 {on.percentile(99):.2f} ms ({on.percentile(99) / off.percentile(99):.2f}x)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@
     <store>/runs/<run_id>/<step>/...        each step's outputs (prepared data, model.tar.gz, evaluation.json)
     <store>/registry.db                     the embedded (SQLite) model registry; the paths in it are
                                             relative to the store, so a copied store works as it is
+    <store>/neighbors/v<N>/                 bulk neighbours of version N (neighbors.parquet, manifest.json)
 """
 
 from __future__ import annotations
@@ -74,3 +75,7 @@ def step_uri(store: str, run_id: str, step: str) -> str:
 def default_registry_uri(store: str) -> str:
     """The embedded registry of a local store: ``sqlite://<store>/registry.db``."""
     return f"sqlite://{storage.local_path(store) / 'registry.db'}"
+
+
+def neighbors_uri(store: str, version: int) -> str:
+    return storage.join(store, "neighbors", f"v{version}")

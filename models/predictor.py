@@ -73,6 +73,19 @@ class PerformancePrediction:
     support_impressions: int  # the app's own impressions plus its neighbours' (unweighted)
 
 
+@dataclass(frozen=True)
+class Rates:
+    """``PerformancePrediction``'s numbers for many apps at once, one array entry per app."""
+
+    ctr: np.ndarray
+    ctr_low: np.ndarray
+    ctr_high: np.ndarray
+    cvr: np.ndarray
+    cvr_low: np.ndarray
+    cvr_high: np.ndarray
+    support_impressions: np.ndarray
+
+
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not MIN_K <= k <= MAX_K:
         raise ValueError(f"k must be an integer from {MIN_K} to {MAX_K}, got {k!r}")
@@ -118,8 +131,12 @@ class Predictor:
         apps, and an app this model does not know gets an all-padding row (batch evaluation scores
         it as having no neighbours; ``similar`` raises ``UnknownApp`` instead).
         """
-        k = check_k(k)
         positions = np.array([self.artifact.positions.get(a, -1) for a in app_ids], dtype=np.int64)
+        return self.similar_rows(positions, k)
+
+    def similar_rows(self, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``similar_many`` for artifact rows (-1: an unknown app), as bulk export walks them."""
+        k = check_k(k)
         neighbours = np.full((len(positions), k), -1, dtype=np.int64)
         scores = np.full((len(positions), k), -np.inf, dtype=np.float32)
         known = np.flatnonzero(positions >= 0)
@@ -177,6 +194,20 @@ class Predictor:
         return self._predictions(positions, scores, own)
 
     def _predictions(self, positions: np.ndarray, scores: np.ndarray, own: np.ndarray) -> list[PerformancePrediction]:
+        r = self.rates(positions, scores, own)
+        return [
+            PerformancePrediction(
+                ctr=float(r.ctr[i]), ctr_low=float(r.ctr_low[i]), ctr_high=float(r.ctr_high[i]),
+                cvr=float(r.cvr[i]), cvr_low=float(r.cvr_low[i]), cvr_high=float(r.cvr_high[i]),
+                neighbors=self._neighbors(positions[i], scores[i]),
+                support_impressions=int(r.support_impressions[i]),
+            )
+            for i in range(len(own))
+        ]
+
+    def rates(self, positions: np.ndarray, scores: np.ndarray, own: np.ndarray) -> Rates:
+        """CTR/CVR with intervals for apps whose neighbours are ``positions``/``scores`` (as ``similar_many``
+        gives them) and whose own rows are ``own`` (-1 for a new app); vectorised, for bulk export."""
         valid = positions >= 0
         safe = np.where(valid, positions, 0)
         weights = np.where(valid, np.clip(scores, 0.0, None), 0.0)
@@ -198,12 +229,4 @@ class Predictor:
         ctr, ctr_low, ctr_high = rate(self._clicks, self._impressions, self.global_ctr, own_clicks, own_impressions)
         cvr, cvr_low, cvr_high = rate(self._conversions, self._clicks, self.global_cvr, own_conversions, own_clicks)
         support = own_impressions + np.where(valid, self._impressions[safe], 0.0).sum(axis=1)
-        return [
-            PerformancePrediction(
-                ctr=float(ctr[i]), ctr_low=float(ctr_low[i]), ctr_high=float(ctr_high[i]),
-                cvr=float(cvr[i]), cvr_low=float(cvr_low[i]), cvr_high=float(cvr_high[i]),
-                neighbors=self._neighbors(positions[i], scores[i]),
-                support_impressions=int(support[i]),
-            )
-            for i in range(len(own))
-        ]
+        return Rates(ctr, ctr_low, ctr_high, cvr, cvr_low, cvr_high, support.astype(np.int64))

@@ -281,6 +281,7 @@ LAZY_COMMANDS = {
     "ab": "pipelines.cli_ab:ab_group",
     "drift": "pipelines.cli_ab:drift_group",
     "monitoring": "pipelines.cli_ab:monitoring_group",
+    "neighbors": "pipelines.cli_neighbors:neighbors_group",
     "pipeline": "pipelines.cli_aws:pipeline_group",
     "schedule": "pipelines.cli_aws:schedule_group",
     "feedback": "pipelines.cli_aws:feedback_group",

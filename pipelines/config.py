@@ -136,6 +136,11 @@ class NotificationSettings(_Strict):
 
 class RetentionSettings(_Strict):
     feedback_days: int = Field(365, ge=1)  # `appsim store prune` and the S3 lifecycle rule
+class NeighborsSettings(_Strict):
+    """Bulk neighbours (steps/export_neighbors.py) after a run registers an Approved version."""
+
+    export_on_approval: bool = False
+    k: int = Field(100, ge=1, le=100)
 
 
 class PipelineConfig(_Strict):
@@ -155,6 +160,7 @@ class PipelineConfig(_Strict):
             raise ValueError("rollout.auto_start needs parameters.approval_status: PendingManualApproval (a gate "
                              "winner must not become the champion before its experiment promotes it)")
         return self
+    neighbors: NeighborsSettings = Field(default_factory=NeighborsSettings)
 
     @property
     def store(self) -> str:

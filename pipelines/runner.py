@@ -21,7 +21,7 @@ from models.registry import Registry, open_registry
 from pipelines import graph
 from pipelines.config import PipelineConfig, PipelineParameters
 from pipelines.runs import Heartbeat, RunRecord, StepRecord, list_runs, new_run_id, now, save_run
-from steps import evaluate, prepare, register, train
+from steps import evaluate, export_neighbors, prepare, register, train
 from steps.prepare_duckdb import DuckDBSettings
 
 Echo = Callable[[str], None]
@@ -111,6 +111,11 @@ class LocalRunner:
                 self.registry, report, artifact_uri, evaluation_uri, lineage,
             ), summary=lambda v: {"version": v.version, "status": v.status})
 
+        neighbors_uri = None
+        if version is not None and version.status == "Approved" and self.config.neighbors.export_on_approval:
+            neighbors_uri = export_neighbors.run(self.store, version.artifact_uri, version.version,
+                                                 self.config.neighbors.k, progress=progress).uri
+            self.echo(f"neighbours of version {version.version} -> {neighbors_uri}")
         record.status = "succeeded"
         record.ended_at = now()
         notification_error = self._announce_gate(report, version)
@@ -126,6 +131,7 @@ class LocalRunner:
             "comparison": report.get("comparison"),
             "champion_version": report.get("champion_version"),
             "notification_error": notification_error,
+            "neighbors_uri": neighbors_uri,
         }
         save_run(record)
         return record

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -32,17 +33,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from models.events import (
-    MAX_EVENT_ID_LENGTH, MAX_ID_LENGTH, NOT_UNICODE, SCHEMA_VERSION, Identifier, InvalidEvent, format_ts, prediction_record,
-    validate_event,
+    MAX_EVENT_ID_LENGTH, MAX_ID_LENGTH, NOT_UNICODE, SCHEMA_VERSION, Identifier, InvalidEvent, format_ts,
+    prediction_record, validate_event,
 )
 from models.features import METADATA_FIELDS, MetadataError
 from models.predictor import MAX_K, MIN_K, Neighbor, PerformancePrediction, UnknownApp
+from models.pseudonym import PseudonymKey, load_key, pseudonymize_event
+from serving import jsonlines
 from serving.batcher import EventBatcher, JournalError, SpillDir
 from serving.metrics import ARM_SCOPE_KEY, MetricsMiddleware, ServingMetrics
 from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
 from serving.security import ApiError, ApiKeys, RateLimiter, open_bucket_store
-from serving.settings import ServingSettings, settings_from_env
+from serving.settings import ServingSettings, SettingsError, settings_from_env
 from serving.sinks import FeedbackSink, encode_line, open_sink
+from serving.tracing import SpanExporter, Tracing, TracingMiddleware
 
 log = logging.getLogger("appsim.serving")
 
@@ -273,10 +277,13 @@ AUTH_ERRORS = (401, 429)  # missing/invalid key; rate limit or too many failed a
 class Services:
     """What the handlers use, built in the lifespan."""
 
-    def __init__(self, settings: ServingSettings, manager: ModelManager, batcher: EventBatcher | None):
+    def __init__(self, settings: ServingSettings, manager: ModelManager, batcher: EventBatcher | None,
+                 pseudonym_key: PseudonymKey | None = None, tracing: Tracing | None = None):
         self.settings = settings
+        self.tracing = tracing or Tracing()
         self.manager = manager
         self.batcher = batcher
+        self.pseudonym_key = pseudonym_key
         self.keys = ApiKeys(settings.api_keys)
         self.limiter = RateLimiter(open_bucket_store(settings.redis_url, settings.rate_limit_file),
                                    rate=settings.rate_per_second, burst=settings.rate_burst,
@@ -298,23 +305,31 @@ class Services:
                        neighbors: list[Neighbor], predicted_ctr: float | None = None) -> None:
         if self.batcher is None:
             return
-        self.batcher.submit(prediction_record(
-            event_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), request_id=request_id, partner_id=partner_id,
-            app_id=app_id, model_version=arm.model.version, arm=arm.name,
-            neighbors=[n.app_id for n in neighbors], scores=[n.score for n in neighbors], predicted_ctr=predicted_ctr,
-        ))
+        with self.tracing.span("event logging"):
+            self.batcher.submit(prediction_record(
+                event_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), request_id=request_id, partner_id=partner_id,
+                app_id=app_id, model_version=arm.model.version, arm=arm.name,
+                neighbors=[n.app_id for n in neighbors], scores=[n.score for n in neighbors],
+                predicted_ctr=predicted_ctr,
+            ))
 
 
 def create_app(settings: ServingSettings, *, manager: ModelManager | None = None,
-               sink: FeedbackSink | None = None) -> FastAPI:
-    """The ASGI app. ``manager`` and ``sink`` default to what the settings describe."""
+               sink: FeedbackSink | None = None, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """The ASGI app. ``manager`` and ``sink`` default to what the settings describe; ``span_exporter``
+    turns tracing on with that exporter (else ``settings.otlp_endpoint`` decides)."""
     metrics = ServingMetrics()
+    tracing = Tracing.configure(settings.otlp_endpoint, settings.trace_sample_ratio, span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One OpenMP thread per search: two threads make one small query 2-2.6x slower here;
         # throughput comes from worker processes instead.
         faiss.omp_set_num_threads(1)
+        pseudonym_key = load_key(os.environ, settings.pseudonym_secret_id)
+        if pseudonym_key is None and settings.require_pseudonyms:
+            raise SettingsError("APPSIM_REQUIRE_PSEUDONYMS is set but there is no pseudonym key: set "
+                                "APPSIM_PSEUDONYM_KEY=<key_id>:<secret> or APPSIM_PSEUDONYM_SECRET_ID")
         model_manager = manager or ModelManager(settings)
         feedback_uri = settings.resolved_feedback_uri()
         event_sink = sink or (open_sink(feedback_uri) if feedback_uri else None)
@@ -328,7 +343,9 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             log.warning("feedback logging is off: no store or APPSIM_FEEDBACK_URI, prediction events are not recorded")
         if not settings.api_keys:
             log.warning("no API keys configured: /v1 is open (set APPSIM_API_KEYS=partner:key,... to require keys)")
-        services = app.state.services = Services(settings, model_manager, batcher)
+        if pseudonym_key is None:
+            log.warning("user ids are stored as sent: set APPSIM_PSEUDONYM_KEY or APPSIM_PSEUDONYM_SECRET_ID")
+        services = app.state.services = Services(settings, model_manager, batcher, pseudonym_key, tracing)
         metrics.watch(model_manager, batcher, services.limiter)
         mirror = asyncio.create_task(metrics.mirror_forever()) if metrics.multiprocess else None
         model_manager.start()  # loads in the background: /ping answers 503 until it is done
@@ -344,6 +361,7 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
                 metrics.mirror()
             await services.limiter.close()
             metrics.close()
+            tracing.shutdown()
 
     app = FastAPI(
         title="appsim",
@@ -355,6 +373,8 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if tracing.on:  # outermost, so the request span covers everything; off, nothing is installed
+        app.add_middleware(TracingMiddleware, tracing=tracing)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
@@ -417,25 +437,34 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
               responses=errors(*AUTH_ERRORS, 404, 413, 415, 422, 503), openapi_extra={"requestBody": {
                   "required": True, "content": {
                       "application/json": {"schema": INVOCATION_SCHEMA, "example": {"app_id": "app-00001", "k": 10}},
+                      # JSON Lines (Batch Transform) is left out: schemathesis cannot generate its bodies
                       "text/csv": {"schema": INVOCATION_CSV_SCHEMA, "example": "app-00001\napp-00002\n"}}}})
     async def invocations(request: Request, key_partner: str | None = Depends(invocations_partner)) -> Response:
         """Similar apps: JSON `{"app_id", "k"}` (one answer) or `{"instances": [...]}`, or CSV with one app id a line.
-        Prediction events are logged as for /v1 (partner: the body's partner_id, else the key's, else sagemaker)."""
+        Prediction events are logged as for /v1 (partner: the body's partner_id, else the key's, else sagemaker).
+        JSON Lines (Batch Transform) answers a bulk-export row per line (serving/jsonlines.py)."""
         svc = services(request)
         state = svc.state()
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type in jsonlines.CONTENT_TYPES:
+            lines = jsonlines.parse_lines(body, MAX_INSTANCES)
+            answer = await asyncio.to_thread(jsonlines.answer_lines, state, key_partner or SAGEMAKER_PARTNER, lines)
+            return Response(answer, media_type=jsonlines.MEDIA_TYPE)
         single, instances, k, asked_by = parse_invocation(body, content_type)
         partner_id = asked_by or key_partner or SAGEMAKER_PARTNER
         request_id = uuid.uuid4().hex
         if single:
             app_id = instances[0]
-            arm = state.route(partner_id, app_id)
+            with svc.tracing.span("routing"):
+                arm = state.route(partner_id, app_id)
             request.scope[ARM_SCOPE_KEY] = arm.name
-            neighbors = similar_or_404(arm.model, app_id, k)
+            with svc.tracing.span("search", k=k):
+                neighbors = similar_or_404(arm.model, app_id, k)
             svc.log_prediction(request_id, partner_id, app_id, arm, neighbors)
             return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
-        routed = [state.route(partner_id, app_id) for app_id in instances]
+        with svc.tracing.span("routing", instances=len(instances)):
+            routed = [state.route(partner_id, app_id) for app_id in instances]
         arm_names = {arm.name for arm in routed}
         request.scope[ARM_SCOPE_KEY] = arm_names.pop() if len(arm_names) == 1 else "mixed"
         if len(instances) > INLINE_BATCH:
@@ -455,9 +484,11 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         """The k apps most similar to a known app (never the app itself), best first."""
         svc = services(request)
         asker = partner_id or key_partner or ANONYMOUS_PARTNER
-        arm = svc.state().route(asker, app_id)
+        with svc.tracing.span("routing"):
+            arm = svc.state().route(asker, app_id)
         request.scope[ARM_SCOPE_KEY] = arm.name
-        neighbors = similar_or_404(arm.model, app_id, k)
+        with svc.tracing.span("search", k=k):
+            neighbors = similar_or_404(arm.model, app_id, k)
         request_id = uuid.uuid4().hex
         svc.log_prediction(request_id, asker, app_id, arm, neighbors)
         return OrjsonResponse(similar_answer(request_id, arm, app_id, neighbors))
@@ -471,10 +502,12 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         asker = body.partner_id or key_partner or ANONYMOUS_PARTNER
         request_id = uuid.uuid4().hex
         app_id = body.app.app_id or f"new:{request_id}"
-        arm = svc.state().route(asker, app_id)
+        with svc.tracing.span("routing"):
+            arm = svc.state().route(asker, app_id)
         request.scope[ARM_SCOPE_KEY] = arm.name
         try:
-            neighbors = arm.model.predictor.similar_to_metadata(body.app.as_metadata(), body.k)
+            with svc.tracing.span("search", k=body.k, cold_start=True):
+                neighbors = arm.model.predictor.similar_to_metadata(body.app.as_metadata(), body.k)
         except MetadataError as error:
             raise ApiError(422, "invalid_metadata", str(error), field="app") from None
         svc.log_prediction(request_id, asker, app_id, arm, neighbors)
@@ -491,13 +524,15 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
         asker = body.partner_id or key_partner or ANONYMOUS_PARTNER
         request_id = uuid.uuid4().hex
         app_id = body.app_id or (body.app.app_id if body.app else None) or f"new:{request_id}"
-        arm = svc.state().route(asker, app_id)
+        with svc.tracing.span("routing"):
+            arm = svc.state().route(asker, app_id)
         request.scope[ARM_SCOPE_KEY] = arm.name
         try:
-            if body.app_id is not None:
-                prediction = arm.model.predictor.predict(app_id=body.app_id, k=body.k)
-            else:
-                prediction = arm.model.predictor.predict(metadata=body.app.as_metadata(), k=body.k)  # type: ignore[union-attr]
+            with svc.tracing.span("prediction", k=body.k):  # its neighbour search included
+                if body.app_id is not None:
+                    prediction = arm.model.predictor.predict(app_id=body.app_id, k=body.k)
+                else:
+                    prediction = arm.model.predictor.predict(metadata=body.app.as_metadata(), k=body.k)  # type: ignore[union-attr]
         except UnknownApp as error:
             raise ApiError(404, "unknown_app", str(error), field="app_id") from None
         except MetadataError as error:
@@ -522,11 +557,14 @@ def create_app(settings: ServingSettings, *, manager: ModelManager | None = None
             raise ApiError(422, "malformed_json", f"the body is not valid JSON: {error}", field="body") from None
         check_feedback_size(payload, svc.settings.feedback_max_events)
         events = validate_feedback(payload, key_partner)
+        if svc.pseudonym_key is not None:  # before the journal: a raw user id never touches a disk
+            events = [pseudonymize_event(event, svc.pseudonym_key) for event in events]
         if svc.batcher is None:
             raise ApiError(503, "feedback_disabled", "this server records no feedback (no store or APPSIM_FEEDBACK_URI)")
         try:
-            await svc.batcher.journal.commit([encode_line(e.to_json_dict()) for e in events],
-                                             svc.settings.journal_timeout_seconds)
+            with svc.tracing.span("event logging", events=len(events)):
+                await svc.batcher.journal.commit([encode_line(e.to_json_dict()) for e in events],
+                                                 svc.settings.journal_timeout_seconds)
         except JournalError as error:
             raise ApiError(503, "not_recorded", f"{error}; the events are not acknowledged: retry with the same "
                            "event_ids (retries are de-duplicated by event_id)", headers={"Retry-After": "1"}) from None
@@ -562,7 +600,8 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
         return False, check_instances(ids), DEFAULT_K, None
     if content_type not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type {content_type} is not supported; send application/json or text/csv")
+                       f"Content-Type {content_type} is not supported; send application/json, text/csv or "
+                       "application/jsonlines")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -573,7 +612,9 @@ def parse_invocation(body: bytes, content_type: str) -> tuple[bool, list[str], i
     if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
         raise ApiError(422, "invalid_k", f"k must be an integer from {MIN_K} to {MAX_K}, got {k!r}", field="k")
     partner_id = payload.get("partner_id")
-    partner_id = identifier(partner_id, "partner_id") if partner_id != "" and partner_id is not None else None  # "" names no one
+    if partner_id is not None and not isinstance(partner_id, str):
+        raise ApiError(422, "invalid_request", "partner_id must be a string", field="partner_id")
+    partner_id = identifier(partner_id, "partner_id") if partner_id else None  # "" names no one
     if "instances" in payload:
         raw = payload["instances"]
         if not isinstance(raw, list):

@@ -31,6 +31,13 @@ Environment variables (all optional):
 - ``APPSIM_JOURNAL_FSYNC``: ``false`` skips the fsync of the feedback journal (a 202 then survives a
   crash of the process, not of the machine); for benchmarks, not production.
 - ``APPSIM_FEEDBACK_MAX_EVENTS``: the most events one ``/v1/feedback`` request may carry (more: 413).
+- ``APPSIM_PSEUDONYM_KEY`` (``<key_id>:<secret>``, read by each worker, never copied into settings) or
+  ``APPSIM_PSEUDONYM_SECRET_ID`` (a Secrets Manager secret): feedback ``user_id`` values are replaced
+  by keyed pseudonyms before they are written (models/pseudonym.py). ``APPSIM_REQUIRE_PSEUDONYMS=true``
+  refuses to start without a key.
+- ``APPSIM_OTLP_ENDPOINT`` (e.g. ``http://127.0.0.1:4318/v1/traces``): OpenTelemetry spans of every
+  request exported over OTLP/HTTP (serving/tracing.py); unset, tracing is off.
+  ``APPSIM_TRACE_SAMPLE_RATIO``: the share of traces kept (a caller's sampled flag wins).
 """
 
 from __future__ import annotations
@@ -84,6 +91,10 @@ class ServingSettings(BaseModel):
     sagemaker_mode: bool = False
     max_body_bytes: int = Field(SAGEMAKER_MAX_BODY_BYTES, ge=1)
     feedback_max_events: int = Field(1000, ge=1)
+    pseudonym_secret_id: str | None = Field(None, description="Secrets Manager secret holding the pseudonym key")
+    require_pseudonyms: bool = Field(False, description="refuse to start without a pseudonym key")
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://", description="OTLP/HTTP traces endpoint")
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -164,6 +175,10 @@ _ENV_FIELDS = {
     "APPSIM_STALL_SECONDS": "stall_seconds",
     "APPSIM_JOURNAL_FSYNC": "journal_fsync",
     "APPSIM_FEEDBACK_MAX_EVENTS": "feedback_max_events",
+    "APPSIM_PSEUDONYM_SECRET_ID": "pseudonym_secret_id",
+    "APPSIM_REQUIRE_PSEUDONYMS": "require_pseudonyms",
+    "APPSIM_OTLP_ENDPOINT": "otlp_endpoint",
+    "APPSIM_TRACE_SAMPLE_RATIO": "trace_sample_ratio",
 }
 
 
