@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.registry_sqlite import SQLiteRegistry
 from serving.app import create_app
@@ -46,8 +47,10 @@ def serving_pids(text: str) -> set[str]:
 
 
 def scraped(text: str, endpoint: str, status: str) -> float:
-    match = re.search(rf'^appsim_requests_total{{endpoint="{re.escape(endpoint)}",status="{status}"}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+    """Requests to ``endpoint`` answered ``status`` in one scrape, over every other label (the arm)."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "appsim_requests_total" and sample.labels.get("endpoint") == endpoint
+               and sample.labels.get("status") == status)
 
 
 @pytest.fixture
