@@ -66,13 +66,13 @@ def file_lines(source: int, uri: str) -> _FileLines:
     content, error = read_file(uri)
     undecodable: dict[int, bytes] = {}
     try:
-        text = pa.array([content.decode("utf-8")], pa.string())
-        lines = pc.list_flatten(pc.split_pattern(text, "\n"))
+        text = _whole_text(content)
+        lines = pc.list_flatten(pc.split_pattern(text, "\n")).cast(pa.string())
         if len(lines) and content.endswith(b"\n") or not content:
             lines = lines.slice(0, len(lines) - 1)  # the newline ends the last line, it does not start one
         if b"\r" in content:
             lines = pc.utf8_rtrim(lines, characters="\r")
-    except UnicodeDecodeError:  # rare: find the bad lines; U+FFFD keeps them off the fast path
+    except pa.ArrowInvalid:  # not UTF-8 (rare): find the bad lines; U+FFFD keeps them off the fast path
         texts = []
         for number, line in enumerate(split_lines(content), start=1):
             try:
@@ -85,6 +85,14 @@ def file_lines(source: int, uri: str) -> _FileLines:
     table = pa.table([pa.array(np.full(n, source, dtype=np.int32)), pa.array(np.arange(1, n + 1, dtype=np.int64)),
                       lines], schema=_RAW_SCHEMA)
     return _FileLines(source, uri, table, undecodable, error)
+
+
+def _whole_text(content: bytes) -> pa.LargeStringArray:
+    """The content as one Arrow string without a copy (no Python decode); ArrowInvalid if it is not UTF-8."""
+    text = pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, len(content)], np.int64)),
+                                            pa.py_buffer(content))
+    text.validate(full=True)
+    return text
 
 
 def _connect(settings: DuckDBSettings, folder: str) -> duckdb.DuckDBPyConnection:

@@ -171,16 +171,20 @@ def _rule_check(rule: FieldRule) -> str:
 
 
 def _common_checks() -> str:
-    ts = _string(_f("ts"))
     versions = ", ".join(f"'{version}'" for version in range(1, SCHEMA_VERSION + 1))
     return " AND ".join((
         _is_string(_f("event_id"), MAX_EVENT_ID_LENGTH),
-        f"starts_with({_f('ts')}, '\"')",
-        f"regexp_full_match({ts}, '{_TS_PATTERN}')",
-        f"TRY_CAST({_naive_ts(ts)} AS TIMESTAMP) IS NOT NULL",
+        "ts_value IS NOT NULL",
         f"(CASE WHEN {_f('schema_version')} IS NULL THEN NOT {_present('schema_version')} "
         f"ELSE {_f('schema_version')} IN ({versions}) END)",
     ))
+
+
+def _ts_value() -> str:
+    """The timestamp of a canonical ts (parsed once: checked, then extracted), NULL for any other."""
+    ts = _string(_f("ts"))
+    return (f"CASE WHEN starts_with({_f('ts')}, '\"') AND regexp_full_match({ts}, '{_TS_PATTERN}') "
+            f"THEN TRY_CAST({_naive_ts(ts)} AS TIMESTAMP) END")
 
 
 def _naive_ts(ts: str) -> str:
@@ -191,12 +195,15 @@ def _naive_ts(ts: str) -> str:
 def _only_known_keys(rules: tuple[FieldRule, ...]) -> str:
     """Every top-level key is one of the type's fields, each once: no duplicate (DuckDB reads the first,
     pydantic the last) and no extra field (pydantic ignores it, but still refuses the line for JSON that
-    DuckDB accepts, such as nan). Lines from newer producers with extra fields take the slow path."""
-    counted = [f"CASE WHEN {_f(name)} IS NULL THEN 0 ELSE 1 END"
-               for name in ("event_id", "event_type", "ts", "schema_version", *(rule.name for rule in rules))]
-    counted += [f"CASE WHEN {_f(rule.name)} IS NULL AND {_present(rule.name)} THEN 1 ELSE 0 END"
-                for rule in rules if rule.nullable]  # present with a null value
-    return f"len(keys) = {' + '.join(counted)}"
+    DuckDB accepts, such as nan). Lines from newer producers with extra fields take the slow path.
+
+    ``keys`` counts every key occurrence; this counts the type's fields present. A required field is
+    present on an accepted line (its check is NULL or false otherwise), so it counts as a constant; an
+    optional one is present when it has a value or, for a nullable one, when its key is listed."""
+    required = 3 + sum(rule.required for rule in rules)  # event_id, event_type, ts and the type's own
+    optional = [f"CAST({_f(rule.name)} IS NOT NULL{f' OR {_present(rule.name)}' if rule.nullable else ''} AS INTEGER)"
+                for rule in (FieldRule("schema_version", "int", required=False), *rules) if not rule.required]
+    return f"len(keys) = {' + '.join((str(required), *optional))}"
 
 
 def typed_sql(raw_relation: str = "raw_lines", catalog_relation: str = "catalog") -> str:
@@ -227,14 +234,17 @@ WITH guarded AS (
 ), fields AS (
     SELECT source, line, raw, plain, keys, {columns}
     FROM parsed
+), timed AS (
+    SELECT *, {_ts_value()} AS ts_value
+    FROM fields
 ), checked AS (
     SELECT *, {accepted} AS accepted
-    FROM fields
+    FROM timed
 )
 SELECT source, line, accepted,
        CASE WHEN accepted THEN {_string(_f('event_id'))} END AS event_id,
        CASE WHEN accepted THEN CAST(CASE {event_type} {kinds} END AS TINYINT) END AS kind,
-       CASE WHEN accepted THEN epoch_us(TRY_CAST({_naive_ts(_string(_f('ts')))} AS TIMESTAMP)) END AS ts_us,
+       CASE WHEN accepted THEN epoch_us(ts_value) END AS ts_us,
        CASE WHEN accepted THEN {_string(_f('app_id'))} END AS app_id,
        CASE WHEN accepted AND {event_type} <> '"prediction"' THEN {_string(_f('user_id'))} END AS user_id,
        CASE WHEN accepted THEN coalesce({_f('clicked')} = 'true' OR {_f('converted')} = 'true', false) END AS positive,
