@@ -5,10 +5,10 @@
     .venv/bin/python bench/quality.py --quick              # one small demo world, a few minutes
     .venv/bin/python bench/quality.py --sizes 5k --tune    # also the trainer's knobs one at a time on validation
 
-Datasets: ``movielens`` is MovieLens 100K, real, converted by ``pipelines/movielens.py`` from the
+Datasets: ``movielens`` is MovieLens 100K, real, converted by ``pipelines/simulators/movielens.py`` from the
 installed ``recbole`` wheel (``make bench-data``; the bench says so if it is missing); ``world-*``
-are the taxonomy world (``pipelines/simulate_world.py``); the others the demo world
-(``pipelines/simulate.py``). Each store is written once under ``--work`` and reused, PrepareFeedback
+are the taxonomy world (``pipelines/simulators/world.py``); the others the demo world
+(``pipelines/simulators/marketplace.py``). Each store is written once under ``--work`` and reused, PrepareFeedback
 splits it in time, and every method is trained on the train part and scored on the holdout by
 ``evaluation/compare.py`` (the pipeline's own metric code) over the same queries. Each method runs in
 its own process, so its peak RSS is its own (the process loads the prepared tables, then trains and
@@ -71,11 +71,11 @@ class Size:
     apps: int
     users: int
     events_per_day: int
-    world: str = "demo"   # demo: pipelines/simulate.py; taxonomy: pipelines/simulate_world.py; movielens: real data
+    world: str = "demo"   # demo: pipelines/simulators/marketplace.py; taxonomy: pipelines/simulators/world.py; movielens: real data
 
 
 SIZES = {
-    "movielens": Size(1_682, 943, 0, "movielens"),  # MovieLens 100K, real (pipelines/movielens.py)
+    "movielens": Size(1_682, 943, 0, "movielens"),  # MovieLens 100K, real (pipelines/simulators/movielens.py)
     "world-5k": Size(5_000, 20_000, 40_000, "taxonomy"),
     "world-20k": Size(20_000, 80_000, 100_000, "taxonomy"),
     "1k": Size(1_000, 3_000, 10_000),
@@ -118,7 +118,7 @@ def ensure_store(work: Path, name: str, size: Size, seed: int) -> str:
     started = time.perf_counter()
     days = DAYS
     if size.world == "movielens":
-        from pipelines import movielens
+        from pipelines.simulators import movielens
 
         print(f"[{name}] converting MovieLens 100K from the installed {movielens.PACKAGE} package", flush=True)
         try:
@@ -126,13 +126,13 @@ def ensure_store(work: Path, name: str, size: Size, seed: int) -> str:
         except movielens.DatasetNotInstalled as error:
             raise SystemExit(f"{error} (or: make bench-data)") from None
     elif size.world == "taxonomy":
-        from pipelines.simulate_world import simulate_world
+        from pipelines.simulators.world import simulate_world
 
         print(f"[{name}] simulating the taxonomy world: {size.apps:,} apps, {size.users:,} users", flush=True)
         simulate_world(str(store), apps=size.apps, users=size.users, days=DAYS, events_per_day=size.events_per_day,
                        seed=seed, end=END, overwrite=True)
     else:
-        from pipelines.simulate import simulate
+        from pipelines.simulators.marketplace import simulate
 
         print(f"[{name}] simulating {size.apps:,} apps, {size.users:,} users, {size.events_per_day:,} impressions/day",
               flush=True)
@@ -217,13 +217,13 @@ def _rank(method: str, catalog: pd.DataFrame, train: pd.DataFrame, query_apps: l
         if method == "oracle":
             return baselines.oracle(truth["app_id"].tolist(), latent, query_apps, K), 0.0, 0.0
         if world == "taxonomy":
-            from pipelines import simulate_world  # the world's own expected co-engagement: a reference, not a method
+            from pipelines.simulators import world as simulate_world  # the world's own expected co-engagement: a reference, not a method
 
             seed_world = simulate_world.make_world(*_world_shape(store), seed)
             return baselines.score_rows_rankings(
                 method, seed_world.app_ids.tolist(), query_apps, K,
                 lambda rows: simulate_world.expected_coengagement(seed_world, rows)), 0.0, 0.0
-        from pipelines import simulate  # the simulator's own constants: a reference, not a method
+        from pipelines.simulators import marketplace as simulate  # the simulator's own constants: a reference, not a method
 
         return baselines.engagement_oracle(
             truth["app_id"].tolist(), latent, truth["cluster"].to_numpy(), truth["popularity"].to_numpy(), query_apps, K,

@@ -286,7 +286,7 @@ LAZY_COMMANDS = {
     "schedule": "pipelines.cli_aws:schedule_group",
     "feedback": "pipelines.cli_aws:feedback_group",
     "serve": "serving.cli:serve_command",
-    "simulate": "pipelines.simulate:simulate_command",
+    "simulate": "pipelines.simulators.marketplace:simulate_command",
     "store": "pipelines.store:store_group",
 }
 

@@ -16,7 +16,7 @@
   ``appsim schedule set-decision`` or ``infra/appsim.yaml``).
 - ``ab promote`` / ``ab stop``: the same by hand.
 - ``ab simulate --lift 0.08``: a simulated experiment walked day by day through the real
-  router and rules (``pipelines/simulate_experiment.py``), to see what the rules would do.
+  router and rules (``pipelines/simulators/experiment.py``), to see what the rules would do.
 - ``drift check``: JSON on stdout; exit code 0 = no drift, 3 = drift (``action`` says ``alert``
   or ``retrain``), 2 = usage error.
 - ``monitoring apply`` / ``monitoring rules``: the alarms of ``pipelines/monitoring.py`` as
@@ -345,7 +345,7 @@ def ab_stop(experiment_id: str | None, reason: str, reject: bool, store: str | N
 @json_option
 def ab_simulate(lift: float, seed: int, requests_per_day: int, start_weight: float, max_days: int, as_json: bool) -> None:
     """Walk a simulated experiment day by day through the real router and decision rules (no store)."""
-    from pipelines.simulate_experiment import ExperimentScenario, run_experiment
+    from pipelines.simulators.experiment import ExperimentScenario, run_experiment
 
     scenario = ExperimentScenario(true_lift=lift, seed=seed, requests_per_day=requests_per_day,
                                   start_weight=start_weight, max_days=max_days)

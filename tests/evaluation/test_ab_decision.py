@@ -4,7 +4,7 @@ import pytest
 
 from evaluation.ab import ArmStats, sample_ratio_check
 from evaluation.ab_decision import DecisionRules, decide
-from pipelines.simulate_experiment import ExperimentScenario, run_experiment
+from pipelines.simulators.experiment import ExperimentScenario, run_experiment
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 FAST = DecisionRules(draws=20_000)  # simulations decide every day: fewer draws, same rules

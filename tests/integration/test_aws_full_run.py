@@ -14,7 +14,7 @@ from models.registry_sagemaker import SageMakerRegistry
 from models.events import parse_utc
 from pipelines.config import load_config
 from pipelines.runner import LocalRunner
-from pipelines.simulate import simulate
+from pipelines.simulators.marketplace import simulate
 
 END = "2026-11-02T00:00:00Z"
 DAYS = 7

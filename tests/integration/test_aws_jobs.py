@@ -18,7 +18,7 @@ import boto3
 from models import layout, storage
 from models.registry_sagemaker import SageMakerRegistry
 from models.events import parse_utc
-from pipelines.simulate import simulate
+from pipelines.simulators.marketplace import simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = json.loads((Path(__file__).parent / "golden" / "sagemaker_definition.json").read_text())

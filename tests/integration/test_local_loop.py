@@ -16,7 +16,7 @@ import pytest
 
 from models.artifact import ModelArtifact
 from models.dataset import KEPT, QUARANTINE
-from pipelines.simulate import FAULT_REASON
+from pipelines.simulators.marketplace import FAULT_REASON
 
 END = "2026-11-02T00:00:00Z"
 DAYS = 14

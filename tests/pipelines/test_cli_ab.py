@@ -14,7 +14,7 @@ from models import layout, storage
 from models.experiments import open_experiments
 from models.registry import open_registry
 from pipelines.cli import cli
-from pipelines.simulate_experiment import ExperimentScenario, write_experiment_feedback
+from pipelines.simulators.experiment import ExperimentScenario, write_experiment_feedback
 
 START = datetime(2026, 3, 2, tzinfo=timezone.utc)
 
@@ -182,7 +182,7 @@ def test_monitoring_dry_run_and_rules():
 
 @pytest.mark.parametrize("drift_days, expect, action", [(0, 0, "ok"), (7, 3, "alert")])
 def test_drift_check_on_the_simulator_catches_its_drift_mode_only(tmp_path, drift_days, expect, action):
-    from pipelines.simulate import simulate
+    from pipelines.simulators.marketplace import simulate
 
     end = datetime(2026, 5, 4, tzinfo=timezone.utc)
     summary = simulate(str(tmp_path), apps=300, users=800, days=21, events_per_day=2_000, seed=5, fault_rate=0.02,

@@ -19,7 +19,7 @@ from models.registry import open_registry
 from pipelines.cli import cli
 from pipelines.config import DEFAULT_CONFIG, load_config
 from pipelines.rollout import DailyDecision, parse_snapshot, snapshot_delta
-from pipelines.simulate_experiment import ExperimentScenario, write_experiment_feedback
+from pipelines.simulators.experiment import ExperimentScenario, write_experiment_feedback
 from serving.metrics import ServingMetrics
 from tests.models.sns_inbox import topic_with_inbox
 

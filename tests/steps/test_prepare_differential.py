@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from models import dataset
 from models.events import InvalidEvent, parse_line, prediction_record
-from pipelines.simulate import simulate
+from pipelines.simulators.marketplace import simulate
 from steps import prepare, prepare_sql
 from steps.prepare_io import read_file
 from tests.steps.conftest import CATALOG_APPS, WINDOW_END, make_feedback_store

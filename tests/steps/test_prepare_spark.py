@@ -15,7 +15,7 @@ import pytest
 
 from models import dataset
 from models.events import ClickEvent, PredictionEvent, firehose_prefix
-from pipelines.simulate import FAULT_REASON, simulate
+from pipelines.simulators.marketplace import FAULT_REASON, simulate
 from steps import prepare, prepare_spark
 from steps.prepare_sql import KEPT_REASONS
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from models import dataset, layout, storage
-from pipelines.simulate import simulate
+from pipelines.simulators.marketplace import simulate
 from steps import prepare
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models import dataset, layout, storage
-from pipelines import simulate_world
+from pipelines.simulators import world as simulate_world
 from steps import prepare
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from models import dataset, layout, storage
-from pipelines import movielens
+from pipelines.simulators import movielens
 from steps import prepare
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)

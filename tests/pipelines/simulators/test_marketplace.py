@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from models import layout, storage
 from models.events import InvalidEvent, parse_line
 from pipelines.cli import cli
-from pipelines.simulate import (
+from pipelines.simulators.marketplace import (
     CATEGORIES, FAULT_KINDS, PRICING_MODELS, REGIONS, SimulationError, make_catalog, make_world, simulate,
 )
 

@@ -1,6 +1,6 @@
 """A harder simulated marketplace for the quality bench: similarity beyond the cluster.
 
-In ``pipelines/simulate.py`` (the fast demo world) co-engagement is "same cluster, popular": every
+In ``pipelines/simulators/marketplace.py`` (the fast demo world) co-engagement is "same cluster, popular": every
 method that learns clusters and popularity ties the engagement oracle there, so that world cannot
 tell a better model from a worse one. Here:
 
@@ -38,7 +38,7 @@ import pandas as pd
 from models import layout, storage
 from models.events import SCHEMA_VERSION
 from models.progress import Progress
-from pipelines.simulate import (CATEGORIES, GENRES_PER_CATEGORY, LATENT_DIM, DIURNAL, SimulationParameters,
+from pipelines.simulators.marketplace import (CATEGORIES, GENRES_PER_CATEGORY, LATENT_DIM, DIURNAL, SimulationParameters,
                                 _clear_outputs, _FirehoseWriter, _iso, _json_line, _PendingLine, _write_parquet,
                                 make_catalog, nearest_neighbors)
 

@@ -25,7 +25,7 @@ Conversion to appsim's contracts (``DESIGN.md``):
   gaps unchanged; the event schema refuses 1998 dates as clock faults). Prepare's time split then
   holds out the last ``holdout_fraction`` of the 7 months.
 
-Events go through the simulator's Firehose writer (``pipelines/simulate.py``), the one definition
+Events go through the simulator's Firehose writer (``pipelines/simulators/marketplace.py``), the one definition
 of the store's feedback layout.
 """
 
@@ -40,7 +40,7 @@ import pandas as pd
 
 from models import layout, storage
 from models.events import SCHEMA_VERSION
-from pipelines.simulate import SimulationParameters, _FirehoseWriter, _json_line, _PendingLine, _write_parquet
+from pipelines.simulators.marketplace import SimulationParameters, _FirehoseWriter, _json_line, _PendingLine, _write_parquet
 
 PACKAGE = "recbole"
 INSTALL_COMMAND = ".venv/bin/pip install --no-deps 'recbole==1.2.1'"
