@@ -34,7 +34,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from models.events import ClickEvent, ConversionEvent, PredictionEvent, firehose_prefix  # noqa: E402
+from models import layout  # noqa: E402
+from models.events import ClickEvent, ConversionEvent, PredictionEvent  # noqa: E402
 from steps.prepare_duckdb import DuckDBSettings  # noqa: E402
 from steps.spark_session import LOCAL_CORES as SPARK_LOCAL_CORES  # noqa: E402
 
@@ -91,7 +92,7 @@ def generate(root: Path, lines: int, apps: int, users: int, seed: int) -> None:
             body.append(line)
             if duplicate[i]:
                 body.append(line)
-        folder = root / firehose_prefix(arrival)
+        folder = root / layout.feedback_prefix(arrival)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"part-{first:012d}.gz").write_bytes(gzip.compress(b"\n".join(body) + b"\n", compresslevel=1))
 
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="duckdb", help=argparse.SUPPRESS)
     parser.add_argument("--spark", action="store_true",
-                        help="also time the spark engine (steps.prepare_spark's job, local mode: local[2])")
+                        help="also time the spark engine (steps.prepare_spark_job, local mode: local[2])")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.root, args.engine, args.memory_limit)

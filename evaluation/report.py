@@ -31,7 +31,6 @@ from evaluation.metrics import PADDING, group_mean, hit_matrix
 CURVE_K = 50
 SEGMENT_K = 10
 MAX_SEGMENT_VALUES = 12  # a bar chart of more categories is unreadable: the most queried ones are shown
-REPORT = "report.html"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,6 @@ INDEX = "index.faiss"
 ENCODER = "encoder.json"
 ENCODER_WEIGHTS = "encoder_weights.npy"
 APP_STATS = "app_stats.parquet"
-TARBALL = "model.tar.gz"
 
 
 class ArtifactError(RuntimeError):

@@ -188,8 +188,3 @@ def validate_event(data: dict) -> PredictionEvent | ClickEvent | ConversionEvent
         return _ADAPTER.validate_python(data, strict=True)
     except ValidationError as error:
         raise _reason_for(error) from None
-
-
-def firehose_prefix(ts: datetime) -> str:
-    """Firehose's default S3 prefix for a record received at ``ts`` (UTC hour folders)."""
-    return ts.astimezone(timezone.utc).strftime("feedback/%Y/%m/%d/%H/")

@@ -5,8 +5,9 @@ Versions are numbered 1, 2, 3... in one model package group; status is one of
 version. Every candidate is recorded, with its metrics and lineage, whatever the decision.
 
 Backends: ``sqlite:///path/registry.db`` (the embedded default, ``models/registry_sqlite.py``)
-and ``sagemaker://<model-package-group>`` (SageMaker Model Registry). ``open_registry`` picks
-one from a registry URI; the shared contract tests in ``tests/models/test_registry_contract.py``
+and ``sagemaker://<model-package-group>`` (SageMaker Model Registry).
+``models/registry_backends.py`` (``open_registry``) picks one from a registry URI: it imports the
+backends, which import this module, so this module imports none of them (no cycle); the shared contract tests in ``tests/models/test_registry_contract.py``
 run against every backend.
 """
 
@@ -95,19 +96,3 @@ def check_status(status: str) -> Status:
     if status not in STATUSES:
         raise RegistryError(f"unknown status '{status}'; use one of {', '.join(STATUSES)}")
     return status  # type: ignore[return-value]
-
-
-def open_registry(uri: str, read_only: bool = False) -> Registry:
-    """A registry backend from its URI: ``sqlite:///path`` or ``sagemaker://group``.
-
-    ``read_only`` is for commands that only read (list, show, serve): the SQLite file is then
-    opened without writing anything, so a read-only store still answers."""
-    if uri.startswith("sqlite://"):
-        from models.registry_sqlite import SQLiteRegistry
-
-        return SQLiteRegistry(uri[len("sqlite://"):], read_only=read_only)
-    if uri.startswith("sagemaker://"):
-        from models.registry_sagemaker import SageMakerRegistry
-
-        return SageMakerRegistry(uri[len("sagemaker://"):])
-    raise RegistryError(f"registry URI '{uri}' is not understood; use sqlite:///path/registry.db or sagemaker://<model-package-group>")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -25,15 +24,12 @@ from botocore.exceptions import ClientError
 from models import storage
 from models.notifications import TOPIC_ENV
 from models.registry_sagemaker import SageMakerRegistry
-from pipelines import graph
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines import graph, sagemaker_target
+from pipelines.config import PipelineConfig
+from pipelines.sagemaker_target import SPARK_APP_MODULE, PipelineBuildError, Target, check_deployable
 
 Echo = Callable[[str], None]
 
-# Parameters that only the SageMaker pipeline has: where and on what the jobs run.
-INFRASTRUCTURE_PARAMETERS: tuple[str, ...] = (
-    "processing_instance_type", "processing_instance_count", "training_instance_type", "training_instance_count",
-)
 TERMINAL_STATUSES = ("Succeeded", "Failed", "Stopped")
 # EventBridge Scheduler's universal target for the SageMaker API, and its context attribute
 # for the time the schedule fired (substituted into the target input on every run).
@@ -42,80 +38,6 @@ SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 # The daily A/B decision runs as a one-off Processing job; each firing needs a unique job name.
 CREATE_PROCESSING_JOB_TARGET = "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
 EXECUTION_ID = "<aws.scheduler.execution-id>"
-
-# Placeholders that let `appsim pipeline definition` show the definition before an AWS
-# account is set up; `check_deployable` refuses them, so they never reach SageMaker.
-PREVIEW_STORE = "s3://your-appsim-bucket/appsim"
-PREVIEW_IMAGE_URI = "000000000000.dkr.ecr.us-east-1.amazonaws.com/appsim:set-sagemaker-image-uri"
-PREVIEW_ROLE_ARN = "arn:aws:iam::000000000000:role/set-sagemaker-role-arn"
-PREVIEW_SPARK_IMAGE_URI = "000000000000.dkr.ecr.us-east-1.amazonaws.com/appsim-spark:set-sagemaker-spark-image-uri"
-# prepare_engine=spark: PySparkProcessor submits a Python file from S3 (it cannot run a module of the
-# image), so deploying copies the job's entry point here, beside the data it prepares.
-SPARK_APP_MODULE = graph.PREPARE_ENTRY_MODULES["spark"]
-
-
-class PipelineBuildError(ConfigError):
-    """The SageMaker pipeline cannot be built, deployed or started from this configuration."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the pipeline runs: the S3 store, the job image and the execution role."""
-
-    store: str
-    image_uri: str
-    role_arn: str
-    prepare_engine: str = "duckdb"
-    spark_image_uri: str = ""  # prepare_engine=spark only
-
-    @classmethod
-    def from_config(cls, config: PipelineConfig, role_arn: str | None = None, preview: bool = False) -> "Target":
-        """The deployment target; with ``preview`` missing values become labelled placeholders."""
-        store = "" if storage.is_local(config.store) else config.store
-        image = config.sagemaker.image_uri
-        role = role_arn or config.sagemaker.role_arn
-        engine = config.parameters.prepare_engine
-        spark_image = config.sagemaker.spark_image_uri if engine == "spark" else ""
-        if preview:
-            spark_image = spark_image or (PREVIEW_SPARK_IMAGE_URI if engine == "spark" else "")
-            return cls(store or PREVIEW_STORE, image or PREVIEW_IMAGE_URI, role or PREVIEW_ROLE_ARN, engine, spark_image)
-        return cls(store, image, role, engine, spark_image)
-
-    def placeholders(self) -> list[str]:
-        """One note per placeholder in use (empty when deployable)."""
-        notes = []
-        if self.store == PREVIEW_STORE:
-            notes.append(f"store {PREVIEW_STORE} (pass --store s3://bucket/prefix)")
-        if self.image_uri == PREVIEW_IMAGE_URI:
-            notes.append(f"image {PREVIEW_IMAGE_URI} (set sagemaker.image_uri in pipeline.yaml)")
-        if self.role_arn == PREVIEW_ROLE_ARN:
-            notes.append(f"role {PREVIEW_ROLE_ARN} (pass --role-arn or set sagemaker.role_arn)")
-        if self.spark_image_uri == PREVIEW_SPARK_IMAGE_URI:
-            notes.append(f"spark image {PREVIEW_SPARK_IMAGE_URI} (set sagemaker.spark_image_uri in pipeline.yaml)")
-        return notes
-
-    @property
-    def spark_app_uri(self) -> str:
-        """Where deployment puts the spark engine's entry point for PySparkProcessor to submit."""
-        return storage.join(self.store, "code", SPARK_APP_MODULE.replace(".", "/") + ".py")
-
-
-def check_deployable(target: Target) -> None:
-    """Raise ``PipelineBuildError`` naming every missing setting before anything is sent to AWS."""
-    problems = []
-    if not target.store.startswith("s3://") or target.store == PREVIEW_STORE:
-        problems.append("the store must be on S3: pass --store s3://bucket/prefix or set backends.store")
-    if not target.image_uri or target.image_uri == PREVIEW_IMAGE_URI:
-        problems.append("sagemaker.image_uri is empty: push the appsim image (serving/Dockerfile) to ECR and set it")
-    if not target.role_arn or target.role_arn == PREVIEW_ROLE_ARN:
-        problems.append("no execution role: pass --role-arn arn:aws:iam::<account>:role/<name> or set sagemaker.role_arn")
-    if target.prepare_engine == "spark" and target.spark_image_uri in ("", PREVIEW_SPARK_IMAGE_URI):
-        problems.append(
-            "prepare_engine is spark but sagemaker.spark_image_uri is empty: build the SageMaker Spark 3.5 "
-            "processing image with appsim installed (pip install '.[spark]'), push it to ECR and set it")
-    if problems:
-        raise PipelineBuildError("cannot deploy the SageMaker pipeline: " + "; ".join(problems))
-
 
 def sagemaker_client(config: PipelineConfig) -> Any:
     return boto3.client("sagemaker", region_name=config.sagemaker.region)
@@ -190,7 +112,7 @@ def execution_parameters(config: PipelineConfig, overrides: dict[str, Any], now:
 
 def _split(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model parameters, validated by the config; data locations and instances, passed as given)."""
-    passthrough_names = set(graph.DATA_PARAMETERS) | set(INFRASTRUCTURE_PARAMETERS)
+    passthrough_names = set(graph.DATA_PARAMETERS) | set(sagemaker_target.INFRASTRUCTURE_PARAMETERS)
     model = {k: v for k, v in overrides.items() if k not in passthrough_names}
     passthrough = {k: v for k, v in overrides.items() if k in passthrough_names}
     return model, passthrough

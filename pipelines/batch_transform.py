@@ -21,9 +21,9 @@ from typing import Any
 import boto3
 
 from models import layout, storage
+from models.catalog import read_catalog
 from models.registry import ModelVersion
 from pipelines.config import ConfigError, PipelineConfig
-from steps.train import read_catalog
 
 JSONLINES = "application/jsonlines"
 MAX_PAYLOAD_MB = 6  # SageMaker's request limit, which the container enforces too

@@ -149,7 +149,7 @@ def registry() -> None:
 
 
 def _registry(config_path: str | None, store: str | None, writing: bool = False):
-    from models.registry import open_registry
+    from models.registry_backends import open_registry
 
     return open_registry(_config(config_path, store, writing=writing).registry_uri, read_only=not writing)
 
@@ -258,9 +258,7 @@ def runs_show(run_id: str, store: str | None, config_path: str | None, as_json: 
 
 
 def _html_report_uri(evaluation_uri: str) -> str:
-    from evaluation.report import REPORT
-
-    return evaluation_uri.rsplit("/", 1)[0] + "/" + REPORT
+    return evaluation_uri.rsplit("/", 1)[0] + "/" + layout.EVALUATION_PAGE
 
 
 def _open_report(evaluation_uri: str | None, run_id: str) -> None:

@@ -46,7 +46,8 @@ from evaluation.drift import MIN_COUNT, DriftError, WindowData, check_drift
 from models import layout, storage
 from models.events import parse_utc
 from models.experiments import Experiment, ExperimentError, open_experiments, utcnow
-from models.registry import RegistryError, open_registry
+from models.registry import RegistryError
+from models.registry_backends import open_registry
 from models.sqlite_file import SQLiteFileError
 from pipelines.config import PipelineConfig, load_config
 from pipelines.rollout import (
@@ -416,7 +417,7 @@ def drift_check(at: str | None, recent_days: int, reference_start: str | None, r
             catalog = pd.read_parquet(handle)
 
         def window(start: datetime, stop: datetime) -> WindowData:
-            return WindowData.from_events(e for e in read_events(feedback, start, stop, lateness=timedelta(0))
+            return WindowData.from_events(e for e in read_events(feedback, start, stop, as_of=end)
                                           if start <= e["ts"] < stop)
 
         prediction_start = max(ref_start, ref_end - timedelta(days=recent_days))

@@ -157,7 +157,7 @@ def feedback_group() -> None:
 @_config
 def pull_kinesis_command(stream: str, store: str | None, config_path: str | None) -> None:
     """Read new records from a Kinesis stream into <store>/feedback (a checkpoint skips what was read)."""
-    from models import kinesis_source
+    from pipelines import kinesis_source
 
     config = _load(config_path, store)
     result = kinesis_source.pull(stream, config.store, region=config.sagemaker.region)

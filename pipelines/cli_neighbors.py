@@ -7,7 +7,8 @@ import json
 import click
 
 from models.progress import Progress
-from models.registry import ModelVersion, open_registry
+from models.registry import ModelVersion
+from models.registry_backends import open_registry
 from pipelines.config import PipelineConfig, load_config
 from steps import export_neighbors
 

@@ -6,7 +6,7 @@ pipeline builder both execute, so the two cannot drift (a test compares them).
         CheckImprovement false -> RegisterRejected   (recorded as Rejected; the run still succeeds)
 
 PrepareFeedback's job depends on ``prepare_engine`` (``steps(prepare_engine)``): steps.prepare
-(DuckDB) or steps.prepare_spark (a PySparkProcessor on SageMaker); a build parameter, not a run one.
+(DuckDB) or steps.prepare_spark_job (a PySparkProcessor on SageMaker); a build parameter, not a run one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from models import layout
 from pipelines.config import PipelineParameters
 
 StepKind = Literal["processing", "training", "condition", "register"]
@@ -49,7 +50,7 @@ BUILD_PARAMETERS: tuple[str, ...] = ("prepare_engine",)
 PARAMETERS: tuple[str, ...] = DATA_PARAMETERS + tuple(
     name for name in PipelineParameters.model_fields if name not in BUILD_PARAMETERS)
 # PrepareFeedback's job entry point for each prepare_engine.
-PREPARE_ENTRY_MODULES: dict[str, str] = {"duckdb": "steps.prepare", "spark": "steps.prepare_spark"}
+PREPARE_ENTRY_MODULES: dict[str, str] = {"duckdb": "steps.prepare", "spark": "steps.prepare_spark_job"}
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec(
@@ -75,14 +76,12 @@ STEPS: tuple[StepSpec, ...] = (
 
 CONDITION = ConditionSpec(
     step="EvaluateCandidate",
-    report_file="evaluation.json",
+    report_file=layout.EVALUATION_REPORT,
     json_path="improved",
     equals=True,
     if_true=("RegisterCandidate",),
     if_false=("RegisterRejected",),
 )
-
-EVALUATION_REPORT = CONDITION.report_file
 
 
 def steps(prepare_engine: str = "duckdb") -> tuple[StepSpec, ...]:

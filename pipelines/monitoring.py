@@ -34,9 +34,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from serving import metric_names as names
+
 DEFAULT_NAMESPACE = "appsim"
 DEFAULT_DIMENSIONS = {"service": "appsim"}
 ALARM_PREFIX = "appsim-"
+
+# serving's series (serving/metric_names.py), as Prometheus and CloudWatch see them
+_REQUESTS = names.total(names.REQUESTS)
+_LATENCY = names.REQUEST_DURATION
+_LATENCY_BUCKETS = names.bucket(names.REQUEST_DURATION)
+_RATE_LIMITED = names.total(names.RATE_LIMITED)
+_REVENUE = names.total(names.FEEDBACK_REVENUE)
+_FEEDBACK_OUTCOMES = names.total(names.FEEDBACK_OUTCOMES)
+_MODEL_VERSION = names.MODEL_VERSION
+_MODEL_WEIGHT = names.MODEL_WEIGHT
+_MODEL_READY = names.MODEL_READY
+_SINK_QUEUE_DEPTH = names.SINK_QUEUE_DEPTH
+_SPILL_PENDING = names.SPILL_PENDING_BATCHES
 
 
 @dataclass(frozen=True)
@@ -66,44 +81,47 @@ class AlarmSpec:
         return self.period_seconds * self.evaluation_periods
 
 
+# Descriptions are what an on-call engineer reads in the alarm: the condition in plain words and the
+# runbook section, never a reference to the design notes (HighErrorRate and HighLatency are the
+# seed's section 5.3, ZeroTraffic its 5.2).
 ALARMS: tuple[AlarmSpec, ...] = (
     AlarmSpec(
         name="HighErrorRate", severity="critical",
-        description="5xx responses above 5% of requests for 10 minutes (seed 5.3: 5-minute periods, 2 of 2)",
+        description="5xx responses above 5% of requests for two 5-minute periods in a row (runbook, HighErrorRate)",
         comparison=">", threshold=5.0, period_seconds=300, evaluation_periods=2,
-        metrics=(CloudWatchMetric("errors", "appsim_requests_total", "Sum", {"status_class": "5xx"}),
-                 CloudWatchMetric("requests", "appsim_requests_total", "Sum")),
+        metrics=(CloudWatchMetric("errors", _REQUESTS, "Sum", {"status_class": "5xx"}),
+                 CloudWatchMetric("requests", _REQUESTS, "Sum")),
         expression="100 * errors / requests",
-        prometheus='100 * sum(rate(appsim_requests_total{status=~"5.."}[5m])) / sum(rate(appsim_requests_total[5m])) > 5',
+        prometheus=f'100 * sum(rate({_REQUESTS}{{status=~"5.."}}[5m])) / sum(rate({_REQUESTS}[5m])) > 5',
     ),
     AlarmSpec(
         name="HighLatency", severity="critical",
-        description="p99 request latency above 500 ms (seed 5.3: 10-minute periods, 2 of 2)",
+        description="p99 request latency above 500 ms for two 10-minute periods in a row (runbook, HighLatency)",
         comparison=">", threshold=0.5, period_seconds=600, evaluation_periods=2,
-        metrics=(CloudWatchMetric("latency", "appsim_request_duration_seconds", "p99"),),
-        prometheus="histogram_quantile(0.99, sum by (le) (rate(appsim_request_duration_seconds_bucket[10m]))) > 0.5",
+        metrics=(CloudWatchMetric("latency", _LATENCY, "p99"),),
+        prometheus=f"histogram_quantile(0.99, sum by (le) (rate({_LATENCY_BUCKETS}[10m]))) > 0.5",
     ),
     AlarmSpec(
         name="ZeroTraffic", severity="critical",
-        description="no request at all for 5 minutes (seed 5.2); no data counts as no traffic",
+        description="no request at all for 5 minutes, no data counting as no traffic (runbook, ZeroTraffic)",
         comparison="<", threshold=1.0, period_seconds=300, evaluation_periods=1,
-        metrics=(CloudWatchMetric("requests", "appsim_requests_total", "Sum"),),
-        prometheus="sum(increase(appsim_requests_total[5m])) < 1 or absent(appsim_requests_total)",
+        metrics=(CloudWatchMetric("requests", _REQUESTS, "Sum"),),
+        prometheus=f"sum(increase({_REQUESTS}[5m])) < 1 or absent({_REQUESTS})",
         missing_data="breaching",
     ),
     AlarmSpec(
         name="SinkQueueBacklog", severity="warning",
-        description="more than 5,000 feedback events waiting for the sink for 10 minutes (half the default queue)",
+        description="more than 5,000 feedback events waiting for the sink for 10 minutes, half the default queue (runbook, SinkQueueBacklog)",
         comparison=">", threshold=5000.0, period_seconds=300, evaluation_periods=2,
-        metrics=(CloudWatchMetric("depth", "appsim_sink_queue_depth", "Maximum"),),
-        prometheus="max(appsim_sink_queue_depth) > 5000",
+        metrics=(CloudWatchMetric("depth", _SINK_QUEUE_DEPTH, "Maximum"),),
+        prometheus=f"max({_SINK_QUEUE_DEPTH}) > 5000",
     ),
     AlarmSpec(
         name="SinkSpillBacklog", severity="warning",
-        description="spilled feedback batches waiting for replay for 15 minutes: the sink refuses writes",
+        description="spilled feedback batches waiting for replay for 15 minutes: the sink refuses writes (runbook, SinkSpillBacklog)",
         comparison=">", threshold=0.0, period_seconds=300, evaluation_periods=3,
-        metrics=(CloudWatchMetric("spilled", "appsim_spill_pending_batches", "Minimum"),),
-        prometheus="min(appsim_spill_pending_batches) > 0",
+        metrics=(CloudWatchMetric("spilled", _SPILL_PENDING, "Minimum"),),
+        prometheus=f"min({_SPILL_PENDING}) > 0",
     ),
 )
 
@@ -200,32 +218,32 @@ def _m(metric_id: str, name: str, statistic: str, **dimensions: str) -> CloudWat
     return CloudWatchMetric(metric_id, name, statistic, dimensions)
 
 
-_QUANTILE = "histogram_quantile({q}, sum by (le{by}) (rate(appsim_request_duration_seconds_bucket{sel}[5m])))"
+_QUANTILE = f"histogram_quantile({{q}}, sum by (le{{by}}) (rate({_LATENCY_BUCKETS}{{sel}}[5m])))"
 _ARMS = ("champion", "challenger")
 
 DASHBOARD: tuple[Panel, ...] = (
     Panel("Traffic", (
-        Chart("Requests per second", "line", (("req/s", "sum(rate(appsim_requests_total[1m]))"),),
-              (_m("requests", "appsim_requests_total", "Sum"),), (("req/s", "requests / PERIOD(requests)"),),
+        Chart("Requests per second", "line", (("req/s", f"sum(rate({_REQUESTS}[1m]))"),),
+              (_m("requests", _REQUESTS, "Sum"),), (("req/s", "requests / PERIOD(requests)"),),
               unit="reqps"),
         Chart("Error rate (%)", "stacked",
-              (("4xx", '100 * sum(rate(appsim_requests_total{status=~"4.."}[5m])) / sum(rate(appsim_requests_total[5m]))'),
-               ("5xx", '100 * sum(rate(appsim_requests_total{status=~"5.."}[5m])) / sum(rate(appsim_requests_total[5m]))')),
-              (_m("e4", "appsim_requests_total", "Sum", status_class="4xx"),
-               _m("e5", "appsim_requests_total", "Sum", status_class="5xx"),
-               _m("all", "appsim_requests_total", "Sum")),
+              (("4xx", f'100 * sum(rate({_REQUESTS}{{status=~"4.."}}[5m])) / sum(rate({_REQUESTS}[5m]))'),
+               ("5xx", f'100 * sum(rate({_REQUESTS}{{status=~"5.."}}[5m])) / sum(rate({_REQUESTS}[5m]))')),
+              (_m("e4", _REQUESTS, "Sum", status_class="4xx"),
+               _m("e5", _REQUESTS, "Sum", status_class="5xx"),
+               _m("all", _REQUESTS, "Sum")),
               (("4xx", "100 * e4 / all"), ("5xx", "100 * e5 / all")), unit="percent"),
-        Chart("Rate-limited (429) per second", "line", (("429/s", "sum(rate(appsim_rate_limited_total[1m]))"),),
-              (_m("limited", "appsim_rate_limited_total", "Sum"),), (("429/s", "limited / PERIOD(limited)"),),
+        Chart("Rate-limited (429) per second", "line", (("429/s", f"sum(rate({_RATE_LIMITED}[1m]))"),),
+              (_m("limited", _RATE_LIMITED, "Sum"),), (("429/s", "limited / PERIOD(limited)"),),
               unit="reqps"),
     )),
     Panel("Latency", (
         Chart("Latency p50 / p95 / p99", "line",
               tuple((f"p{int(q * 100)}", _QUANTILE.format(q=q, by="", sel="")) for q in (0.5, 0.95, 0.99)),
-              tuple(_m(f"p{p}", "appsim_request_duration_seconds", f"p{p}") for p in (50, 95, 99)), unit="s"),
+              tuple(_m(f"p{p}", _LATENCY, f"p{p}") for p in (50, 95, 99)), unit="s"),
         Chart("Latency distribution", "heatmap",
-              (("{{le}}", "sum by (le) (increase(appsim_request_duration_seconds_bucket[1m]))"),),
-              tuple(_m(f"p{p.replace('.', '_')}", "appsim_request_duration_seconds", f"p{p}")
+              (("{{le}}", f"sum by (le) (increase({_LATENCY_BUCKETS}[1m]))"),),
+              tuple(_m(f"p{p.replace('.', '_')}", _LATENCY, f"p{p}")
                     for p in ("10", "25", "50", "75", "90", "99", "99.9")), unit="s"),
     )),
     Panel("Infrastructure", (
@@ -233,45 +251,45 @@ DASHBOARD: tuple[Panel, ...] = (
               (_m("cpu", "process_cpu_seconds_total", "Sum"),), (("CPU cores", "cpu / PERIOD(cpu)"),), unit="short"),
         Chart("Resident memory per worker", "line", (("{{instance}}", "process_resident_memory_bytes"),),
               (_m("rss", "process_resident_memory_bytes", "Maximum"),), unit="bytes"),
-        Chart("Workers with a model loaded", "number", (("ready", "sum(appsim_model_ready)"),),
-              (_m("ready", "appsim_model_ready", "Minimum"),), unit="short"),
+        Chart("Workers with a model loaded", "number", (("ready", f"sum({_MODEL_READY})"),),
+              (_m("ready", _MODEL_READY, "Minimum"),), unit="short"),
         Chart("Feedback backlog (sink queue, spilled batches)", "line",
-              (("queued events", "sum(appsim_sink_queue_depth)"), ("spilled batches", "sum(appsim_spill_pending_batches)")),
-              (_m("queued", "appsim_sink_queue_depth", "Maximum"), _m("spilled", "appsim_spill_pending_batches", "Maximum")),
+              (("queued events", f"sum({_SINK_QUEUE_DEPTH})"), ("spilled batches", f"sum({_SPILL_PENDING})")),
+              (_m("queued", _SINK_QUEUE_DEPTH, "Maximum"), _m("spilled", _SPILL_PENDING, "Maximum")),
               unit="short"),
     )),
     Panel("A/B testing", (
         Chart("Traffic split by arm", "pie",
-              tuple((arm, f'sum(rate(appsim_requests_total{{arm="{arm}"}}[5m]))') for arm in _ARMS),
-              tuple(_m(arm, "appsim_requests_total", "Sum", arm=arm) for arm in _ARMS), unit="reqps", period=300),
+              tuple((arm, f'sum(rate({_REQUESTS}{{arm="{arm}"}}[5m]))') for arm in _ARMS),
+              tuple(_m(arm, _REQUESTS, "Sum", arm=arm) for arm in _ARMS), unit="reqps", period=300),
         Chart("p99 latency by arm", "line",
               tuple((arm, _QUANTILE.format(q=0.99, by="", sel=f'{{arm="{arm}"}}')) for arm in _ARMS),
-              tuple(_m(arm, "appsim_request_duration_seconds", "p99", arm=arm) for arm in _ARMS), unit="s", period=300),
+              tuple(_m(arm, _LATENCY, "p99", arm=arm) for arm in _ARMS), unit="s", period=300),
         Chart("5xx rate by arm (%): the rollout guardrail", "line",
-              tuple((arm, f'100 * sum(rate(appsim_requests_total{{arm="{arm}",status=~"5.."}}[5m])) / '
-                          f'sum(rate(appsim_requests_total{{arm="{arm}"}}[5m]))') for arm in _ARMS),
-              tuple(m for arm in _ARMS for m in (_m(f"{arm}_5xx", "appsim_requests_total", "Sum", arm=arm, status_class="5xx"),
-                                                 _m(f"{arm}_all", "appsim_requests_total", "Sum", arm=arm))),
+              tuple((arm, f'100 * sum(rate({_REQUESTS}{{arm="{arm}",status=~"5.."}}[5m])) / '
+                          f'sum(rate({_REQUESTS}{{arm="{arm}"}}[5m]))') for arm in _ARMS),
+              tuple(m for arm in _ARMS for m in (_m(f"{arm}_5xx", _REQUESTS, "Sum", arm=arm, status_class="5xx"),
+                                                 _m(f"{arm}_all", _REQUESTS, "Sum", arm=arm))),
               tuple((arm, f"100 * {arm}_5xx / {arm}_all") for arm in _ARMS), unit="percent", period=300),
         Chart("Model version and weight by arm", "number",
-              (("v {{arm}}", "max by (arm) (appsim_model_version)"), ("weight {{arm}}", "max by (arm) (appsim_model_weight)")),
-              tuple(m for arm in _ARMS for m in (_m(f"{arm}_version", "appsim_model_version", "Maximum", arm=arm),
-                                                 _m(f"{arm}_weight", "appsim_model_weight", "Maximum", arm=arm)))),
+              (("v {{arm}}", f"max by (arm) ({_MODEL_VERSION})"), ("weight {{arm}}", f"max by (arm) ({_MODEL_WEIGHT})")),
+              tuple(m for arm in _ARMS for m in (_m(f"{arm}_version", _MODEL_VERSION, "Maximum", arm=arm),
+                                                 _m(f"{arm}_weight", _MODEL_WEIGHT, "Maximum", arm=arm)))),
         Chart("CTR and CVR by arm", "text", text="Measured on the feedback, with posteriors and the decision: "
               "`appsim ab report` (report.html); the daily `appsim ab decide` acts on it and publishes each step."),
     )),
     Panel("Business", (
         Chart("Revenue per hour (reported conversions)", "line",
-              (("revenue/h", "sum(increase(appsim_feedback_revenue_total[1h]))"),),
-              (_m("revenue", "appsim_feedback_revenue_total", "Sum"),), unit="currencyUSD", period=3600),
+              (("revenue/h", f"sum(increase({_REVENUE}[1h]))"),),
+              (_m("revenue", _REVENUE, "Sum"),), unit="currencyUSD", period=3600),
         Chart("Partner-reported CTR (%)", "line",
-              (("CTR", '100 * sum(rate(appsim_feedback_outcomes_total{event_type="click",outcome="positive"}[1h])) / '
-                       'sum(rate(appsim_feedback_outcomes_total{event_type="click"}[1h]))'),),
-              (_m("clicked", "appsim_feedback_outcomes_total", "Sum", event_type="click", outcome="positive"),
-               _m("shown", "appsim_feedback_outcomes_total", "Sum", event_type="click")),
+              (("CTR", f'100 * sum(rate({_FEEDBACK_OUTCOMES}{{event_type="click",outcome="positive"}}[1h])) / '
+                       f'sum(rate({_FEEDBACK_OUTCOMES}{{event_type="click"}}[1h]))'),),
+              (_m("clicked", _FEEDBACK_OUTCOMES, "Sum", event_type="click", outcome="positive"),
+               _m("shown", _FEEDBACK_OUTCOMES, "Sum", event_type="click")),
               (("CTR", "100 * clicked / shown"),), unit="percent", period=3600),
-        Chart("Requests per hour", "number", (("requests/h", "sum(increase(appsim_requests_total[1h]))"),),
-              (_m("hourly", "appsim_requests_total", "Sum"),), period=3600),
+        Chart("Requests per hour", "number", (("requests/h", f"sum(increase({_REQUESTS}[1h]))"),),
+              (_m("hourly", _REQUESTS, "Sum"),), period=3600),
         Chart("Cost per 1M requests", "text", text="Cost Explorer (service cost, tag `service=appsim`) divided by "
               "`Requests per hour` x 24 x 30 / 1M; appsim exports no cost series."),
     )),

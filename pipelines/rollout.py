@@ -30,7 +30,7 @@ import logging
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -46,12 +46,10 @@ from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment, Experim
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.registry import ModelVersion, Registry
 from pipelines.config import PipelineConfig, RolloutSettings
+from serving import metric_names
 
 log = logging.getLogger(__name__)
-LATENESS = timedelta(hours=2)  # outcomes (clicks, conversions) arrive after their request
 ARCHIVED = "archived:"         # the status reason prefix of an archived version
-REQUESTS_FAMILY = "appsim_requests"
-LATENCY_FAMILY = "appsim_request_duration_seconds"
 SCRAPE_TIMEOUT_SECONDS = 10.0
 
 
@@ -72,34 +70,26 @@ def guardrail_rules(rollout: RolloutSettings) -> GuardrailRules:
 
 
 # --- reading feedback ---------------------------------------------------------------------------
-def read_events(feedback_uri: str, start: datetime, end: datetime, lateness: timedelta = LATENESS) -> Iterator[dict]:
-    """Valid events from the hour folders that can hold events of ``[start, end)`` (+ lateness).
+def read_events(feedback_uri: str, start: datetime, end: datetime, as_of: datetime | None = None) -> Iterator[dict]:
+    """Valid events from the hour folders that can hold events of ``[start, end)``, as arrived by
+    ``as_of`` (default ``end``): ``models.layout.feedback_files``, the one lateness rule.
 
     Lines that do not validate are skipped here (prepare quarantines and counts them); the
     dicts keep optional fields the schema ignores, such as ``latency_ms``, and ``ts`` is parsed.
     """
-    hour = start.replace(minute=0, second=0, microsecond=0)
-    wanted: set[str] = set()
-    while hour < end + lateness:
-        wanted.add(hour.strftime("%Y/%m/%d/%H"))
-        hour += timedelta(hours=1)
-    for day in sorted({w[:10] for w in wanted}):
-        day_uri = storage.join(feedback_uri, day)
-        for uri in storage.list_files(day_uri):
-            if f"{day}/{uri[len(day_uri):].lstrip('/').split('/', 1)[0]}" not in wanted:
+    for uri in layout.feedback_files(feedback_uri, start, end, as_of=end if as_of is None else as_of).files:
+        for line in storage.iter_lines(uri):
+            if not line.strip():
                 continue
-            for line in storage.iter_lines(uri):
-                if not line.strip():
-                    continue
-                try:
-                    event = parse_line(line)
-                except InvalidEvent:
-                    continue
-                if event.event_type == "prediction" and not start <= event.ts < end:
-                    continue
-                data = orjson.loads(line)
-                data["ts"] = event.ts
-                yield data
+            try:
+                event = parse_line(line)
+            except InvalidEvent:
+                continue
+            if event.event_type == "prediction" and not start <= event.ts < end:
+                continue
+            data = orjson.loads(line)
+            data["ts"] = event.ts
+            yield data
 
 
 def analyse(config: PipelineConfig, experiment: Experiment, now: datetime,
@@ -187,12 +177,12 @@ def parse_snapshot(exposition: str) -> Snapshot:
             arm = sample.labels.get("arm")
             if arm not in (CHAMPION_ARM, CHALLENGER_ARM):
                 continue
-            if family.name == REQUESTS_FAMILY and sample.name == f"{REQUESTS_FAMILY}_total":
+            if family.name == metric_names.REQUESTS and sample.name == metric_names.total(metric_names.REQUESTS):
                 entry = arm_entry(arm)
                 entry["requests"] += sample.value
                 if sample.labels.get("status", "").startswith("5"):
                     entry["errors"] += sample.value
-            elif family.name == LATENCY_FAMILY and sample.name == f"{LATENCY_FAMILY}_bucket":
+            elif family.name == metric_names.REQUEST_DURATION and sample.name == metric_names.bucket(metric_names.REQUEST_DURATION):
                 buckets = arm_entry(arm)["buckets"]
                 buckets[sample.labels["le"]] = buckets.get(sample.labels["le"], 0.0) + sample.value
     return snapshot

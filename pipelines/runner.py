@@ -17,7 +17,8 @@ from typing import Any, Callable
 from models import layout, storage
 from models.notifications import NotificationError, publish, topic_arn
 from models.progress import Progress
-from models.registry import Registry, open_registry
+from models.registry import Registry
+from models.registry_backends import open_registry
 from pipelines import graph
 from pipelines.config import PipelineConfig, PipelineParameters
 from pipelines.runs import Heartbeat, RunRecord, StepRecord, list_runs, new_run_id, now, save_run
@@ -66,8 +67,8 @@ class LocalRunner:
         prepared_uri = layout.step_uri(self.store, record.run_id, "prepare")
         model_dir_uri = layout.step_uri(self.store, record.run_id, "train")
         evaluation_dir_uri = layout.step_uri(self.store, record.run_id, "evaluate")
-        artifact_uri = storage.join(model_dir_uri, "model.tar.gz")
-        evaluation_uri = storage.join(evaluation_dir_uri, graph.EVALUATION_REPORT)
+        artifact_uri = storage.join(model_dir_uri, layout.MODEL_TARBALL)
+        evaluation_uri = storage.join(evaluation_dir_uri, graph.CONDITION.report_file)
 
         progress = Progress("", every=5.0) if self.show_progress else Progress.quiet()
         prepared = self._step(record, "PrepareFeedback", lambda: prepare.run(

@@ -4,7 +4,7 @@ This is the one module that imports the SDK (1.2 GB, pinned to sagemaker==3.27.0
 extra); everything else talks to AWS with boto3, and the embedded mode never loads it.
 
     PrepareFeedback (Processing: python -m steps.prepare; with prepare_engine=spark a PySparkProcessor
-                     on processing_instance_count instances submitting steps/prepare_spark.py)
+                     on processing_instance_count instances submitting steps/prepare_spark_job.py)
       -> TrainEmbeddings (Training: python -m steps.train)
       -> EvaluateCandidate (Processing: python -m steps.evaluate; evaluation.json is a PropertyFile)
       -> CheckImprovement (JsonGet(evaluation.json, "improved") == True)
@@ -36,8 +36,8 @@ from models import layout, storage
 from models.notifications import TOPIC_ENV
 from models.registry_sagemaker import LINEAGE_PREFIX, METRIC_PREFIX, NUMBER_PREFIX, STRING_PREFIX
 from pipelines import graph
-from pipelines.aws import INFRASTRUCTURE_PARAMETERS, Target
 from pipelines.config import PipelineConfig, PipelineParameters
+from pipelines.sagemaker_target import INFRASTRUCTURE_PARAMETERS, Target
 
 # Importing the SDK creates boto3 clients at import time, which needs a region (no network).
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -257,7 +257,7 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
     model_uri = train.properties.ModelArtifacts.S3ModelArtifacts
 
     evaluate_spec = graph.step("EvaluateCandidate")
-    report = PropertyFile(name=REPORT_PROPERTY_FILE, output_name="evaluation", path=graph.EVALUATION_REPORT)
+    report = PropertyFile(name=REPORT_PROPERTY_FILE, output_name="evaluation", path=graph.CONDITION.report_file)
     evaluation_dir = step_output(evaluate_spec.name)
     evaluate = ProcessingStep(
         name=evaluate_spec.name,
@@ -277,7 +277,7 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
         property_files=[report], cache_config=cache, retry_policies=job_retries,
     )
     evaluation_uri = Join(on="/", values=[
-        evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, graph.EVALUATION_REPORT,
+        evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, graph.CONDITION.report_file,
     ])
 
     def report_value(path: str) -> JsonGet:

@@ -17,13 +17,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 import click
-import pyarrow.parquet as pq
 
 from models import layout, storage
 from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
+from models.catalog import CatalogInvalid, CatalogMissing, catalog_rows
 from models.events import parse_utc
 from models.experiments import ExperimentError, open_experiments
-from models.registry import RegistryError, open_registry
+from models.registry import RegistryError
+from models.registry_backends import open_registry
 from models.sqlite_file import SQLiteFile
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.runs import read_run
@@ -82,17 +83,11 @@ def _registry(config: PipelineConfig) -> list[Finding]:
 
 def _catalog(store: str) -> Finding:
     uri = layout.catalog_uri(store)
-    fix = "copy the feature-store snapshot to catalog/apps.parquet (demo data: `appsim simulate`)"
-    if not storage.exists(uri):
-        return Finding("catalog", "error", f"{uri} is missing: retraining needs it", fix)
     try:
-        with storage.open_uri(uri) as handle:
-            metadata = pq.read_metadata(handle)
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        return Finding("catalog", "error", f"{uri} is not a readable Parquet file: {error}", fix)
-    if "app_id" not in metadata.schema.names:
-        return Finding("catalog", "error", f"{uri} has no app_id column", fix)
-    return Finding("catalog", "ok", f"{uri}: {metadata.num_rows:,} apps")
+        return Finding("catalog", "ok", f"{uri}: {catalog_rows(uri):,} apps")
+    except (CatalogMissing, CatalogInvalid) as error:
+        return Finding("catalog", "error", str(error),
+                       f"copy the feature-store snapshot to catalog/{layout.CATALOG_FILE} (demo data: `appsim simulate`)")
 
 
 def _runs(store: str) -> list[Finding]:
@@ -142,22 +137,13 @@ def expired_hours(store: str, older_than_days: float, now: datetime) -> list[Pru
     """Feedback hour folders whose every event is older than ``older_than_days`` (the whole hour
     ends before the cut-off), oldest first. Folders that are not ``YYYY/MM/DD/HH`` are left alone."""
     cutoff = now - timedelta(days=older_than_days)
-    feedback = layout.feedback_uri(store)
     found = []
-    for year in storage.list_dirs(feedback):
-        for month in storage.list_dirs(storage.join(feedback, year)):
-            for day in storage.list_dirs(storage.join(feedback, year, month)):
-                for hour in storage.list_dirs(storage.join(feedback, year, month, day)):
-                    try:
-                        start = datetime.strptime(f"{year}/{month}/{day}/{hour}", "%Y/%m/%d/%H")
-                    except ValueError:
-                        continue
-                    if start.replace(tzinfo=timezone.utc) + timedelta(hours=1) > cutoff:
-                        continue
-                    uri = storage.join(feedback, year, month, day, hour)
-                    files, size = storage.usage(uri)
-                    found.append(PrunedHour(f"{year}/{month}/{day}/{hour}", uri, files, size))
-    return sorted(found, key=lambda h: h.hour)
+    for start, uri in layout.hour_folders(layout.feedback_uri(store)):
+        if start + timedelta(hours=1) > cutoff:
+            continue
+        files, size = storage.usage(uri)
+        found.append(PrunedHour(layout.hour_folder(start), uri, files, size))
+    return found
 
 
 def _remove_empty_parents(store: str, hours: list[PrunedHour]) -> None:

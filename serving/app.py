@@ -45,7 +45,8 @@ from serving.metrics import ARM_SCOPE_KEY, MetricsMiddleware, ServingMetrics
 from serving.model_state import Arm, LoadedModel, ModelManager, ServingState
 from serving.security import ApiError, ApiKeys, RateLimiter, open_bucket_store
 from serving.settings import ServingSettings, SettingsError, settings_from_env
-from serving.sinks import FeedbackSink, encode_line, open_sink
+from serving.sink_backends import open_sink
+from serving.sinks import FeedbackSink, encode_line
 from serving.tracing import SpanExporter, Tracing, TracingMiddleware
 
 log = logging.getLogger("appsim.serving")

@@ -30,6 +30,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from serving import metric_names as names
+
 if TYPE_CHECKING:
     from serving.batcher import EventBatcher
     from serving.model_state import ModelManager
@@ -42,11 +44,11 @@ MIRROR_SECONDS = 1.0
 # How a gauge of the owners' figures merges over workers (prometheus_client's multiprocess_mode;
 # "live" modes forget workers that exited). Not listed: livesum (per-worker amounts add up).
 GAUGE_MODES = {
-    "appsim_model_version": "liveall",  # per worker (a pid label): during a hot swap workers differ briefly
-    "appsim_model_weight": "liveall",
-    "appsim_model_ready": "livemin",  # 1 only when every worker has a model
-    "appsim_spill_pending_batches": "livemax",  # one spill folder, seen by every worker
-    "appsim_event_logging_stalled": "livemax",  # 1 when any worker is stuck
+    names.MODEL_VERSION: "liveall",  # per worker (a pid label): during a hot swap workers differ briefly
+    names.MODEL_WEIGHT: "liveall",
+    names.MODEL_READY: "livemin",  # 1 only when every worker has a model
+    names.SPILL_PENDING_BATCHES: "livemax",  # one spill folder, seen by every worker
+    names.EVENT_LOGGING_STALLED: "livemax",  # 1 when any worker is stuck
 }
 
 
@@ -70,17 +72,17 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.multiprocess = multiprocess_mode()
-        self.latency = Histogram("appsim_request_duration_seconds", "Request latency by endpoint and arm",
+        self.latency = Histogram(names.REQUEST_DURATION, "Request latency by endpoint and arm",
                                  ["endpoint", "arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
         # The arm label lets the staged rollout compare the challenger's error rate with the champion's.
-        self.requests = Counter("appsim_requests", "Requests by endpoint, HTTP status and arm",
+        self.requests = Counter(names.REQUESTS, "Requests by endpoint, HTTP status and arm",
                                 ["endpoint", "status", "arm"], registry=self.registry)
-        self.rate_limited = Counter("appsim_rate_limited", "Requests answered 429, by the limit that was reached",
+        self.rate_limited = Counter(names.RATE_LIMITED, "Requests answered 429, by the limit that was reached",
                                     ["limit"], registry=self.registry)
         # The business panel of the dashboards: what partners report back through /v1/feedback.
-        self.feedback = Counter("appsim_feedback_outcomes", "Accepted click/conversion events by type and outcome",
+        self.feedback = Counter(names.FEEDBACK_OUTCOMES, "Accepted click/conversion events by type and outcome",
                                 ["event_type", "outcome"], registry=self.registry)
-        self.revenue = Counter("appsim_feedback_revenue", "Revenue reported by accepted conversion events",
+        self.revenue = Counter(names.FEEDBACK_REVENUE, "Revenue reported by accepted conversion events",
                                registry=self.registry)
         # CPU and memory of this worker (the infrastructure panel); Linux /proc, absent elsewhere. With
         # several workers it is mirrored like the owners' figures (summed over the workers).
@@ -207,14 +209,14 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         if self.manager is not None:
             state = self.manager.state
-            versions = GaugeMetricFamily("appsim_model_version", "Model version served by each arm", labels=["arm"])
-            weights = GaugeMetricFamily("appsim_model_weight", "Traffic share of each arm", labels=["arm"])
+            versions = GaugeMetricFamily(names.MODEL_VERSION, "Model version served by each arm", labels=["arm"])
+            weights = GaugeMetricFamily(names.MODEL_WEIGHT, "Traffic share of each arm", labels=["arm"])
             for arm in state.arms if state else ():
                 versions.add_metric([arm.name], arm.model.version)
                 weights.add_metric([arm.name], arm.weight)
             yield versions
             yield weights
-            yield GaugeMetricFamily("appsim_model_ready", "1 once a model is loaded", value=int(state is not None))
+            yield GaugeMetricFamily(names.MODEL_READY, "1 once a model is loaded", value=int(state is not None))
             yield CounterMetricFamily("appsim_model_swaps", "Hot swaps to a new serving state", value=self.manager.swaps)
             yield CounterMetricFamily("appsim_model_load_failures", "Model versions that failed to load",
                                       value=self.manager.load_failures)
@@ -226,8 +228,8 @@ class _StateCollector(Collector):
                              "retried with backoff", self.manager.retrying)
         if self.batcher is not None:
             stats = self.batcher.stats
-            yield GaugeMetricFamily("appsim_sink_queue_depth", "Events waiting for the sink", value=self.batcher.depth)
-            yield GaugeMetricFamily("appsim_spill_pending_batches",
+            yield GaugeMetricFamily(names.SINK_QUEUE_DEPTH, "Events waiting for the sink", value=self.batcher.depth)
+            yield GaugeMetricFamily(names.SPILL_PENDING_BATCHES,
                                     "Files of events on local disk waiting for the sink (journal and spill, "
                                     "including files being replayed or left claimed by a dead process)",
                                     value=self.batcher.spill.backlog())
@@ -244,7 +246,7 @@ class _StateCollector(Collector):
                                       value=stats.loop_errors)
             yield CounterMetricFamily("appsim_spill_quarantined_files", "Spill files that could not be read back",
                                       value=stats.quarantined_files)
-            yield GaugeMetricFamily("appsim_event_logging_stalled",
+            yield GaugeMetricFamily(names.EVENT_LOGGING_STALLED,
                                     "1 while the watchdog sees event logging stuck (/ping answers 503)",
                                     value=int(self.batcher.stall_reason() is not None))
 

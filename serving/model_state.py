@@ -34,7 +34,8 @@ from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, ExperimentError, ExperimentStore, open_experiments
 from models.features import MetadataError
 from models.predictor import Predictor
-from models.registry import ModelVersion, Registry, RegistryError, open_registry
+from models.registry import ModelVersion, Registry, RegistryError
+from models.registry_backends import open_registry
 from models.routing import pick_arm
 from models.storage import StorageError
 from serving.settings import ServingSettings

@@ -9,7 +9,8 @@ replays it later, so a sink never has to buffer or retry by itself.
   what Firehose delivers to S3, on any store URI (a local folder or ``s3://``), so prepare
   reads the embedded mode's feedback and the AWS mode's the same way.
 - Kinesis Data Streams / Firehose sinks live in ``serving/sinks_aws.py`` (boto3), chosen by a
-  ``kinesis://stream`` or ``firehose://stream`` feedback URI.
+  ``kinesis://stream`` or ``firehose://stream`` feedback URI in ``serving/sink_backends.py``
+  (``open_sink``), which imports the backends, so no backend imports back (no cycle).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Callable, Protocol, Sequence
 
 import orjson
 
-from models import storage
+from models import layout, storage
 
 
 class SinkError(RuntimeError):
@@ -60,10 +61,9 @@ class FirehoseFileSink:
         self.clock = clock
 
     def object_uri(self, received: datetime) -> str:
-        # Firehose's default prefix: UTC hour folders by arrival time (models.events.firehose_prefix);
-        # its object names: <stream>-<version>-YYYY-MM-DD-HH-MM-SS-<uuid>.
+        # Firehose's object names: <stream>-<version>-YYYY-MM-DD-HH-MM-SS-<uuid>.
         name = f"{self.stream_name}-1-{received:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}.gz"
-        return storage.join(self.feedback_uri, received.strftime("%Y/%m/%d/%H"), name)
+        return layout.feedback_object_uri(self.feedback_uri, received, name)
 
     def write(self, events: Sequence[dict]) -> None:
         if not events:
@@ -79,12 +79,3 @@ class FirehoseFileSink:
 
     def close(self) -> None:
         return None
-
-
-def open_sink(uri: str) -> FeedbackSink:
-    """A sink from a feedback URI: a store folder (file:// or s3://), kinesis:// or firehose://."""
-    if uri.startswith(("kinesis://", "firehose://")):
-        from serving import sinks_aws
-
-        return sinks_aws.open_sink(uri)
-    return FirehoseFileSink(uri)

@@ -21,15 +21,15 @@ from evaluation import baselines, report
 from evaluation import compare as cmp
 from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
-from models import dataset, storage
-from models.artifact import TARBALL, ModelArtifact
+from models import dataset, layout, storage
+from models.artifact import ModelArtifact
+from models.catalog import read_catalog
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.predictor import Predictor
-from models.registry import ModelVersion, open_registry
+from models.registry import ModelVersion
+from models.registry_backends import open_registry
 from models.storage import StorageError
-from steps.train import read_catalog
 
-REPORT = "evaluation.json"  # report.html (evaluation/report.py) is written beside it
 
 
 def model_rankings(queries: HoldoutQueries, predictor: Predictor, k: int) -> np.ndarray:
@@ -75,7 +75,7 @@ def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, 
     if catalog is not None:
         rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed))
     page = report.build(evaluation, queries, rankings, report.query_segments(queries, train_interactions, catalog), notes)
-    uri = storage.join(output_uri, report.REPORT)
+    uri = storage.join(output_uri, layout.EVALUATION_PAGE)
     storage.write_bytes(uri, page.encode("utf-8"))
     return uri
 
@@ -170,7 +170,7 @@ def run(
             for name, entry in summary.items()
         },
     }
-    storage.write_json(storage.join(output_uri, REPORT), evaluation)
+    storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
     write_html_report(output_uri, prepared_uri, evaluation, queries, models, train_interactions,
                       candidate_artifact.dim, seed)
     return evaluation
@@ -198,7 +198,7 @@ def _signed(value: float | None) -> str:
 
 def _model_uri(path: str) -> str:
     """--model names a folder holding model.tar.gz (SageMaker's input channel) or the tarball itself."""
-    return storage.normalize(path) if path.endswith(".tar.gz") else storage.join(path, TARBALL)
+    return storage.normalize(path) if path.endswith(".tar.gz") else storage.join(path, layout.MODEL_TARBALL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ the oracle the engines are tested against (same counts, same quarantine, byte-id
 Rules (each one is counted in the manifest, so nothing is lost silently):
 
 - Hour folders are *arrival* hours. An event that happened inside the window can arrive late,
-  so folders are read up to ``window_end + LATENESS``; events are then selected by their own
+  so folders are read up to ``window_end + models.layout.MAX_DELIVERY_DELAY``; events are then selected by their own
   ``ts`` in ``[start, end)``. A parsed event outside the window is ``out_of_window``, not bad.
 - A line that does not parse (``models.events.parse_line``) is quarantined with its reason, detail,
   source file, line number and raw text.
@@ -59,17 +59,18 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from models import dataset, storage
+from models import dataset, layout, storage
+from models.catalog import catalog_app_ids
 from models.events import EVENT_TYPES, InvalidEvent, format_ts, parse_line, parse_utc
 from models.progress import Progress
 from steps import prepare_duckdb
 from steps.prepare_io import (
-    LATENESS, RAW_LINE_LIMIT, BadFile, EngineResult, FeedbackFiles, InvalidWindow, PrepareError, RecordWriter, SplitResult,
-    Window, feedback_files, interactions_frame, last_arrival_hour, read_file, split_lines,
+    RAW_LINE_LIMIT, BadFile, EngineResult, InvalidWindow, PrepareError, RecordWriter, SplitResult,
+    Window, interactions_frame, read_file, split_lines,
 )
 from steps.prepare_sql import CLICK, COLD_START_PREFIX, CONVERSION, KEPT_REASONS, PREDICTION, event_row
 
-__all__ = ["LATENESS", "RAW_LINE_LIMIT", "InvalidWindow", "NoEventsInWindow", "PrepareError", "TooManyBadEvents",
+__all__ = ["RAW_LINE_LIMIT", "InvalidWindow", "NoEventsInWindow", "PrepareError", "TooManyBadEvents",
            "Window", "run"]
 
 CTR_PRIOR_STRENGTH = 100.0  # pseudo-impressions behind the global CTR
@@ -277,14 +278,14 @@ def run(feedback_uri: str, catalog_uri: str, output_uri: str, *, window_end: dat
         "parameters": {
             "window_end": format_ts(window.end), "window_days": window_days, "holdout_fraction": holdout_fraction,
             "max_bad_fraction": max_bad_fraction, "use_attributed_clicks": use_attributed_clicks,
-            "lateness_hours": LATENESS.total_seconds() / 3600,
+            "lateness_hours": layout.MAX_DELIVERY_DELAY.total_seconds() / 3600,
         },
         "inputs": {"feedback_uri": storage.normalize(feedback_uri), "catalog_uri": storage.normalize(catalog_uri)},
     }
     written: list[str] = []
     try:
-        app_ids = _catalog_app_ids(catalog_uri)
-        found = feedback_files(feedback_uri, window)
+        app_ids = catalog_app_ids(catalog_uri)
+        found = layout.feedback_files(feedback_uri, window.start, window.end)
         manifest["inputs"] |= {"catalog_apps": len(app_ids), "ignored_files": found.ignored}
         if not found.files:
             raise NoEventsInWindow(f"no feedback files in the window's hour folders: {_where_data_ends(feedback_uri, window)}")
@@ -371,7 +372,7 @@ def _counts(read: EngineResult, quarantine: RecordWriter) -> dict[str, Any]:
     }
 
 
-def _check_quality(counts: dict[str, Any], max_bad_fraction: float, quarantine_uri: str, found: FeedbackFiles,
+def _check_quality(counts: dict[str, Any], max_bad_fraction: float, quarantine_uri: str, found: layout.FeedbackFiles,
                    window: Window, feedback_uri: str) -> None:
     if counts["bad_fraction"] > max_bad_fraction:
         top = ", ".join(f"{reason} {n:,}" for reason, n in Counter(counts["quarantine_reasons"]).most_common(3))
@@ -394,7 +395,7 @@ def _where_data_ends(feedback_uri: str, window: Window) -> str:
     """Which hour folders the window read, where the data really ends, and the window_end that would read it."""
     hours = window.arrival_hours()
     searched = f"the window read the hour folders {format_ts(hours[0])} .. {format_ts(hours[-1])}"
-    last = last_arrival_hour(feedback_uri)
+    last = layout.last_arrival_hour(feedback_uri)
     if last is None:
         return (f"{searched}, and {storage.normalize(feedback_uri)} holds no YYYY/MM/DD/HH folder with files at all: "
                 "check the feedback location (or generate data with `appsim simulate`).")
@@ -402,14 +403,6 @@ def _where_data_ends(feedback_uri: str, window: Window) -> str:
     return (f"{searched}; the data ends at {data_end:%Y-%m-%dT%H:%M:%SZ} (the newest hour folder is "
             f"{last:%Y/%m/%d/%H}). To use it, run with --param window_end={data_end:%Y-%m-%dT%H:%M:%SZ} "
             f"(window_days={round((window.end - window.start) / timedelta(days=1))} days ending there).")
-
-
-def _catalog_app_ids(catalog_uri: str) -> np.ndarray:
-    if not storage.exists(catalog_uri):
-        raise FileNotFoundError(f"catalog {catalog_uri} is missing: PrepareFeedback needs apps.parquet with an app_id column")
-    with storage.open_uri(catalog_uri, "rb") as handle:
-        ids = pd.read_parquet(handle, columns=["app_id"])["app_id"].astype(str)
-    return np.array(sorted(set(ids)), dtype=object)
 
 
 def _sha256(uri: str) -> str:
@@ -427,11 +420,6 @@ def _parse_bool(text: str | bool) -> bool:
     if lowered not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, not '{text}'")
     return lowered in ("true", "1", "yes")
-
-
-def _catalog_file(uri: str) -> str:
-    """SageMaker hands the catalog over as a folder holding apps.parquet; a URI may name the file."""
-    return uri if uri.endswith(".parquet") else storage.join(uri, "apps.parquet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -464,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--window-end '{args.window_end}' is not an ISO date-time such as 2026-01-31T00:00:00Z")
     try:
         manifest = run(
-            args.feedback, _catalog_file(args.catalog), args.output, window_end=window_end,
+            args.feedback, args.catalog, args.output, window_end=window_end,
             window_days=args.window_days, holdout_fraction=args.holdout_fraction,
             max_bad_fraction=args.max_bad_fraction, use_attributed_clicks=args.use_attributed_clicks,
             engine=args.engine, progress=Progress("PrepareFeedback", every=5.0),

@@ -1,6 +1,7 @@
 """What every PrepareFeedback engine shares: the window, its files, reading them, and where lines go.
 
-- ``Window`` and ``feedback_files``: which hour folders (arrival hours) a window reads, in arrival order.
+- ``Window``: the window, the split's cut, and (through ``models.layout``, the one definition of
+  the hour folders and of how late an event may arrive) which arrival hours it reads.
 - ``read_file``: a feedback object's bytes, gunzipped when its name ends in ``.gz``. A file that is not
   a readable gzip (truncated: EOFError; not gzip or corrupt: BadGzipFile / zlib errors) is *data*, not a
   crash: the complete lines decompressed before the break are kept and read like any others, the rest
@@ -24,10 +25,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from models import dataset, storage
+from models import dataset, layout, storage
 from models.events import format_ts
 
-LATENESS = timedelta(hours=24)  # how long after window_end an in-window event may still arrive
 RAW_LINE_LIMIT = 2000  # characters of a bad line kept in the quarantine
 GUNZIP_BLOCK = 1 << 20  # compressed bytes per decompress call: how much of a corrupt file's tail can be lost
 BAD_FILE_REASON = "unreadable_file"
@@ -57,13 +57,8 @@ class Window:
         return cls(end - timedelta(days=window_days), end, end - timedelta(days=holdout_fraction * window_days))
 
     def arrival_hours(self) -> list[datetime]:
-        """The hour folders that can hold this window's events: start's hour up to end + LATENESS."""
-        hour = self.start.replace(minute=0, second=0, microsecond=0)
-        hours = []
-        while hour < self.end + LATENESS:
-            hours.append(hour)
-            hour += timedelta(hours=1)
-        return hours
+        """The hour folders that can hold this window's events (``models.layout.arrival_hours``)."""
+        return layout.arrival_hours(self.start, self.end)
 
     def microseconds(self) -> tuple[int, int, int]:
         """(start, end, cut) as UTC epoch microseconds, the unit events are compared in."""
@@ -75,47 +70,6 @@ class Window:
 
 def epoch_us(moment: datetime) -> int:
     return round(moment.timestamp() * 1_000_000)
-
-
-@dataclass(frozen=True)
-class FeedbackFiles:
-    files: list[str]
-    ignored: list[str]  # files in the window's day folders that are not in an hour folder
-
-
-def feedback_files(feedback_uri: str, window: Window) -> FeedbackFiles:
-    """The window's files, in arrival order: one listing per day, filtered to the hour folders."""
-    hours = window.arrival_hours()
-    wanted = {hour.strftime("%Y/%m/%d/%H") for hour in hours}
-    files: list[str] = []
-    ignored: list[str] = []
-    for day in sorted({hour.strftime("%Y/%m/%d") for hour in hours}):
-        day_uri = storage.join(feedback_uri, day)
-        for uri in storage.list_files(day_uri):
-            relative = uri[len(day_uri):].lstrip("/")
-            hour_folder = relative.split("/", 1)[0]
-            if "/" not in relative or not (hour_folder.isdigit() and len(hour_folder) == 2):
-                ignored.append(uri)
-            elif f"{day}/{hour_folder}" in wanted:
-                files.append(uri)
-    return FeedbackFiles(files, ignored)
-
-
-def last_arrival_hour(feedback_uri: str) -> datetime | None:
-    """The newest ``YYYY/MM/DD/HH`` folder that holds a file: where the data ends. A few listings, newest first."""
-    def numbered(uri: str) -> list[str]:
-        return sorted((name for name in storage.list_dirs(uri) if name.isdigit()), reverse=True)
-
-    for year in numbered(feedback_uri):
-        for month in numbered(storage.join(feedback_uri, year)):
-            for day in numbered(storage.join(feedback_uri, year, month)):
-                for hour in numbered(storage.join(feedback_uri, year, month, day)):
-                    if storage.list_files(storage.join(feedback_uri, year, month, day, hour)):
-                        try:
-                            return datetime(int(year), int(month), int(day), int(hour), tzinfo=timezone.utc)
-                        except ValueError:
-                            continue  # not a date: not Firehose's layout
-    return None
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ The same statements as the DuckDB engine (steps/prepare_duckdb.py), split where 
    quarantined and kept lines) come back to the driver, which writes them as steps.prepare does.
 
 Locally (the local runner, tests, bench) Spark runs in local mode (steps/spark_session.py); on
-SageMaker, PySparkProcessor's ``smspark-submit`` runs ``main`` on a cluster of instances.
+SageMaker, PySparkProcessor's ``smspark-submit`` runs ``steps/prepare_spark_job.py`` on a cluster of
+instances (a file apart, because the job calls steps.prepare, which calls this engine).
 """
 
 from __future__ import annotations
 
-import sys
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -200,17 +200,3 @@ def _read(spark: "SparkSession", records: "DataFrame", files: Sequence[str], win
         before_window=total("before_window"), after_window=total("after_window"), kept_reasons=dict(kept.reasons),
         users=users, lines_per_file=lines_per_file, splits=splits, bad_files=list(bad_files.values()),
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The PySparkProcessor job (``smspark-submit prepare_spark.py --window-end ...``): steps.prepare's
-    arguments, run on the cluster's session."""
-    from steps import prepare
-    from steps.spark_session import job_session
-
-    job_session()  # the active session read() runs on
-    return prepare.main([*(sys.argv[1:] if argv is None else argv), "--engine", "spark"])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -67,7 +67,7 @@ def local_session(master: str = LOCAL_MASTER, driver_memory: str = LOCAL_DRIVER_
 
 def job_session() -> "SparkSession":
     """The session of a job entry point: the cluster's under spark-submit (smspark-submit on SageMaker sets
-    the gateway variables PySpark attaches to), else local mode (``python -m steps.prepare_spark`` here)."""
+    the gateway variables PySpark attaches to), else local mode (``python -m steps.prepare_spark_job`` here)."""
     return cluster_session() if "PYSPARK_GATEWAY_PORT" in os.environ else local_session()
 
 

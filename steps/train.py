@@ -24,14 +24,14 @@ import pandas as pd
 from evaluation.baselines import embedding_rankings
 from evaluation.compare import K, score_rankings
 from evaluation.holdout import EmptyHoldout, build_queries
-from models import dataset, storage
-from models.artifact import TARBALL, ModelArtifact
+from models import dataset, layout, storage
+from models.catalog import read_catalog
+from models.artifact import ModelArtifact
 from models.embedding import (TRAINER_NAME, EmbeddingParams, TrainingDataError, asymmetric_vectors, collaborative_factors,
                               interaction_matrix, spectral_factors, train_embeddings)
 from models.index import INDEX_TYPES, build_index
 from models.progress import Progress
 
-CATALOG_FILE = "apps.parquet"
 HYPERPARAMETERS_FILE = "/opt/ml/input/config/hyperparameters.json"
 FAILURE_FILE = Path("/opt/ml/output/failure")
 # Hyper-parameter name -> type; `catalog_uri` locates the catalog when there is no catalog channel.
@@ -143,18 +143,6 @@ def code_version() -> str:
     return f"{package}+{sha or 'unknown'}"
 
 
-def read_catalog(catalog_uri: str) -> pd.DataFrame:
-    """The catalog from ``.../apps.parquet`` or from a folder holding it."""
-    uri = catalog_uri if catalog_uri.endswith(".parquet") else storage.join(catalog_uri, CATALOG_FILE)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"catalog {uri} does not exist; point catalog_uri at <store>/catalog/apps.parquet")
-    with storage.open_uri(uri, "rb") as handle:
-        catalog = pd.read_parquet(handle)
-    if "app_id" not in catalog.columns:
-        raise TrainingDataError(f"catalog {uri} has no app_id column (columns: {', '.join(catalog.columns)})")
-    return catalog
-
-
 def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -220,7 +208,7 @@ def run(prepared_uri: str, catalog_uri: str, output_uri: str, *, embedding_dim: 
     """Train and write ``<output_uri>/model.tar.gz``; returns the artifact manifest."""
     artifact = train_artifact(prepared_uri, catalog_uri, embedding_dim=embedding_dim, seed=seed, index_type=index_type,
                               exact_index_max_apps=exact_index_max_apps, progress=progress)
-    artifact.save_tarball(storage.join(output_uri, TARBALL))
+    artifact.save_tarball(storage.join(output_uri, layout.MODEL_TARBALL))
     return artifact.manifest
 
 

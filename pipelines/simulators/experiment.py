@@ -28,7 +28,7 @@ import orjson
 
 from evaluation.ab import ArmStats, sample_ratio_check
 from evaluation.ab_decision import Decision, DecisionRules, decide
-from models import storage
+from models import layout, storage
 from models.events import format_ts
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment
 from models.routing import pick_arm
@@ -208,9 +208,9 @@ def write_experiment_feedback(feedback_uri: str, scenario: ExperimentScenario, s
         for event in feedback_events(generator.day(day, start, challenger_weight), scenario):
             by_hour.setdefault(event["ts"][:13], []).append(orjson.dumps(event))
         for hour, lines in sorted(by_hour.items()):
-            folder = datetime.strptime(hour, "%Y-%m-%dT%H").strftime("%Y/%m/%d/%H")
-            name = f"experiment-{scenario.seed}-{hour}.gz"
-            storage.write_bytes(storage.join(feedback_uri, folder, name), gzip.compress(b"\n".join(lines) + b"\n", mtime=0))
+            arrival = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+            uri = layout.feedback_object_uri(feedback_uri, arrival, f"experiment-{scenario.seed}-{hour}.gz")
+            storage.write_bytes(uri, gzip.compress(b"\n".join(lines) + b"\n", mtime=0))
             written += len(lines)
     return written
 

@@ -26,7 +26,6 @@ with ``window_end = end`` and ``window_days = days``.
 from __future__ import annotations
 
 import gzip
-import posixpath
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -564,10 +563,7 @@ class _FirehoseWriter:
             return
         lines.sort(key=lambda p: p.arrival_us)  # stable: a duplicate never precedes its original
         hour_start = self.params.start + timedelta(hours=hour)
-        relative = posixpath.join(
-            hour_start.strftime("feedback/%Y/%m/%d/%H"),
-            f"appsim-feedback-1-{hour_start:%Y-%m-%d-%H}-00-00-seed{self.params.seed}.gz",
-        )
+        relative = layout.feedback_prefix(hour_start) + f"appsim-feedback-1-{hour_start:%Y-%m-%d-%H}-00-00-seed{self.params.seed}.gz"
         payload = ("\n".join(p.line for p in lines) + "\n").encode()
         storage.write_bytes(storage.join(self.store_uri, relative), gzip.compress(payload, compresslevel=3, mtime=0))
         for number, pending in enumerate(lines, start=1):

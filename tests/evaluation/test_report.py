@@ -14,7 +14,7 @@ from evaluation import report
 from evaluation.baselines import Ranking
 from evaluation.compare import score_rankings
 from evaluation.holdout import build_queries
-from models import dataset, storage
+from models import dataset, layout, storage
 from steps import evaluate
 from tests.evaluation import builders
 from tests.evaluation.test_baselines import interactions
@@ -97,8 +97,8 @@ def test_the_evaluate_step_writes_a_self_contained_report_beside_evaluation_json
                           champion=None, min_relative_improvement=0.03, bootstrap_samples=50, seed=1,
                           approval_status="Approved")
 
-    page = (Path(tmp_path) / "out" / report.REPORT).read_text()
-    assert (Path(tmp_path) / "out" / evaluate.REPORT).exists()
+    page = (Path(tmp_path) / "out" / layout.EVALUATION_PAGE).read_text()
+    assert (Path(tmp_path) / "out" / layout.EVALUATION_REPORT).exists()
     assert not re.search(r"<script|https?://|src=['\"](?!data:)", page)  # nothing fetched from anywhere
     images = _images(page)
     assert len(images) == 4 and all(i.startswith(b"\x89PNG\r\n\x1a\n") for i in images)  # curves + 3 segment plots
@@ -114,6 +114,6 @@ def test_without_a_catalog_the_report_says_what_is_missing(tmp_path):
     builders.make_artifact(ids, builders.clustered_embeddings(ids)).save_tarball(str(tmp_path / "model" / "model.tar.gz"))
     evaluate.run(prepared, storage.normalize(tmp_path / "model" / "model.tar.gz"), str(tmp_path / "out"), champion=None,
                  min_relative_improvement=0.03, bootstrap_samples=20, seed=1, approval_status="Approved")
-    page = (tmp_path / "out" / report.REPORT).read_text()
+    page = (tmp_path / "out" / layout.EVALUATION_PAGE).read_text()
     assert "catalog could not be read" in page and "<th>content-only</th>" not in page
     assert len(_images(page)) == 2  # curves + cold/warm

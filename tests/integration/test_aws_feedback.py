@@ -13,7 +13,8 @@ import boto3
 import pandas as pd
 import pytest
 
-from models import kinesis_source, layout, storage
+from models import layout, storage
+from pipelines import kinesis_source
 from models.events import ClickEvent
 from serving.batcher import EventBatcher, SpillDir
 from serving.sinks import SinkError, encode_line

@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 from moto import mock_aws
 
-from pipelines import aws, graph
+from pipelines import aws, graph, sagemaker_target
 from pipelines.config import DEFAULT_CONFIG, load_config
 from tests.conftest import set_aws_env
 
@@ -150,7 +150,7 @@ def test_definition_has_the_five_steps_and_every_parameter(engine_definition):
     steps = all_steps(definition)
     assert {name: KIND_OF_TYPE[step["Type"]] for name, step in steps.items()} == {s.name: s.kind for s in graph.STEPS}
     names = [p["Name"] for p in definition["Parameters"]]
-    assert names == list(graph.PARAMETERS) + list(aws.INFRASTRUCTURE_PARAMETERS)
+    assert names == list(graph.PARAMETERS) + list(sagemaker_target.INFRASTRUCTURE_PARAMETERS)
     assert "prepare_engine" in graph.BUILD_PARAMETERS and "prepare_engine" not in names  # fixed at build time
     config = load_config()
     defaults = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}
@@ -187,7 +187,7 @@ def test_local_graph_equals_the_definition(engine_definition):
         if spec.entry_module:
             arguments = step["Arguments"]
             entry = (arguments.get("AppSpecification") or arguments.get("AlgorithmSpecification"))["ContainerEntrypoint"]
-            if spec.entry_module == aws.SPARK_APP_MODULE:
+            if spec.entry_module == sagemaker_target.SPARK_APP_MODULE:
                 # PySparkProcessor: smspark-submit runs the module's file, delivered as the `code` input.
                 app = spec.entry_module.rsplit(".", 1)[-1] + ".py"
                 assert entry == ["smspark-submit", f"{PROCESSING_INPUT}/code/{app}"]
@@ -199,7 +199,7 @@ def test_local_graph_equals_the_definition(engine_definition):
             if spec.kind == "processing":
                 assert arguments["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == {
                     "Get": "Parameters.processing_instance_count"}
-        used = references(step, "Parameters.") - set(aws.INFRASTRUCTURE_PARAMETERS)
+        used = references(step, "Parameters.") - set(sagemaker_target.INFRASTRUCTURE_PARAMETERS)
         expected = set(spec.parameters) | (set(LINEAGE_PARAMETERS) if spec.kind == "register" else set())
         assert used == expected, spec.name
     condition = steps["CheckImprovement"]["Arguments"]
@@ -246,20 +246,20 @@ def test_outputs_follow_the_store_layout(definition):
 
 def test_preview_placeholders_are_named_and_refused_for_deployment(tmp_path):
     config = load_config(store=str(tmp_path / "local-store"))
-    target = aws.Target.from_config(config, preview=True)
+    target = sagemaker_target.Target.from_config(config, preview=True)
     assert len(target.placeholders()) == 3
-    with pytest.raises(aws.PipelineBuildError, match="store must be on S3.*image_uri.*execution role"):
-        aws.check_deployable(target)
-    spark = aws.Target.from_config(config.with_overrides(["prepare_engine=spark"]), preview=True)
+    with pytest.raises(sagemaker_target.PipelineBuildError, match="store must be on S3.*image_uri.*execution role"):
+        sagemaker_target.check_deployable(target)
+    spark = sagemaker_target.Target.from_config(config.with_overrides(["prepare_engine=spark"]), preview=True)
     assert len(spark.placeholders()) == 4
-    with pytest.raises(aws.PipelineBuildError, match="prepare_engine is spark but sagemaker.spark_image_uri is empty"):
-        aws.check_deployable(spark)
+    with pytest.raises(sagemaker_target.PipelineBuildError, match="prepare_engine is spark but sagemaker.spark_image_uri is empty"):
+        sagemaker_target.check_deployable(spark)
 
 
 def test_prepare_engine_is_chosen_at_deployment_not_at_start(config_path):
     config = load_config(config_path)
     assert "prepare_engine" not in aws.execution_parameters(config, {"prepare_engine": "spark", "seed": "3"})
-    with pytest.raises(aws.PipelineBuildError, match="prepare_engine is chosen when the pipeline is deployed"):
+    with pytest.raises(sagemaker_target.PipelineBuildError, match="prepare_engine is chosen when the pipeline is deployed"):
         aws.schedule_target(config, SCHEDULER_ROLE, {"prepare_engine": "spark"})
 
 
@@ -267,13 +267,13 @@ def test_spark_deployment_uploads_the_job_it_submits(aws_server_env, spark_confi
     import importlib.util
 
     config = load_config(spark_config_path)
-    target = aws.Target.from_config(config)
+    target = sagemaker_target.Target.from_config(config)
     bucket, key = target.spark_app_uri.removeprefix("s3://").split("/", 1)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)  # the moto server (s3fs writes the upload: in-process mocks miss it)
     aws.upsert_pipeline(config, client=boto3.client("sagemaker"), definition=spark_definition)
     uploaded = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    source = Path(importlib.util.find_spec(aws.SPARK_APP_MODULE).origin).read_bytes()
+    source = Path(importlib.util.find_spec(sagemaker_target.SPARK_APP_MODULE).origin).read_bytes()
     assert uploaded == source
     (code,) = [i for i in all_steps(spark_definition)["PrepareFeedback"]["Arguments"]["ProcessingInputs"]
                if i["InputName"] == "code"]
@@ -381,5 +381,5 @@ def test_decision_schedule_runs_ab_decide_as_a_processing_job(aws_env, config_pa
         result = CliRunner().invoke(schedule_group, ["set-decision", "--role-arn", SCHEDULER_ROLE, "--job-role-arn", ROLE,
                                                      "--config", str(config_path)])
         assert result.exit_code == 0 and "appsim ab decide" in result.output, result.output
-    with pytest.raises(aws.PipelineBuildError, match="--job-role-arn"):
+    with pytest.raises(sagemaker_target.PipelineBuildError, match="--job-role-arn"):
         aws.set_decision_schedule(config, SCHEDULER_ROLE, "")

@@ -10,7 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from models.registry import ModelVersion, Registry, RegistryError, VersionNotFound, open_registry
+from models.registry import ModelVersion, Registry, RegistryError, VersionNotFound
+from models.registry_backends import open_registry
 from models.registry_sagemaker import SageMakerRegistry, decode_metadata, encode_metadata
 from models.registry_sqlite import SQLiteRegistry
 

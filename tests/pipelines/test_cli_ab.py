@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from models import layout, storage
 from models.experiments import open_experiments
-from models.registry import open_registry
+from models.registry_backends import open_registry
 from pipelines.cli import cli
 from pipelines.simulators.experiment import ExperimentScenario, write_experiment_feedback
 

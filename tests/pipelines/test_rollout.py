@@ -15,7 +15,7 @@ from moto import mock_aws
 from evaluation.ab_decision import GuardrailRules, ServingArmMetrics, check_guardrails
 from models import layout, storage
 from models.experiments import Experiment, open_experiments
-from models.registry import open_registry
+from models.registry_backends import open_registry
 from pipelines.cli import cli
 from pipelines.config import DEFAULT_CONFIG, load_config
 from pipelines.rollout import DailyDecision, parse_snapshot, snapshot_delta

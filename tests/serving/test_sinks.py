@@ -4,7 +4,8 @@ import pytest
 
 from models import storage
 from models.events import PredictionEvent, parse_line
-from serving.sinks import FirehoseFileSink, SinkError, open_sink
+from serving.sink_backends import open_sink
+from serving.sinks import FirehoseFileSink, SinkError
 
 
 def test_file_sink_writes_firehose_layout_that_the_event_parser_reads(tmp_path):

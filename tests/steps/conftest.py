@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.events import ClickEvent, ConversionEvent, PredictionEvent, firehose_prefix
+from models import layout
+from models.events import ClickEvent, ConversionEvent, PredictionEvent
 
 WINDOW_END = datetime(2026, 3, 1, tzinfo=timezone.utc)
 CATALOG_APPS = tuple(f"app-{i}" for i in range(6))
@@ -74,7 +75,7 @@ class FeedbackStore:
         the first event's ts, i.e. delivered on time)."""
         if arrival is None:
             arrival = next(item.ts for item in items if not isinstance(item, str))  # type: ignore[attr-defined]
-        folder = self.root / firehose_prefix(arrival)
+        folder = self.root / layout.feedback_prefix(arrival)
         folder.mkdir(parents=True, exist_ok=True)
         # surrogatepass: a lone surrogate in a test line becomes the invalid UTF-8 a broken producer would write.
         body = "".join(to_line(item) + "\n" for item in items).encode("utf-8", "surrogatepass")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import dataset, storage
+from models import dataset, layout, storage
 from steps import prepare, prepare_duckdb
-from steps.prepare import CTR_PRIOR_STRENGTH, CVR_PRIOR_STRENGTH, LATENESS, NoEventsInWindow, TooManyBadEvents
+from steps.prepare import CTR_PRIOR_STRENGTH, CVR_PRIOR_STRENGTH, NoEventsInWindow, TooManyBadEvents
 from tests.steps.conftest import WINDOW_END, FeedbackStore, at, click, conversion, prediction, to_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,13 +188,13 @@ def test_a_duplicate_cannot_land_on_both_sides_of_the_cut(feedback_store):
 
 
 def test_late_events_count_by_their_ts_and_other_events_are_out_of_window(feedback_store):
-    # Happened before window_end, arrived 20 hours after it (within LATENESS): accepted, in the holdout.
+    # Happened before window_end, arrived 20 hours after it (within layout.MAX_DELIVERY_DELAY): accepted, in the holdout.
     feedback_store.deliver([click("late", "app-1", at(0, -1))], arrival=WINDOW_END + timedelta(hours=20), name="late")
     # In the lateness folders but happened after window_end, and in a window folder but happened before start.
     feedback_store.deliver([click("future", "app-1", WINDOW_END + timedelta(hours=2))], name="future")
     feedback_store.deliver([click("old", "app-1", START - timedelta(hours=1))], arrival=START + timedelta(hours=1), name="old")
     # Arrived after the lateness allowance: not read at all.
-    feedback_store.deliver([click("too-late", "app-1", at(1))], arrival=WINDOW_END + LATENESS + timedelta(hours=1), name="x")
+    feedback_store.deliver([click("too-late", "app-1", at(1))], arrival=WINDOW_END + layout.MAX_DELIVERY_DELAY + timedelta(hours=1), name="x")
 
     counts = run(feedback_store)["counts"]
 

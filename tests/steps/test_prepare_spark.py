@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models import dataset
-from models.events import ClickEvent, PredictionEvent, firehose_prefix
+from models import dataset, layout
+from models.events import ClickEvent, PredictionEvent
 from pipelines.simulators.marketplace import FAULT_REASON, simulate
-from steps import prepare, prepare_spark
+from steps import prepare, prepare_spark_job
 from steps.prepare_sql import KEPT_REASONS
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -24,7 +24,7 @@ DAYS = 3
 
 
 def _write(store: Path, arrival: datetime, name: str, body: bytes, compress: bool = True) -> Path:
-    folder = store / firehose_prefix(arrival)
+    folder = store / layout.feedback_prefix(arrival)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_bytes(gzip.compress(body, mtime=0) if compress else body)
@@ -95,7 +95,7 @@ def test_the_pyspark_processor_entry_point_writes_the_prepared_data(spark, fault
     (catalog_dir / "apps.parquet").write_bytes((faulty_store / "catalog" / "apps.parquet").read_bytes())
     output = tmp_path / "output" / "prepared"
 
-    code = prepare_spark.main([
+    code = prepare_spark_job.main([
         "--feedback", str(faulty_store / "feedback"), "--catalog", str(catalog_dir), "--output", str(output),
         "--window-end", "2026-11-02T00:00:00Z", "--window-days", str(DAYS), "--holdout-fraction", "0.2",
         "--max-bad-fraction", "0.5", "--use-attributed-clicks", "false",

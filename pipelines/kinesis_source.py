@@ -44,7 +44,7 @@ def _arrival_hour(record: dict[str, Any]) -> datetime:
 
 def _object_uri(store: str, stream: str, shard_id: str, hour: datetime, first_sequence: str) -> str:
     name = f"kinesis-{stream}-{shard_id}-{first_sequence}.gz"
-    return storage.join(layout.feedback_uri(store), hour.strftime("%Y/%m/%d/%H"), name)
+    return layout.feedback_object_uri(layout.feedback_uri(store), hour, name)
 
 
 def _lines(records: list[dict[str, Any]]) -> bytes:
