@@ -1,5 +1,10 @@
 """The retraining graph as data: the one definition the local runner and the SageMaker
-pipeline builder both execute, so the two cannot drift (a test compares them).
+pipeline builder both execute, so the two cannot drift (tests compare them, and prove that a
+parameter added to a step here reaches both).
+
+Each job step says what both runners need: the pipeline parameters it takes, the data it reads
+(the store's, or an upstream step's output), the folder it writes, its SageMaker job entry
+point and the module whose pure ``run(*inputs, folder, **parameters)`` the local runner calls.
 
     PrepareFeedback -> TrainEmbeddings -> EvaluateCandidate -> CheckImprovement
         CheckImprovement true  -> RegisterCandidate  (Approved, or PendingManualApproval)
@@ -25,8 +30,12 @@ class StepSpec:
     name: str
     kind: StepKind
     depends_on: tuple[str, ...]
-    parameters: tuple[str, ...] = ()
-    entry_module: str | None = None  # the job entry point (`python -m <module>`)
+    parameters: tuple[str, ...] = ()  # pipeline parameters (run()'s keywords; DATA_PARAMETERS are inputs)
+    entry_module: str | None = None   # the SageMaker job entry point (`python -m <module>`)
+    run_module: str | None = None     # the local runner calls <module>.run(*inputs, folder_uri, **parameters)
+    inputs: tuple[str, ...] = ()      # what run() reads, in order: DATA_PARAMETERS or an upstream step's output
+    folder: str = ""                  # where it writes, in both runners: <store>/runs/<run id>/<folder>/
+    output: tuple[str, str] | None = None  # (name, file in the folder) by which later steps read what it wrote
 
 
 @dataclass(frozen=True)
@@ -57,17 +66,20 @@ STEPS: tuple[StepSpec, ...] = (
         "PrepareFeedback", "processing", (),
         ("feedback_uri", "catalog_uri", "window_end", "window_days", "holdout_fraction",
          "max_bad_fraction", "use_attributed_clicks"),
-        "steps.prepare",
+        entry_module="steps.prepare", run_module="steps.prepare", inputs=("feedback_uri", "catalog_uri"),
+        folder="prepare", output=("prepared_uri", ""),
     ),
     StepSpec(
         "TrainEmbeddings", "training", ("PrepareFeedback",),
         ("catalog_uri", "embedding_dim", "seed", "index_type", "exact_index_max_apps"),
-        "steps.train",
+        entry_module="steps.train", run_module="steps.train", inputs=("prepared_uri", "catalog_uri"),
+        folder="train", output=("artifact_uri", layout.MODEL_TARBALL),
     ),
     StepSpec(
         "EvaluateCandidate", "processing", ("PrepareFeedback", "TrainEmbeddings"),
         ("min_relative_improvement", "bootstrap_samples", "seed", "approval_status"),
-        "steps.evaluate",
+        entry_module="steps.evaluate", run_module="steps.evaluate", inputs=("prepared_uri", "artifact_uri"),
+        folder="evaluate", output=("evaluation_uri", layout.EVALUATION_REPORT),
     ),
     StepSpec("CheckImprovement", "condition", ("EvaluateCandidate",)),
     StepSpec("RegisterCandidate", "register", ("CheckImprovement",), ("approval_status",)),
@@ -97,6 +109,17 @@ def step(name: str, prepare_engine: str = "duckdb") -> StepSpec:
         if spec.name == name:
             return spec
     raise KeyError(f"no step named {name}; steps are {', '.join(s.name for s in STEPS)}")
+
+
+def jobs(prepare_engine: str = "duckdb") -> tuple[StepSpec, ...]:
+    """The steps that run a job (processing or training), in order: what both runners execute
+    before the condition."""
+    return tuple(spec for spec in steps(prepare_engine) if spec.kind in ("processing", "training"))
+
+
+def run_keywords(spec: StepSpec) -> tuple[str, ...]:
+    """The parameters a job takes as keywords (the data parameters are among its inputs)."""
+    return tuple(name for name in spec.parameters if name not in DATA_PARAMETERS)
 
 
 def edges() -> set[tuple[str, str]]:

@@ -7,6 +7,7 @@ leaves an honest record. A step that fails names itself and its cause (``StepFai
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import time
@@ -22,10 +23,19 @@ from models.registry_backends import open_registry
 from pipelines import graph
 from pipelines.config import PipelineConfig, PipelineParameters
 from pipelines.runs import Heartbeat, RunRecord, StepRecord, list_runs, new_run_id, now, save_run
-from steps import evaluate, export_neighbors, prepare, register, train
+from steps import evaluate, export_neighbors, register
 from steps.prepare_duckdb import DuckDBSettings
 
 Echo = Callable[[str], None]
+
+
+# What the run record shows of each job's result (besides the output's URI).
+_SUMMARIES: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "PrepareFeedback": lambda manifest: {"counts": manifest.get("counts", {})},
+    "TrainEmbeddings": lambda manifest: {"embeddings_sha256": manifest["files"]["embeddings.npy"],
+                                         "index": manifest.get("index", {})},
+    "EvaluateCandidate": lambda report: {"decision": report["decision"], "champion_version": report.get("champion_version")},
+}
 
 
 class StepFailed(RuntimeError):
@@ -64,35 +74,33 @@ class LocalRunner:
 
     def _run_steps(self, record: RunRecord, params: PipelineParameters, window_end: datetime,
                    data: dict[str, str], parameters: dict[str, Any]) -> RunRecord:
-        prepared_uri = layout.step_uri(self.store, record.run_id, "prepare")
-        model_dir_uri = layout.step_uri(self.store, record.run_id, "train")
-        evaluation_dir_uri = layout.step_uri(self.store, record.run_id, "evaluate")
-        artifact_uri = storage.join(model_dir_uri, layout.MODEL_TARBALL)
-        evaluation_uri = storage.join(evaluation_dir_uri, graph.CONDITION.report_file)
-
         progress = Progress("", every=5.0) if self.show_progress else Progress.quiet()
-        prepared = self._step(record, "PrepareFeedback", lambda: prepare.run(
-            data["feedback_uri"], data["catalog_uri"], prepared_uri,
-            window_end=window_end, window_days=params.window_days, holdout_fraction=params.holdout_fraction,
-            max_bad_fraction=params.max_bad_fraction, use_attributed_clicks=params.use_attributed_clicks,
-            engine=params.prepare_engine, duckdb_settings=DuckDBSettings(**self.config.prepare.model_dump()),
-            progress=progress.child("PrepareFeedback"),  # engine spark: local mode
-        ), summary=lambda m: {"prepared_uri": prepared_uri, "counts": m.get("counts", {})})
-        trained = self._step(record, "TrainEmbeddings", lambda: train.run(
-            prepared_uri, data["catalog_uri"], model_dir_uri,
-            embedding_dim=params.embedding_dim, seed=params.seed, index_type=params.index_type,
-            exact_index_max_apps=params.exact_index_max_apps, progress=progress.child("TrainEmbeddings"),
-        ), summary=lambda m: {"artifact_uri": artifact_uri, "embeddings_sha256": m["files"]["embeddings.npy"],
-                              "index": m.get("index", {})})
-        champion = self.registry.champion()
-        report = self._step(record, "EvaluateCandidate", lambda: evaluate.run(
-            prepared_uri, artifact_uri, evaluation_dir_uri, champion=champion,
-            min_relative_improvement=params.min_relative_improvement,
-            bootstrap_samples=params.bootstrap_samples, seed=params.seed, approval_status=params.approval_status,
-        ), summary=lambda r: {"evaluation_uri": evaluation_uri, "decision": r["decision"],
-                              "champion_version": r.get("champion_version")})
-
+        values: dict[str, Any] = {**params.model_dump(), "window_end": window_end}
+        # What the step table does not carry, asked for when the step starts: local-only settings,
+        # progress and the registry's champion. The engine is a build parameter (on SageMaker it picks
+        # the job; here it is an argument).
+        extras: dict[str, Callable[[], dict[str, Any]]] = {
+            "PrepareFeedback": lambda: {"engine": params.prepare_engine,  # spark: local mode
+                                        "duckdb_settings": DuckDBSettings(**self.config.prepare.model_dump()),
+                                        "progress": progress.child("PrepareFeedback")},
+            "TrainEmbeddings": lambda: {"progress": progress.child("TrainEmbeddings")},
+            "EvaluateCandidate": lambda: {"champion": self.registry.champion()},
+        }
+        uris = dict(data)  # grows with each step's output, by the names later steps read it by
+        results: dict[str, Any] = {}
+        for spec in graph.jobs(params.prepare_engine):
+            folder = layout.step_uri(self.store, record.run_id, spec.folder)
+            run = importlib.import_module(spec.run_module).run
+            args = [uris[name] for name in spec.inputs]
+            kwargs = {name: values[name] for name in graph.run_keywords(spec)}
+            output_name, output_file = spec.output
+            uris[output_name] = storage.join(folder, output_file) if output_file else folder
+            results[spec.name] = self._step(
+                record, spec.name, lambda: run(*args, folder, **kwargs, **extras[spec.name]()),
+                summary=lambda result: {output_name: uris[output_name], **_SUMMARIES[spec.name](result)})
         condition = graph.CONDITION
+        prepared, trained, report = results["PrepareFeedback"], results["TrainEmbeddings"], results[condition.step]
+        prepared_uri, artifact_uri, evaluation_uri = uris["prepared_uri"], uris["artifact_uri"], uris["evaluation_uri"]
         passed = report.get(condition.json_path) == condition.equals
         self._step(record, "CheckImprovement", lambda: passed, summary=lambda p: {"improved": p})
         chosen, skipped = (condition.if_true, condition.if_false) if passed else (condition.if_false, condition.if_true)

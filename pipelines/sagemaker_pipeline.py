@@ -174,8 +174,7 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
 
     def step_output(step_name: str) -> Join:
         # <store>/runs/<execution id>/<prepare|train|evaluate>: the local runner's layout.
-        folder = graph.step(step_name).entry_module.rsplit(".", 1)[-1]
-        return Join(on="/", values=[run_prefix, ExecutionVariables.PIPELINE_EXECUTION_ID, folder])
+        return Join(on="/", values=[run_prefix, ExecutionVariables.PIPELINE_EXECUTION_ID, graph.step(step_name).folder])
 
     cache = CacheConfig(enable_caching=True, expire_after=settings.cache_expire_after)
     job_retries = [
@@ -217,7 +216,7 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
             "--feedback", params["feedback_uri"],
             "--catalog", f"{PROCESSING_INPUT}/catalog",
             "--output", f"{PROCESSING_OUTPUT}/prepared",
-            *_cli_args(params, tuple(n for n in prepare_spec.parameters if n not in graph.DATA_PARAMETERS)),
+            *_cli_args(params, graph.run_keywords(prepare_spec)),
         ],
     )
     if target.prepare_engine == "spark":
@@ -243,7 +242,7 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
                         instance_count=params["training_instance_count"]),
         output_data_config=OutputDataConfig(s3_output_path=step_output(train_spec.name)),
         # Hyperparameters reach the job as strings (SM_HPS); steps.train coerces them back.
-        hyperparameters={n: params[n].to_string() for n in train_spec.parameters if n not in graph.DATA_PARAMETERS},
+        hyperparameters={n: params[n].to_string() for n in graph.run_keywords(train_spec)},
     )
     train = _EntryPointTrainingStep(
         name=train_spec.name,
@@ -271,7 +270,7 @@ def build_pipeline(config: PipelineConfig, target: Target) -> Pipeline:
                 "--model", f"{PROCESSING_INPUT}/model",
                 "--output", f"{PROCESSING_OUTPUT}/evaluation",
                 "--registry", f"sagemaker://{settings.model_package_group}",
-                *_cli_args(params, evaluate_spec.parameters),
+                *_cli_args(params, graph.run_keywords(evaluate_spec)),
             ],
         ),
         property_files=[report], cache_config=cache, retry_policies=job_retries,
