@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from models.experiments import CHALLENGER_ARM, CHAMPION_ARM
 from serving import metric_names as names
 
 DEFAULT_NAMESPACE = "appsim"
@@ -219,7 +220,7 @@ def _m(metric_id: str, name: str, statistic: str, **dimensions: str) -> CloudWat
 
 
 _QUANTILE = f"histogram_quantile({{q}}, sum by (le{{by}}) (rate({_LATENCY_BUCKETS}{{sel}}[5m])))"
-_ARMS = ("champion", "challenger")
+_ARMS = (CHAMPION_ARM, CHALLENGER_ARM)  # the arm label serving puts on its series
 
 DASHBOARD: tuple[Panel, ...] = (
     Panel("Traffic", (

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from pipelines.monitoring import ALARMS, DASHBOARD, cloudwatch_alarms, prometheus_rules
+from pipelines.monitoring import ALARMS, DASHBOARD, cloudwatch_alarms, grafana_dashboard, prometheus_rules
 from serving import metric_names
 
-RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"
+ROOT = Path(__file__).resolve().parents[2]
+RUNBOOK = ROOT / "docs" / "runbook.md"
 
 
 def test_every_alarm_names_its_runbook_section_and_no_design_note():
@@ -29,3 +31,9 @@ def test_alarms_read_the_series_serving_declares():
     for alarm in ALARMS:
         assert {metric.name for metric in alarm.metrics} <= exposed, alarm.name
         assert set(re.findall(r"appsim_\w+", alarm.prometheus)) <= exposed, alarm.prometheus
+
+
+def test_the_committed_grafana_dashboard_is_the_generated_one():
+    committed = json.loads((ROOT / "infra" / "grafana" / "appsim-dashboard.json").read_text())
+    assert committed == grafana_dashboard(), \
+        "infra/grafana/appsim-dashboard.json is stale: regenerate it with `appsim monitoring grafana`"
