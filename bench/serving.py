@@ -12,10 +12,13 @@ the saturation runs, else with a small asyncio HTTP/1.1 keep-alive load generato
 - saturation: ``--connections`` closed-loop connections on /ping, /v1/apps/{id}/similar and
   /v1/predict, each bounded by ``--requests`` and ``--seconds``;
 - steady rate: ``--rate`` req/s open-loop on /similar for ``--seconds``; latency counts from the
-  scheduled send time, so queueing behind a slow answer is included (no coordinated omission).
+  scheduled send time, so queueing behind a slow answer is included (no coordinated omission);
+- before those, the handlers in-process: CPU per request with the ASGI app called directly, one
+  request at a time (``--asgi-requests``; no sockets, so a busy machine disturbs it far less).
 
-Prints req/s, p50 and p99 per run, and /similar throughput as a share of /ping's (how close the
-handler gets to the framework floor). ``--tracing`` runs the same load again with tracing on
+Prints req/s, p50 and p99 per run, and /similar's throughput and p99 as a ratio to /ping's in the
+same run (how close the handler gets to the framework floor: the figure to compare across changes
+on a noisy machine). ``--tracing`` runs the same load again with tracing on
 (``APPSIM_OTLP_ENDPOINT`` pointed at a local OTLP/HTTP sink on 127.0.0.1 that counts what it
 receives) and prints each run's throughput and p99 with tracing on as a ratio to off.
 
@@ -133,6 +136,76 @@ def in_process_times(folder: Path, queries: int, seed: int = 1) -> dict[str, tup
         out[name] = (float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 99) * 1e3))
     out["index"] = predictor.artifact.manifest.get("index", {})  # type: ignore[assignment]
     return out
+
+
+# --- the handlers in-process ---------------------------------------------------------------------
+def asgi_costs(model_dir: Path, app_ids: list[str], requests: int) -> None:
+    """CPU per request of /ping, /similar and /predict with the ASGI app called directly, one request at a
+    time (routing, validation, auth, handler, middleware, event logging; no sockets or HTTP parsing). CPU
+    time of this process counts the batcher thread too, and is much less sensitive to a busy machine than
+    a throughput run: the figure for "what did a change cost a request"."""
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+
+    scratch = Path(tempfile.mkdtemp(prefix="appsim-bench-asgi-"))
+    settings = ServingSettings(model_dir=str(model_dir), model_version=1, feedback_uri=str(scratch / "feedback"),
+                               spill_dir=str(scratch / "spill"), rate_per_second=1e9, rate_burst=1e9)
+    app = create_app(settings)
+
+    async def call(method: str, path: str, query: bytes = b"", body: bytes = b"") -> int:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
+                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080)}
+        status = 0
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await app(scope, receive, send)
+        return status
+
+    calls = {
+        "/ping": lambda a: call("GET", "/ping"),
+        "/similar": lambda a: call("GET", f"/v1/apps/{a}/similar", b"k=10"),
+        "/predict": lambda a: call("POST", "/v1/predict", body=f'{{"app_id": "{a}", "k": 10}}'.encode()),
+    }
+
+    async def measure() -> dict[str, tuple[float, float, float]]:
+        async with app.router.lifespan_context(app):
+            while await call("GET", "/ping") != 200:
+                await asyncio.sleep(0.05)
+            figures = {}
+            for endpoint, request in calls.items():
+                for app_id in app_ids[:200]:  # warm-up
+                    await request(app_id)
+                latencies = []
+                cpu_started = time.process_time()
+                for i in range(requests):
+                    started = time.perf_counter()
+                    status = await request(app_ids[i % len(app_ids)])
+                    latencies.append(time.perf_counter() - started)
+                    assert status == 200, (endpoint, status)
+                cpu = (time.process_time() - cpu_started) / requests
+                figures[endpoint] = (cpu * 1e6, float(np.percentile(latencies, 50) * 1e3),
+                                     float(np.percentile(latencies, 99) * 1e3))
+            return figures
+
+    try:
+        figures = asyncio.run(measure())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"handlers in-process (ASGI app called directly, {requests:,} requests each, one at a time):")
+    ping_cpu, _, ping_p99 = figures["/ping"]
+    for endpoint, (cpu, p50, p99) in figures.items():
+        print(f"  {endpoint:<10} CPU {cpu:>7.1f} us/request ({cpu / ping_cpu:5.2f}x /ping)   "
+              f"p50 {p50:.3f} ms   p99 {p99:.3f} ms ({p99 / ping_p99:5.2f}x /ping)", flush=True)
 
 
 # --- rate-limit stores -------------------------------------------------------------------------
@@ -506,6 +579,8 @@ def main() -> None:
                         help="/v1/feedback with the journal's fsync on and off")
     parser.add_argument("--kill9", action=argparse.BooleanOptionalAction, default=True,
                         help="prediction events lost when the server is killed with SIGKILL under load")
+    parser.add_argument("--asgi-requests", type=int, default=5000,
+                        help="requests per endpoint with the ASGI app called in-process (0: skip)")
     parser.add_argument("--limiter-requests", type=int, default=20_000, help="requests per rate-limit store")
     parser.add_argument("--limiter-only", action="store_true", help="measure the rate-limit stores, then stop")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
@@ -529,6 +604,8 @@ def main() -> None:
             continue
         rng = np.random.default_rng(3)
         app_ids = [f"app-{i:07d}" for i in rng.integers(0, n_apps, size=2000)]
+        if args.asgi_requests:
+            asgi_costs(model_dir, app_ids, args.asgi_requests)
         if args.search:
             search_runs(model_dir, n_apps, app_ids, args)
         if args.feedback:
@@ -599,7 +676,8 @@ def search_runs(model_dir: Path, n_apps: int, app_ids: list[str], args: argparse
         print(f"{r.endpoint:<10} {r.mode:<24} {r.requests:>9,} {r.errors:>8} {r.rate:>9,.0f} "
               f"{r.percentile(50):>8.2f} {r.percentile(99):>8.2f} {r.percentile(99.9):>9.2f}")
     ping, similar = results[0], results[1]
-    print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor)", flush=True)
+    print(f"/similar throughput is {similar.rate / ping.rate:.0%} of /ping's (the framework floor), its p99 "
+          f"{similar.percentile(99) / ping.percentile(99):.2f}x /ping's", flush=True)
     if args.tracing:
         sink = OtlpSink()
         try:

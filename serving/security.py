@@ -1,4 +1,4 @@
-"""API errors, API keys and rate limits (token buckets) shared by every worker that serves the API.
+"""API keys and rate limits (token buckets) shared by every worker that serves the API.
 
 ``/v1`` requires ``X-API-Key`` when keys are configured, and each key gets its own token bucket;
 with no keys configured (local use) ``/v1`` is open and unlimited. ``/invocations`` requires a
@@ -33,7 +33,9 @@ import math
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
+
+from serving.errors import ApiError
 
 log = logging.getLogger("appsim.serving")
 
@@ -41,25 +43,6 @@ FALLBACK_SECONDS = 5.0
 # Local buckets are pruned of full (idle) entries every this many takes, so per-address buckets
 # of failed authentications cannot grow without bound.
 PRUNE_EVERY = 4096
-
-
-class ApiError(Exception):
-    """An answer that names the problem and the fix: rendered as ``{"error", "message", ...}``."""
-
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
 
 
 class RateLimitStoreError(RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -67,6 +68,21 @@ def test_invocations_json_single_and_instances(client):
     predictions = many.json()["predictions"]
     assert [p["app_id"] for p in predictions] == ["app-00001", "app-00002", "nope"]
     assert len(predictions[0]["neighbors"]) == 2 and predictions[2]["error"] == "unknown_app"
+
+
+def test_invocations_honour_each_instance_k(client):
+    instances = [{"app_id": "app-00001", "k": 3}, "app-00002", {"app_id": "app-00003", "k": 7}, {"app_id": "nope", "k": 2}]
+    answer = client.post("/invocations", json={"instances": instances, "k": 5}, headers=HEADERS)
+    assert answer.status_code == 200
+    predictions = answer.json()["predictions"]
+    assert [len(p.get("neighbors", [])) for p in predictions] == [3, 5, 7, 0]
+    assert predictions[3]["error"] == "unknown_app"
+    alone = client.get("/v1/apps/app-00003/similar", params={"k": 7}, headers=HEADERS).json()
+    assert predictions[2]["neighbors"] == alone["neighbors"]  # the same search as /v1 with that k
+    bad = client.post("/invocations", json={"instances": ["app-00001", {"app_id": "app-00002", "k": 101}]},
+                      headers=HEADERS)
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "instances[1].k" and "from 1 to 100" in bad.json()["message"]
 
 
 def test_invocations_csv(client):
@@ -223,6 +239,25 @@ def test_openapi_documents_the_api(client):
     assert {"/ping", "/invocations", "/v1/apps/{app_id}/similar", "/v1/similar", "/v1/predict", "/v1/feedback",
             "/v1/models"} <= set(spec["paths"])
     assert "APIKeyHeader" in spec["components"]["securitySchemes"]
+
+
+def test_docs_pages_and_every_asset_they_load_come_from_this_server(client):
+    for page in ("/docs", "/redoc"):
+        answer = client.get(page)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+        html = answer.text
+        assert re.findall(r"https?://[^\s'\"<>]*", html) == []  # nothing from a CDN or a font service
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert len(assets) >= 2, html  # the script and the icon (and Swagger UI's stylesheet)
+        for asset in assets:
+            assert asset.startswith("/"), asset
+            fetched = client.get(asset)
+            assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+    swagger = client.get("/docs").text
+    assert "'/openapi.json'" in swagger and '"validatorUrl": null' in swagger  # no online validator badge
+    assert client.get("/docs/assets/swagger-ui-bundle.js").headers["content-type"].startswith(("text/javascript",
+                                                                                              "application/javascript"))
+    assert "/docs/assets" not in client.get("/openapi.json").json()["paths"]
 
 
 def test_metrics(client):

@@ -5,8 +5,9 @@ import multiprocessing
 import pytest
 
 from serving import security
+from serving.errors import ApiError
 from serving.security import (
-    ApiError, ApiKeys, LocalBuckets, RateLimiter, RedisBuckets, SqliteBuckets, open_bucket_store, redacted,
+    ApiKeys, LocalBuckets, RateLimiter, RedisBuckets, SqliteBuckets, open_bucket_store, redacted,
 )
 from tests.serving.helpers import free_port
 from tests.serving.redis_server import redis_server

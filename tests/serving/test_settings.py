@@ -1,7 +1,5 @@
 import pytest
 
-from serving.app import parse_invocation
-from serving.security import ApiError
 from serving.settings import ServingSettings, SettingsError, parse_api_keys, settings_from_env
 
 
@@ -39,25 +37,3 @@ def test_no_model_source_is_explained():
 
 def test_parse_api_keys_keeps_colons_in_keys():
     assert parse_api_keys("acme:a:b") == {"a:b": "acme"}
-
-
-def test_parse_invocation_forms():
-    assert parse_invocation(b'{"app_id": "a", "k": 3}', "application/json") == (True, ["a"], 3, None)
-    assert parse_invocation(b'{"instances": ["a", {"app_id": "b"}], "partner_id": "p"}', "application/json") == (
-        False, ["a", "b"], 10, "p")
-    assert parse_invocation(b'a\n\n"b",x\n', "text/csv") == (False, ["a", "b"], 10, None)
-
-
-@pytest.mark.parametrize("body, content_type, status, field", [
-    (b'{"app_id": "a", "k": 0}', "application/json", 422, "k"),
-    (b'{"app_id": "a", "k": 101}', "application/json", 422, "k"),
-    (b'{"k": 5}', "application/json", 422, "app_id"),
-    (b'{"instances": [1]}', "application/json", 422, "instances[0]"),
-    (b'not json', "application/json", 422, "body"),
-    (b'', "text/csv", 422, "instances"),
-    (b'a', "application/x-npy", 415, None),
-])
-def test_parse_invocation_errors(body, content_type, status, field):
-    with pytest.raises(ApiError) as caught:
-        parse_invocation(body, content_type)
-    assert caught.value.status == status and caught.value.field == field
