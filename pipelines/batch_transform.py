@@ -1,7 +1,7 @@
 """Bulk neighbours on AWS: a SageMaker Batch Transform job over the serving container.
 
 The local ``appsim neighbors export`` runs FAISS in this process; on AWS the same rows come from
-the serving image's ``/invocations`` with JSON Lines (serving/jsonlines.py), one line per app:
+the serving image's ``/invocations`` with JSON Lines (serving/routers/invocations.py), one line per app:
 
 1. the catalog's app ids are written as ``{"app_id": ..., "k": K}`` lines to
    ``<store>/neighbors/v<N>/transform-input/apps.jsonl``;
