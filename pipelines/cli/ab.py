@@ -182,7 +182,9 @@ def ab_decide(at: str | None, store: str | None, config_path: str | None, as_jso
 @experiment_option
 @click.option("--reason", default="promoted by hand", show_default=True, help="Why, recorded in the history.")
 @store_and_config
-def ab_promote(experiment_id: str | None, reason: str, store: str | None, config_path: str | None) -> None:
+@json_option
+def ab_promote(experiment_id: str | None, reason: str, store: str | None, config_path: str | None,
+               as_json: bool) -> None:
     """Send all traffic to the challenger: it is Approved and becomes the champion."""
     from evaluation.ab_decision import Decision
     from models.experiments import utcnow
@@ -191,6 +193,9 @@ def ab_promote(experiment_id: str | None, reason: str, store: str | None, config
     _, experiments, registry = _stores(config_path, store)
     experiment = _current(experiments, experiment_id)
     updated = apply_decision(experiments, registry, experiment, Decision("promote", 1.0, reason), utcnow())
+    if as_json:
+        dump(updated.model_dump(mode="json"))
+        return
     click.echo(f"experiment {updated.experiment_id} completed: v{updated.challenger_version} promoted (Approved)")
 
 
@@ -199,13 +204,18 @@ def ab_promote(experiment_id: str | None, reason: str, store: str | None, config
 @click.option("--reason", default="stopped by hand", show_default=True, help="Why, recorded in the history.")
 @click.option("--reject", is_flag=True, help="Also mark the challenger Rejected in the registry.")
 @store_and_config
-def ab_stop(experiment_id: str | None, reason: str, reject: bool, store: str | None, config_path: str | None) -> None:
+@json_option
+def ab_stop(experiment_id: str | None, reason: str, reject: bool, store: str | None, config_path: str | None,
+            as_json: bool) -> None:
     """Stop the experiment: all traffic back to the champion."""
     _, experiments, registry = _stores(config_path, store)
     experiment = _current(experiments, experiment_id)
     updated = experiments.update(experiment.record("stop", 0.0, reason))
     if reject:
         registry.set_status(experiment.challenger_version, "Rejected", f"A/B experiment stopped: {reason}")
+    if as_json:
+        dump(updated.model_dump(mode="json"))
+        return
     click.echo(f"experiment {updated.experiment_id} stopped; the champion v{updated.champion_version} takes all traffic"
                + ("; challenger Rejected" if reject else ""))
 

@@ -56,7 +56,9 @@ def registry_show(version: int, store: str | None, config_path: str | None) -> N
 @click.option("--reason", default="approved by hand", show_default=True, help="Why, recorded with the status.")
 @click.option("--force", is_flag=True, help="Approve a version that is Rejected (by the gate, an A/B test or by hand).")
 @store_and_config
-def registry_approve(version: int, reason: str, force: bool, store: str | None, config_path: str | None) -> None:
+@json_option
+def registry_approve(version: int, reason: str, force: bool, store: str | None, config_path: str | None,
+                     as_json: bool) -> None:
     """Approve a version (it becomes the champion if it is the newest Approved)."""
     registry = open_store_registry(config_path, store, writing=True)
     current = registry.get(version)
@@ -67,6 +69,9 @@ def registry_approve(version: int, reason: str, force: bool, store: str | None, 
         warn(f"approving version {version} although {why}")
     updated = registry.set_status(version, "Approved", reason)
     champion = registry.champion()
+    if as_json:
+        dump({**updated.model_dump(mode="json"), "champion_version": champion.version if champion else None})
+        return
     click.echo(f"version {updated.version} is now {updated.status}"
                + ("" if champion is None or champion.version == updated.version else
                   f"; the champion stays v{champion.version} (the newest Approved)"))
@@ -76,7 +81,13 @@ def registry_approve(version: int, reason: str, force: bool, store: str | None, 
 @click.argument("version", type=int)
 @click.option("--reason", default="rejected by hand", show_default=True, help="Why, recorded with the status.")
 @store_and_config
-def registry_reject(version: int, reason: str, store: str | None, config_path: str | None) -> None:
+@json_option
+def registry_reject(version: int, reason: str, store: str | None, config_path: str | None, as_json: bool) -> None:
     """Reject a version (rejecting the champion rolls back to the previous Approved one)."""
-    updated = open_store_registry(config_path, store, writing=True).set_status(version, "Rejected", reason)
+    registry = open_store_registry(config_path, store, writing=True)
+    updated = registry.set_status(version, "Rejected", reason)
+    if as_json:
+        champion = registry.champion()
+        dump({**updated.model_dump(mode="json"), "champion_version": champion.version if champion else None})
+        return
     click.echo(f"version {updated.version} is now {updated.status}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime, timezone
 
 import click
@@ -43,6 +44,7 @@ def simulate_command(store: str | None, config_path: str | None, apps: int, user
                      events_per_day: int, seed: int, fault_rate: float, end: datetime | None, overwrite: bool,
                      drift_days: int, as_json: bool) -> None:
     """Generate a synthetic marketplace (catalog, feedback events, ground truth) into the store."""
+    from models import storage
     from models.progress import Progress
     from pipelines.simulators.marketplace import current_hour, simulate
 
@@ -50,7 +52,8 @@ def simulate_command(store: str | None, config_path: str | None, apps: int, user
     summary = simulate(store_uri, apps=apps, users=users, days=days, events_per_day=events_per_day, seed=seed,
                        fault_rate=fault_rate, end=end or current_hour(), overwrite=overwrite, drift_days=drift_days,
                        progress=Progress.quiet() if as_json else Progress("simulate", total=days, unit="days"))
-    next_command = (f"appsim retrain --store {store_uri} --param window_end={summary['window_end']} "
+    shown = str(storage.local_path(store_uri)) if storage.is_local(store_uri) else store_uri
+    next_command = (f"appsim retrain --store {shlex.quote(shown)} --param window_end={summary['window_end']} "
                     f"--param window_days={days}")
     if as_json:
         dump({"store": store_uri, **summary, "next": next_command})
