@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from pipelines.cli.errors import CommandFailed
 from pipelines.cli.options import dump, json_option, load, params_option, signed_percent, store_and_config, table
 
 METRICS = ["recall_at_10", "precision_at_10", "ndcg_at_10", "map_at_10", "coverage", "ctr_mae"]
@@ -43,9 +42,7 @@ def retrain_command(store: str | None, config_path: str | None, params: tuple[st
     try:
         record = runner.run()
     except StepFailed as error:
-        click.echo(f"error: {error}", err=True)
-        click.echo(f"details: appsim runs show {error.run_id} --store {config.store}", err=True)
-        sys.exit(1)
+        raise CommandFailed(f"{error}; details: appsim runs show {error.run_id} --store {config.store}") from None
     result = record.result
     metrics = result["metrics"]
     candidate, champion = metrics["candidate"], metrics["champion"]

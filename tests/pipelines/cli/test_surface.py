@@ -127,3 +127,19 @@ def test_version_comes_from_the_package_metadata(capsys):
 
     main(["--version"])
     assert capsys.readouterr().out == f"appsim {version('appsim')}\n"
+
+
+def test_only_the_cli_package_parses_command_lines():
+    import ast
+
+    root = README.parent
+    offenders = []
+    for package in ("pipelines", "steps", "models", "evaluation", "serving"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.is_relative_to(root / "pipelines" / "cli"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{path.relative_to(root)} imports {n}" for n in names if n.split(".")[0] == "click"]
+    assert offenders == []
