@@ -143,3 +143,14 @@ def test_only_the_cli_package_parses_command_lines():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 offenders += [f"{path.relative_to(root)} imports {n}" for n in names if n.split(".")[0] == "click"]
     assert offenders == []
+
+
+def test_listing_the_commands_imports_nothing_heavy():
+    import subprocess
+
+    probe = ("import sys; from pipelines.cli import main; main(['--help']); "
+             "print(sorted(m for m in ('numpy', 'pandas', 'faiss', 'pydantic', 'scipy', 'boto3', 'fastapi', 'yaml') "
+             "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=README.parent, check=True)
+    assert proc.stdout.splitlines()[-1] == "[]"
