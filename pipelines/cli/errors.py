@@ -70,9 +70,10 @@ def describe(error: BaseException) -> tuple[str, int] | None:
         return one_line(error.format_message()).rstrip(".") + hint, USAGE
     if isinstance(error, click.ClickException):
         return one_line(error.format_message()), error.exit_code
-    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXTRAS:
-        extra = EXTRAS[error.name.split(".")[0]]
-        return (f"this command needs the `{extra}` extra ({error.name} is not installed): "
+    missing = (getattr(error, "name", None) or "").split(".")[0]
+    if isinstance(error, ModuleNotFoundError) and missing in EXTRAS:
+        extra = EXTRAS[missing]
+        return (f"this command needs the `{extra}` extra ({missing} is not installed): "
                 f"pip install 'appsim[{extra}]'"), FAILURE
     if _is(error, {"models.sqlite_file": ("SQLiteFileError",)}):
         return one_line(str(error)), FAILURE  # a damaged or read-only database, whichever store raised it
