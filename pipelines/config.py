@@ -2,11 +2,21 @@
 
 ``load_config`` reads the file, ``with_overrides`` applies ``--param NAME=VALUE`` strings with
 the parameter's own type, and every mistake raises ``ConfigError`` naming the key and the fix.
+
+Which pipeline.yaml is read, first found wins (``config_source`` says which and why):
+
+1. ``--config PATH``;
+2. ``$APPSIM_CONFIG``;
+3. the repository's ``pipeline.yaml``, when the code runs from a checkout (an editable install or
+   ``python -m pipelines.cli`` in the repository: the file beside ``setup.py``);
+4. the defaults shipped inside the package (``pipelines/pipeline.yaml``, package data copied from
+   the repository's file when the wheel is built), so ``pip install appsim`` works anywhere.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -17,8 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models import layout, storage
 from models.events import parse_utc
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+CONFIG_FILE = "pipeline.yaml"
+CONFIG_ENV = "APPSIM_CONFIG"
 STORE_ENV = "APPSIM_STORE"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# In a checkout the repository's file is the one to edit; setup.py beside it marks a checkout (an installed
+# package's parent is site-packages, which must never be searched for a stray pipeline.yaml).
+REPOSITORY_CONFIG = PACKAGE_DIR.parent / CONFIG_FILE
+PACKAGED_CONFIG = PACKAGE_DIR / CONFIG_FILE
 
 
 # Feedback timestamps are stored as datetime64[ns] (which ends in 2262); a window outside this range
@@ -238,11 +254,31 @@ def _describe(error: ValidationError, where: str) -> str:
     return f"invalid {where}: " + "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class ConfigSource:
+    path: Path
+    origin: str  # "--config", "$APPSIM_CONFIG", "repository" or "package"
+
+
+def config_source(path: str | Path | None = None) -> ConfigSource:
+    """The pipeline.yaml to read, by the precedence in the module docstring."""
+    if path:
+        return ConfigSource(Path(path), "--config")
+    if os.environ.get(CONFIG_ENV):
+        return ConfigSource(Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}")
+    if REPOSITORY_CONFIG.is_file() and (PACKAGE_DIR.parent / "setup.py").is_file():
+        return ConfigSource(REPOSITORY_CONFIG, "repository")
+    return ConfigSource(PACKAGED_CONFIG, "package")
+
+
 def load_config(path: str | Path | None = None, store: str | None = None) -> PipelineConfig:
-    """Read and validate pipeline.yaml (default: the repository's), then apply the store choice."""
-    config_path = Path(path) if path else DEFAULT_CONFIG
+    """Read and validate pipeline.yaml (``config_source``'s choice), then apply the store choice."""
+    source = config_source(path)
+    config_path = source.path
     if not config_path.is_file():
-        raise ConfigError(f"config file {config_path} does not exist; pass --config PATH or restore pipeline.yaml")
+        fix = ("reinstall appsim (the package's defaults are missing)" if source.origin == "package"
+               else f"fix {source.origin} or leave it out to use the defaults")
+        raise ConfigError(f"config file {config_path} (from {source.origin}) does not exist; {fix}")
     try:
         raw = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -10,7 +10,7 @@ Each run, as of ``now`` (the seed's daily Lambda, section 3.4; 8.3 steps 4-5):
    ``rollout.guardrails.serving_metrics``; the change since the previous decision's snapshot is
    judged by ``evaluation.ab_decision.check_guardrails``: a challenger failing more or answering
    slower than the champion is rolled back (Rejected) at once.
-3. **A/B rules**: otherwise today's decision from the feedback (``analyse``: wait, hold, ramp,
+3. **A/B rules**: otherwise today's decision from the feedback (``pipelines.ab_analysis.analyse``: wait, hold, ramp,
    promote after the stable days, stop on a regression, end) is carried out.
 4. **Archive**: Approved versions replaced by a newer champion ``archive_after_days`` ago are
    archived (the seed's "deprecate v2 after 30 days"): marked Rejected with an ``archived:``
@@ -25,26 +25,20 @@ server) are taken as they are: the new process's counts are the change.
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from evaluation.ab import ArmStats, arm_stats, compare_arms, sample_ratio_check
-from evaluation.ab_decision import (
-    Decision, DecisionRules, GuardrailRules, ServingArmMetrics, check_guardrails, decide,
-)
-from models import layout, storage
-from models.events import InvalidEvent, parse_line
+from evaluation.ab_decision import Decision, DecisionRules, GuardrailRules, ServingArmMetrics, check_guardrails
+from models import storage
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment, ExperimentStore
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.registry import ModelVersion, Registry
+from pipelines.ab_analysis import analyse, json_numbers
 from pipelines.config import PipelineConfig, RolloutSettings
 from serving import metric_names
 
@@ -69,52 +63,7 @@ def guardrail_rules(rollout: RolloutSettings) -> GuardrailRules:
                           min_requests=g.min_requests)
 
 
-# --- reading feedback ---------------------------------------------------------------------------
-def read_events(feedback_uri: str, start: datetime, end: datetime, as_of: datetime | None = None) -> Iterator[dict]:
-    """Valid events from the hour folders that can hold events of ``[start, end)``, as arrived by
-    ``as_of`` (default ``end``): ``models.layout.feedback_files``, the one lateness rule.
-
-    Lines that do not validate are skipped here (prepare quarantines and counts them); the
-    dicts keep optional fields the schema ignores, such as ``latency_ms``, and ``ts`` is parsed.
-    """
-    for uri in layout.feedback_files(feedback_uri, start, end, as_of=end if as_of is None else as_of).files:
-        for line in storage.iter_lines(uri):
-            if not line.strip():
-                continue
-            try:
-                event = parse_line(line)
-            except InvalidEvent:
-                continue
-            if event.event_type == "prediction" and not start <= event.ts < end:
-                continue
-            data = orjson.loads(line)
-            data["ts"] = event.ts
-            yield data
-
-
-def analyse(config: PipelineConfig, experiment: Experiment, now: datetime,
-            rules: DecisionRules = DecisionRules()) -> dict[str, Any]:
-    """Figures, comparisons and today's decision for an experiment (no side effects)."""
-    events = list(read_events(layout.feedback_uri(config.store), experiment.start_date, now))
-    cumulative = arm_stats(events, since=experiment.start_date, until=now)
-    current_step = arm_stats(events, since=experiment.weight_changed_at, until=now)
-    champion = cumulative.get(CHAMPION_ARM, ArmStats(CHAMPION_ARM))
-    challenger = cumulative.get(CHALLENGER_ARM, ArmStats(CHALLENGER_ARM))
-    srm = sample_ratio_check({arm: s.units for arm, s in current_step.items()}, experiment.weights())
-    decision = decide(now=now, started_at=experiment.start_date, weight_changed_at=experiment.weight_changed_at,
-                      challenger_weight=experiment.challenger_weight, champion=champion, challenger=challenger,
-                      srm=srm, rules=rules, end_at=experiment.end_date)
-    comparisons = compare_arms(champion, challenger, min_lift=rules.min_lift, regression_lift=rules.regression_lift,
-                               draws=rules.draws, seed=rules.seed)
-    return {"experiment": experiment, "now": now, "arms": {CHAMPION_ARM: champion, CHALLENGER_ARM: challenger},
-            "comparisons": comparisons, "srm": srm, "decision": decision}
-
-
 # --- acting -------------------------------------------------------------------------------------
-def json_numbers(numbers: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(numbers, default=str))
-
-
 def apply_decision(experiments: ExperimentStore, registry: Registry, experiment: Experiment, decision: Decision,
                    now: datetime) -> Experiment:
     """Carry out a decision: promote approves the challenger (it becomes the champion); a
@@ -312,7 +261,7 @@ class DailyDecision:
             record["serving_snapshot"] = snapshot
             record["guardrails"] = result.guardrails
         if decision is None:
-            decision = analyse(self.config, experiment, now, decision_rules(self.rollout))["decision"]
+            decision = analyse(self.config, experiment, now, decision_rules(self.rollout)).decision
         if decision is not None:
             result.decision = decision
             record["decision"] = json_numbers(decision.to_dict())

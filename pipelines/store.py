@@ -1,4 +1,4 @@
-"""`appsim store check` and `appsim store prune`: is this store whole, and keep it within its retention.
+"""Is this store whole, and keep it within its retention (`appsim store check` / `store prune`, pipelines/cli/store.py).
 
 ``check``: what is missing or corrupt, and the fix for each.
 
@@ -11,22 +11,18 @@ do not fail: a Rejected version whose artifact was cleaned up is never served).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
-
-import click
 
 from models import layout, storage
 from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
 from models.catalog import CatalogInvalid, CatalogMissing, catalog_rows
-from models.events import parse_utc
 from models.experiments import ExperimentError, open_experiments
 from models.registry import RegistryError
 from models.registry_backends import open_registry
 from models.sqlite_file import SQLiteFile
-from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.config import ConfigError, PipelineConfig
 from pipelines.runs import read_run
 
 Severity = Literal["ok", "warning", "error"]
@@ -158,68 +154,13 @@ def _remove_empty_parents(store: str, hours: list[PrunedHour]) -> None:
             folder = folder.parent
 
 
-@click.group("store")
-def store_group() -> None:
-    """The store itself: check that it is whole, prune old feedback."""
-
-
-@store_group.command("check")
-@click.option("--store", envvar="APPSIM_STORE", default=None, help="Store folder or URI (default: $APPSIM_STORE, "
-              "else backends.store in pipeline.yaml).")
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="pipeline.yaml to use.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def check_command(store: str | None, config_path: str | None, as_json: bool) -> None:
-    """Report what is missing or corrupt in the store and how to fix it; exit 1 when something is wrong."""
-    config = load_config(config_path, store)
-    findings = check_store(config)
-    errors = sum(f.status == "error" for f in findings)
-    warnings = sum(f.status == "warning" for f in findings)
-    if as_json:
-        click.echo(json.dumps({"store": config.store, "ok": errors == 0, "errors": errors, "warnings": warnings,
-                               "findings": [asdict(f) for f in findings]}, indent=2))
-    else:
-        verdict = "whole" if errors == 0 else f"{errors} problem(s)"
-        click.echo(f"store {config.store}: {verdict}, {warnings} warning(s)")
-        for finding in findings:
-            label = {"ok": "ok", "warning": "WARN", "error": "ERROR"}[finding.status]
-            click.echo(f"  {label:<6} {finding.item}: {finding.detail}")
-            if finding.fix and finding.status != "ok":
-                click.echo(f"         fix: {finding.fix}")
-    raise SystemExit(1 if errors else 0)
-
-
-@store_group.command("prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(min=1), default=None, metavar="DAYS",
-              help="Delete feedback hour folders older than this many days (default: retention.feedback_days "
-                   "in pipeline.yaml).")
-@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
-@click.option("--at", "at", default=None, help="Count the age from this ISO time (default: now).")
-@click.option("--store", envvar="APPSIM_STORE", default=None, help="Store folder or URI (default: $APPSIM_STORE, "
-              "else backends.store in pipeline.yaml).")
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="pipeline.yaml to use.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def prune_command(older_than: float | None, dry_run: bool, at: str | None, store: str | None,
-                  config_path: str | None, as_json: bool) -> None:
-    """Delete feedback older than the retention age and report what was removed (S3: the lifecycle
-    rule of infra/appsim.yaml does the same every day)."""
-    config = load_config(config_path, store)
-    days = older_than if older_than is not None else config.retention.feedback_days
-    now = parse_utc(at) if at else datetime.now(timezone.utc)
+def prune_feedback(store: str, older_than_days: float, now: datetime, dry_run: bool = False) -> list[PrunedHour]:
+    """Delete the feedback hour folders ``expired_hours`` finds (nothing with ``dry_run``); returns them."""
     if not dry_run:
-        layout.check_store(config.store, writing=True)
-    hours = expired_hours(config.store, days, now)
+        layout.check_store(store, writing=True)
+    hours = expired_hours(store, older_than_days, now)
     if not dry_run:
         for hour in hours:
             storage.remove(hour.uri)
-        _remove_empty_parents(config.store, hours)
-    files, size = sum(h.files for h in hours), sum(h.bytes for h in hours)
-    if as_json:
-        click.echo(json.dumps({"store": config.store, "older_than_days": days, "cutoff": (now - timedelta(days=days)).isoformat(),
-                               "dry_run": dry_run, "hours": len(hours), "files": files, "bytes": size,
-                               "removed": [asdict(h) for h in hours]}, indent=2))
-        return
-    verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {len(hours)} feedback hour folder(s), {files} file(s), {size:,} bytes older than {days:g} days "
-               f"(before {(now - timedelta(days=days)):%Y-%m-%d %H:%M} UTC)")
-    for hour in hours:
-        click.echo(f"  {hour.hour}  {hour.files} file(s)  {hour.bytes:,} bytes")
+        _remove_empty_parents(store, hours)
+    return hours

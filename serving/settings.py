@@ -197,5 +197,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServingSettin
             values["model_dir"] = model_dir
         return ServingSettings.model_validate(values)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise SettingsError(f"invalid serving settings: {problems}") from None
+        raise SettingsError(describe_validation(error)) from None
+
+
+def describe_validation(error: ValidationError) -> str:
+    """One line naming every setting that is wrong and why."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                         for e in error.errors())
+    return f"invalid serving settings: {problems}"

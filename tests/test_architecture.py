@@ -31,7 +31,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 # Upward edges carried on purpose until the change that removes them is merged; each names it.
 # serving/cli.py reads pipeline.yaml for `appsim serve`: the cli-package change moves `serve` into
 # pipelines/cli/ (which calls serving), and the lead empties this set when merging it.
-KNOWN_UPWARD_EDGES: frozenset[tuple[str, str]] = frozenset({("serving.cli", "pipelines.config")})
+KNOWN_UPWARD_EDGES: frozenset[tuple[str, str]] = frozenset()
 
 # The SageMaker SDK is 1.2 GB and an extra: the embedded mode and the serving container run without it.
 SAGEMAKER_SDK_MODULES = frozenset({"pipelines.sagemaker_pipeline"})
@@ -46,7 +46,7 @@ AWS_MODULES = frozenset({
     "pipelines.sagemaker_pipeline",  # the SDK's PipelineSession runs on a boto3 session
     "pipelines.batch_transform",   # bulk neighbours with SageMaker Batch Transform
     "pipelines.kinesis_source",    # the Kinesis -> feedback folder ingestion job
-    "pipelines.cli_ab",            # `appsim monitoring apply`'s CloudWatch client (moves with the cli package)
+    "pipelines.cli.monitoring",    # `appsim monitoring apply`'s CloudWatch client
 })
 AWS_SDKS = frozenset({"boto3", "botocore"})
 

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import click
 import faiss
 import numpy as np
 import orjson
@@ -695,58 +694,3 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
 def current_hour() -> datetime:
     """The start of the current UTC hour: simulate's default end, so `appsim retrain` (window_end = now) reads it all."""
     return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-
-
-def _parse_end(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime:
-    if not value:
-        return current_hour()
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not an ISO date-time such as {DEFAULT_END}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-
-
-@click.command("simulate")
-@click.option("--store", envvar="APPSIM_STORE", default=None,
-              help="Store folder or URI (file:// or s3://). Default: $APPSIM_STORE, else backends.store in pipeline.yaml.")
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-              help="pipeline.yaml to use (default: the repository's).")
-@click.option("--apps", default=1000, show_default=True, type=click.IntRange(min=2), help="Apps in the catalog.")
-@click.option("--users", default=3000, show_default=True, type=click.IntRange(min=1), help="Users (pseudonymous).")
-@click.option("--days", default=28, show_default=True, type=click.IntRange(min=1), help="Days of feedback, ending at --end.")
-@click.option("--events-per-day", default=10_000, show_default=True, type=click.IntRange(min=1),
-              help="Ad impressions (click events) per day; conversions and predictions come on top.")
-@click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same bytes.")
-@click.option("--fault-rate", default=0.02, show_default=True, type=click.FloatRange(0, 0.5, max_open=True),
-              help="Share of events broken on purpose (duplicates, bad JSON, bad fields, unknown apps, late).")
-@click.option("--end", default=None, show_default="the current UTC hour", callback=_parse_end,
-              help=f"UTC hour the data ends at. The default suits `appsim retrain` with its default window_end "
-                   f"(now); pass a fixed hour (e.g. {DEFAULT_END}, the Makefile's demo) for reproducible bytes.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing catalog, feedback and ground truth in the store.")
-@click.option("--drift-days", default=0, show_default=True, type=click.IntRange(min=0),
-              help=f"Input drift over the last N days: {DRIFT_CATEGORIES} categories become {DRIFT_BOOST:g}x as popular "
-                   "(`appsim drift check` should alert).")
-def simulate_command(store: str | None, config_path: str | None, apps: int, users: int, days: int,
-                     events_per_day: int, seed: int, fault_rate: float, end: datetime, overwrite: bool,
-                     drift_days: int) -> None:
-    """Generate a synthetic marketplace (catalog, feedback events, ground truth) into the store."""
-    from pipelines.config import load_config
-
-    store_uri = load_config(config_path, store).store
-    try:
-        summary = simulate(store_uri, apps=apps, users=users, days=days, events_per_day=events_per_day, seed=seed,
-                           fault_rate=fault_rate, end=end, overwrite=overwrite, drift_days=drift_days,
-                           progress=Progress("simulate", total=days, unit="days"))
-    except SimulationError as error:
-        raise click.UsageError(str(error)) from None
-    events = summary["events"]
-    click.echo(f"store: {store_uri}")
-    click.echo(f"catalog: {apps:,} apps; {users:,} users; {summary['catalog']['campaigns']:,} campaigns")
-    click.echo(f"events: {events['click']:,} impressions ({events['clicked']:,} clicked), "
-               f"{events['conversion']:,} conversions, {events['prediction']:,} predictions; "
-               f"{summary['lines_written']:,} lines in {summary['files_written']:,} files")
-    click.echo("faults: " + ", ".join(f"{kind} {n:,}" for kind, n in summary["faults"].items()))
-    if drift_days:
-        click.echo(f"drift: the last {drift_days} days favour {', '.join(summary['drift']['categories'])}")
-    click.echo(f"next: appsim retrain --param window_end={summary['window_end']} --param window_days={days}")

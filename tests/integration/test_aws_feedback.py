@@ -188,7 +188,7 @@ def test_batches_respect_record_and_byte_limits():
 def test_pull_kinesis_command_reports_what_it_copied(store):
     from click.testing import CliRunner
 
-    from pipelines.cli_aws import feedback_group
+    from pipelines.cli.feedback import feedback_group
 
     stream = unique("feedback")
     kinesis = boto3.client("kinesis")

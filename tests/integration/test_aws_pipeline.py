@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from moto import mock_aws
 
 from pipelines import aws, graph, sagemaker_target
-from pipelines.config import DEFAULT_CONFIG, load_config
+from pipelines.config import REPOSITORY_CONFIG, load_config
 from tests.conftest import set_aws_env
 
 GOLDEN = {
@@ -39,7 +39,7 @@ KIND_OF_TYPE = {"Processing": "processing", "Training": "training", "Condition":
 
 
 def _config_file(tmp_path: Path, prepare_engine: str = "duckdb") -> Path:
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw = yaml.safe_load(REPOSITORY_CONFIG.read_text())
     raw["sagemaker"].update(image_uri=IMAGE, role_arn=ROLE)
     raw["backends"] = {"store": STORE, "registry": "sagemaker://appsim-app-embeddings"}
     if prepare_engine == "spark":
@@ -342,7 +342,7 @@ def test_schedule_create_update_show_delete(aws_env, config_path):
 
 
 def test_schedule_commands(aws_env, config_path):
-    from pipelines.cli_aws import schedule_group
+    from pipelines.cli.schedule import schedule_group
 
     runner = CliRunner()
     config = ["--config", str(config_path)]
@@ -358,7 +358,7 @@ def test_schedule_commands(aws_env, config_path):
 
 
 def test_decision_schedule_runs_ab_decide_as_a_processing_job(aws_env, config_path):
-    from pipelines.cli_aws import schedule_group
+    from pipelines.cli.schedule import schedule_group
 
     config = load_config(config_path)
     topic = "arn:aws:sns:us-east-1:123456789012:appsim-decisions"

@@ -75,3 +75,24 @@ def test_prepare_engine_resources_are_configured_and_checked(tmp_path: Path):
     bad.write_text("prepare:\n  memory_limit: lots\n")
     with pytest.raises(ConfigError, match="prepare.memory_limit"):
         load_config(bad)
+
+
+def test_which_pipeline_yaml_is_read(monkeypatch, tmp_path: Path):
+    from pipelines import config as module
+
+    monkeypatch.delenv(module.CONFIG_ENV, raising=False)
+    assert module.config_source().origin == "repository"  # the tests run from a checkout
+    assert module.config_source().path == module.REPOSITORY_CONFIG
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("pipeline_name: from-env\n")
+    monkeypatch.setenv(module.CONFIG_ENV, str(mine))
+    assert load_config().pipeline_name == "from-env"
+    other = tmp_path / "other.yaml"
+    other.write_text("pipeline_name: from-flag\n")
+    assert load_config(other).pipeline_name == "from-flag"  # --config wins over $APPSIM_CONFIG
+    monkeypatch.setenv(module.CONFIG_ENV, str(tmp_path / "gone.yaml"))
+    with pytest.raises(ConfigError, match=r"gone.yaml \(from \$APPSIM_CONFIG\) does not exist"):
+        load_config()
+    monkeypatch.delenv(module.CONFIG_ENV)
+    monkeypatch.setattr(module, "REPOSITORY_CONFIG", tmp_path / "no-checkout" / "pipeline.yaml")
+    assert module.config_source().origin == "package"  # an installed package reads its own copy

@@ -17,7 +17,7 @@ from models import layout, storage
 from models.experiments import Experiment, open_experiments
 from models.registry_backends import open_registry
 from pipelines.cli import cli
-from pipelines.config import DEFAULT_CONFIG, load_config
+from pipelines.config import REPOSITORY_CONFIG, load_config
 from pipelines.rollout import DailyDecision, parse_snapshot, snapshot_delta
 from pipelines.simulators.experiment import ExperimentScenario, write_experiment_feedback
 from serving.metrics import ServingMetrics
@@ -53,7 +53,7 @@ class Serving:
 
 
 def write_config(tmp_path, topic: str, serving_metrics: str):
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw = yaml.safe_load(REPOSITORY_CONFIG.read_text())
     raw["parameters"]["approval_status"] = "PendingManualApproval"
     raw["rollout"].update(auto_start=True, min_days=3, min_requests=150)
     raw["rollout"]["guardrails"].update(serving_metrics=serving_metrics, min_requests=100)
@@ -184,7 +184,7 @@ def test_versions_replaced_for_30_days_are_archived_unless_referenced(tmp_path):
     registry = open_registry(f"sqlite://{tmp_path / 'registry.db'}")
     for number in range(1, 4):
         registry.register(f"file:///models/v{number}/model.tar.gz", "Approved", {}, {})
-    config = load_config(DEFAULT_CONFIG, str(tmp_path))
+    config = load_config(REPOSITORY_CONFIG, str(tmp_path))
     experiments = open_experiments(f"sqlite://{tmp_path / 'experiments.db'}")
     daily = DailyDecision(config, experiments, registry)
     now = registry.champion().created_at

@@ -37,3 +37,23 @@ def test_no_model_source_is_explained():
 
 def test_parse_api_keys_keeps_colons_in_keys():
     assert parse_api_keys("acme:a:b") == {"a:b": "acme"}
+
+
+def test_the_caller_supplies_store_defaults_only_when_no_artifact_folder_is_served(monkeypatch, tmp_path):
+    from serving.server import build_settings
+
+    for name in ("APPSIM_STORE", "APPSIM_REGISTRY", "APPSIM_MODEL_DIR", "SM_MODEL_DIR", "APPSIM_SERVING_SETTINGS"):
+        monkeypatch.delenv(name, raising=False)
+    asked = []
+
+    def defaults(store):
+        asked.append(store)
+        return {"store": str(tmp_path), "registry": f"sqlite://{tmp_path}/registry.db"}
+
+    settings = build_settings({"store": "given", "poll_seconds": 5.0}, defaults)
+    assert asked == ["given"] and settings.store == str(tmp_path) and settings.poll_seconds == 5.0
+    assert settings.registry_uri() == f"sqlite://{tmp_path}/registry.db"
+    served = build_settings({"model_dir": str(tmp_path)}, defaults)
+    assert served.endpoint_mode and asked == ["given"]
+    with pytest.raises(SettingsError, match="challenger_weight"):
+        build_settings({"model_dir": str(tmp_path), "challenger_weight": 2.0}, defaults)

@@ -10,11 +10,9 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from models import layout, storage
 from models.events import InvalidEvent, parse_line
-from pipelines.cli import cli
 from pipelines.simulators.marketplace import (
     CATEGORIES, FAULT_KINDS, PRICING_MODELS, REGIONS, SimulationError, make_catalog, make_world, simulate,
 )
@@ -219,21 +217,6 @@ def test_refuses_a_used_store_unless_overwrite_and_bad_end(tmp_path):
     simulate(str(tmp_path), **tiny, end=END, overwrite=True)
     with pytest.raises(SimulationError, match="whole hour"):
         simulate(str(tmp_path / "x"), **tiny, end=END + timedelta(minutes=30))
-
-
-def test_cli_writes_the_store_and_names_the_prepare_window(tmp_path):
-    runner = CliRunner()
-    args = ["simulate", "--store", str(tmp_path), "--apps", "40", "--users", "30", "--days", "2",
-            "--events-per-day", "200", "--end", "2026-05-04T00:00:00Z"]
-    result = runner.invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    assert "next: appsim retrain --param window_end=2026-05-04T00:00:00Z --param window_days=2" in result.output
-    summary = storage.read_json(str(tmp_path / "ground_truth" / "simulation.json"))
-    assert summary["window_end"] == "2026-05-04T00:00:00Z" and summary["events"]["click"] == 400
-    assert summary["lines_written"] == len(_lines(tmp_path))
-
-    again = runner.invoke(cli, args)
-    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_simulates_into_an_s3_store_with_the_same_bytes(aws_server_env, tmp_path):
