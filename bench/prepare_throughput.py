@@ -68,7 +68,8 @@ def generate(root: Path, lines: int, apps: int, users: int, seed: int) -> None:
         raise SystemExit(f"{root} holds a store generated with {stamp.read_text()}, not {arguments}: "
                          "use another --data-dir or delete that folder")
     if root.exists() and any(root.iterdir()):
-        raise SystemExit(f"{root} is not empty and was not made by this bench: use an empty or new --data-dir")
+        raise SystemExit(f"{root} is not empty and holds no complete store of this bench (an interrupted "
+                         "generation?): delete it or use another --data-dir")
     _write_store(root, lines, apps, users, seed)
     stamp.write_text(json.dumps(arguments))
 
