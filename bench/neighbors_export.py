@@ -32,6 +32,7 @@ import pandas as pd
 
 from models.artifact import ModelArtifact
 from models.index import IVF_MIN_POINTS_PER_LIST, IVF_NPROBE, choose_index_type, ivf_list_count
+from models.predictor import Neighbor, Predictor
 from steps.export_neighbors import export
 
 
@@ -88,6 +89,32 @@ def rate(label: str, apps: int, wall: float, cpu: float) -> float:
     return apps / wall
 
 
+def popular_from_table(artifact: ModelArtifact, k: int, popular: int, requests: int, seed: int) -> None:
+    """What serving would gain by answering popular apps from the exported table: one ``/similar``
+    answer (its ``Neighbor`` list) from FAISS (one thread, as serving runs) against a dict of the
+    exported rows, for the ``popular`` apps with the most impressions."""
+    predictor = Predictor(artifact)
+    rows = np.argsort(-artifact.app_stats.set_index("app_id").reindex(artifact.app_ids)["impressions"].to_numpy(),
+                      kind="stable")[:popular]
+    positions, scores = predictor.similar_rows(rows, k)
+    ids = artifact.app_ids
+    table = {ids[row]: ([ids[p] for p in positions[i] if p >= 0], scores[i].tolist()) for i, row in enumerate(rows)}
+    asked = [ids[row] for row in np.random.default_rng(seed).choice(rows, size=requests)]
+    faiss.omp_set_num_threads(1)
+    # CPU time of this one thread: what an answer costs a worker, whatever else the machine runs
+    started = time.thread_time()
+    for app_id in asked:
+        predictor.similar(app_id, k)
+    searched = (time.thread_time() - started) / requests
+    started = time.thread_time()
+    for app_id in asked:
+        neighbor_ids, neighbor_scores = table[app_id]
+        [Neighbor(a, s) for a, s in zip(neighbor_ids[:k], neighbor_scores[:k])]
+    looked_up = (time.thread_time() - started) / requests
+    print(f"popular apps ({popular:,}, {requests:,} answers), CPU per answer: FAISS {searched * 1e6:,.1f} us, from the "
+          f"table {looked_up * 1e6:,.1f} us; a /similar request would save {(searched - looked_up) * 1e6:,.0f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--apps", type=int, default=1_000_000)
@@ -97,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-sample", type=int, default=160_000, help="apps the IVF centroids are trained on")
     parser.add_argument("--reference-queries", type=int, default=50_000)
+    parser.add_argument("--popular", type=int, default=10_000, help="popular apps answered from the table")
+    parser.add_argument("--skip-export", action="store_true", help="only the reference and the popular-apps comparison")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-neighbors",
                         help="where the synthetic model is saved and reused")
     args = parser.parse_args()
@@ -114,6 +143,10 @@ def main() -> None:
     reference = rate(f"reference, plain FAISS batch search of {queries:,} apps (k+1={args.k + 1})", queries,
                      time.perf_counter() - started, time.process_time() - cpu)
 
+    popular_from_table(artifact, args.k, min(args.popular, args.apps), 20_000, args.seed)
+    if args.skip_export:
+        return
+    faiss.omp_set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         cpu = time.process_time()
         result = export(artifact, tmp, version=1, k=args.k, threads=threads)
