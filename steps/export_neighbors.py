@@ -14,7 +14,7 @@ Two passes. The search: for an inner-product IVF-Flat index (what TrainEmbedding
 100K apps), every app's probed lists come from one coarse-quantizer pass, the apps are grouped by
 their nearest list, and ``models.index.ListScan`` scores each list against all the apps that probe
 it with one matrix product, on every core (the same candidates as ``index.search``; the whole
-export ~2.5x a plain FAISS batch search at 1M apps: bench/neighbors_export.py). Other indexes go through
+export 1.3-2.5x a plain FAISS batch search at 1M apps: bench/neighbors_export.py). Other indexes go through
 ``Predictor.similar_rows`` (FAISS batch search on every core). The second pass computes the CTR/CVR
 posteriors and writes Parquet in app order, the next row group's numbers on a thread while the
 previous one is written.
