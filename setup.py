@@ -36,6 +36,8 @@ setup(
         "pandas>=2.2,<4",
         "pyarrow>=15,<27",
         "faiss-cpu>=1.9,<2",
+        # bulk export's list scan (models/index.py) runs one BLAS thread per worker thread
+        "threadpoolctl>=3.1,<4",
         "pydantic>=2.7,<3",
         "pyyaml>=6,<7",
         "fsspec>=2024.6",

@@ -156,12 +156,14 @@ class GuardrailRules:
 @dataclass(frozen=True)
 class ServingArmMetrics:
     """What serving measured for one arm over a window: requests, 5xx answers and the latency
-    histogram (cumulative ``(upper bound in seconds, count)`` pairs, Prometheus' ``le`` buckets)."""
+    histogram (cumulative ``(upper bound in seconds, count)`` pairs, Prometheus' ``le`` buckets), or
+    the p99 itself where the metrics store computes it (CloudWatch, from the distribution)."""
 
     arm: str
     requests: float = 0.0
     errors: float = 0.0
     latency_buckets: tuple[tuple[float, float], ...] = ()
+    p99_seconds: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -183,8 +185,12 @@ class ServingArmMetrics:
             lower_bound, lower_count = bound, count
         return lower_bound
 
+    def p99(self) -> float | None:
+        """The p99 in seconds: as measured, else from the histogram; None without either."""
+        return self.p99_seconds if self.p99_seconds is not None else self.latency_quantile(0.99)
+
     def to_dict(self) -> dict[str, Any]:
-        p99 = self.latency_quantile(0.99)
+        p99 = self.p99()
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
                 "p99_ms": None if p99 is None else round(p99 * 1000, 3)}
 
@@ -203,7 +209,7 @@ def check_guardrails(champion: ServingArmMetrics, challenger: ServingArmMetrics,
     if challenger.error_rate > error_limit:
         broken.append(f"challenger 5xx rate {challenger.error_rate:.2%} > champion {champion.error_rate:.2%} "
                       f"+ {rules.max_error_rate_increase:.2%}")
-    champion_p99, challenger_p99 = champion.latency_quantile(0.99), challenger.latency_quantile(0.99)
+    champion_p99, challenger_p99 = champion.p99(), challenger.p99()
     if champion_p99 is not None and challenger_p99 is not None:
         latency_limit = champion_p99 * (1 + rules.max_p99_increase)
         if challenger_p99 > latency_limit:

@@ -103,6 +103,17 @@ def beta_posterior(successes: np.ndarray, trials: np.ndarray, prior_mean: np.nda
     return alpha / (alpha + beta), stats.beta.ppf(tail, alpha, beta), stats.beta.ppf(1 - tail, alpha, beta)
 
 
+def without_query(own: np.ndarray, found: np.ndarray, found_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of a top-(k + 1) search (ids ``found``, ``found_scores``) for query rows ``own``, the
+    query itself dropped: (ids, scores), padded with -1 / -inf."""
+    # Stable sort moves the query's own entry (and FAISS's -1 padding) to the end of its row.
+    dropped = (found == own[:, None]) | (found < 0)
+    order = np.argsort(dropped, axis=1, kind="stable")[:, :k]
+    kept = ~np.take_along_axis(dropped, order, axis=1)
+    return (np.where(kept, np.take_along_axis(found, order, axis=1), -1),
+            np.where(kept, np.take_along_axis(found_scores, order, axis=1), -np.inf))
+
+
 class Predictor:
     def __init__(self, artifact: ModelArtifact):
         self.artifact = artifact
@@ -144,12 +155,7 @@ class Predictor:
             rows = known[start : start + SEARCH_BATCH]
             own = positions[rows]
             found_scores, found = self.artifact.index.search(self.artifact.embeddings[own], k + 1)
-            # Stable sort moves the query's own entry (and FAISS's -1 padding) to the end of its row.
-            dropped = (found == own[:, None]) | (found < 0)
-            order = np.argsort(dropped, axis=1, kind="stable")[:, :k]
-            kept = ~np.take_along_axis(dropped, order, axis=1)
-            neighbours[rows] = np.where(kept, np.take_along_axis(found, order, axis=1), -1)
-            scores[rows] = np.where(kept, np.take_along_axis(found_scores, order, axis=1), -np.inf)
+            neighbours[rows], scores[rows] = without_query(own, found, found_scores, k)
         return neighbours, scores
 
     def similar(self, app_id: str, k: int = 10) -> list[Neighbor]:

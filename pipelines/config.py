@@ -118,15 +118,36 @@ class ScheduleSettings(_Strict):
     timezone: str = "UTC"
 
 
+class CloudWatchGuardrailSource(_Strict):
+    """Where the CloudWatch agent publishes serving's metrics (pipelines/monitoring.py's conventions)."""
+
+    namespace: str = "appsim"
+    dimensions: dict[str, str] = Field(default_factory=lambda: {"service": "appsim"})  # the deployment's
+
+
 class GuardrailSettings(_Strict):
     """Roll the challenger back when serving shows it failing more or answering slower than the champion."""
 
-    # Serving's Prometheus exposition: http(s)://host:8080/metrics, or a file/S3 URI a scraper
-    # writes; empty = no guardrail (the A/B rules alone decide).
+    # prometheus: serving's exposition at serving_metrics (empty = no guardrail, the A/B rules alone
+    # decide); cloudwatch (AWS): the per-arm series the CloudWatch agent publishes from it.
+    source: Literal["prometheus", "cloudwatch"] = "prometheus"
+    # Serving's Prometheus exposition: http(s)://host:8080/metrics, or a file/S3 URI a scraper writes.
     serving_metrics: str = ""
+    cloudwatch: CloudWatchGuardrailSource = Field(default_factory=CloudWatchGuardrailSource)
     max_error_rate_increase: float = Field(0.01, ge=0, le=1)  # absolute: 0.01 = one percentage point of 5xx
     max_p99_increase: float = Field(0.25, ge=0, le=100)       # relative: 0.25 = challenger p99 > 1.25x champion's
     min_requests: int = Field(500, ge=1)                      # per arm since the last decision, else no verdict
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "GuardrailSettings":
+        if self.source == "cloudwatch" and self.serving_metrics:
+            raise ValueError("rollout.guardrails: source is cloudwatch but serving_metrics is set; empty "
+                             "serving_metrics, or set source: prometheus to scrape it")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.source == "cloudwatch" or bool(self.serving_metrics)
 
 
 class RolloutSettings(_Strict):

@@ -6,10 +6,13 @@ Each run, as of ``now`` (the seed's daily Lambda, section 3.4; 8.3 steps 4-5):
    (a ``PendingManualApproval`` version newer than the champion that has never been in an
    experiment) gets an experiment at ``rollout.start_weight`` (10%).
 2. **Guardrails**: serving's per-arm counters (``appsim_requests_total{arm,status}`` and the
-   ``appsim_request_duration_seconds`` histogram, ``serving/metrics.py``) are read from
-   ``rollout.guardrails.serving_metrics``; the change since the previous decision's snapshot is
-   judged by ``evaluation.ab_decision.check_guardrails``: a challenger failing more or answering
-   slower than the champion is rolled back (Rejected) at once.
+   ``appsim_request_duration_seconds`` histogram, ``serving/metrics.py``) since the previous
+   decision, judged by ``evaluation.ab_decision.check_guardrails``: a challenger failing more or
+   answering slower than the champion is rolled back (Rejected) at once. The figures come from
+   ``rollout.guardrails.source``: ``prometheus`` reads serving's exposition at ``serving_metrics``
+   and diffs it against the previous decision's snapshot; ``cloudwatch`` (AWS) asks CloudWatch
+   (GetMetricData) for each arm's request and 5xx sums and p99 since the previous decision, from the
+   series the CloudWatch agent publishes (``pipelines/monitoring.py``'s conventions).
 3. **A/B rules**: otherwise today's decision from the feedback (``pipelines.ab_analysis.analyse``: wait, hold, ramp,
    promote after the stable days, stop on a regression, end) is carried out.
 4. **Archive**: Approved versions replaced by a newer champion ``archive_after_days`` ago are
@@ -26,6 +29,7 @@ server) are taken as they are: the new process's counts are the change.
 from __future__ import annotations
 
 import logging
+import math
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +43,7 @@ from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, Experiment, Experim
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.registry import ModelVersion, Registry
 from pipelines.ab_analysis import analyse, json_numbers
-from pipelines.config import PipelineConfig, RolloutSettings
+from pipelines.config import CloudWatchGuardrailSource, PipelineConfig, RolloutSettings
 from serving import metric_names
 
 log = logging.getLogger(__name__)
@@ -153,6 +157,41 @@ def snapshot_delta(current: Snapshot, previous: Snapshot | None) -> Snapshot:
     return delta
 
 
+def cloudwatch_arm_metrics(client: Any, source: CloudWatchGuardrailSource, start: datetime,
+                           end: datetime) -> dict[str, ServingArmMetrics]:
+    """Each arm's requests, 5xx answers and p99 latency over ``[start, end)`` from CloudWatch: one
+    GetMetricData period spanning the window, so the p99 is the window's, not an average of p99s."""
+    from botocore.exceptions import BotoCoreError, ClientError  # the `aws` extra
+
+    period = max(60, math.ceil((end - start).total_seconds() / 60) * 60)
+
+    def query(query_id: str, metric: str, stat: str, **dimensions: str) -> dict[str, Any]:
+        dims = {**source.dimensions, **dimensions}
+        return {"Id": query_id, "ReturnData": True, "MetricStat": {
+            "Metric": {"Namespace": source.namespace, "MetricName": metric,
+                       "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())]},
+            "Period": period, "Stat": stat}}
+
+    queries = [q for arm in (CHAMPION_ARM, CHALLENGER_ARM) for q in (
+        query(f"{arm}_requests", metric_names.total(metric_names.REQUESTS), "Sum", arm=arm),
+        query(f"{arm}_errors", metric_names.total(metric_names.REQUESTS), "Sum", arm=arm, status_class="5xx"),
+        query(f"{arm}_p99", metric_names.REQUEST_DURATION, "p99", arm=arm))]
+    values: dict[str, list[float]] = {}
+    try:
+        for page in client.get_paginator("get_metric_data").paginate(
+                MetricDataQueries=queries, StartTime=start, EndTime=end):
+            for result in page["MetricDataResults"]:
+                values.setdefault(result["Id"], []).extend(v for v in result.get("Values", []) if v is not None)
+    except (BotoCoreError, ClientError) as error:
+        raise GuardrailMetricsError(
+            f"cannot read serving metrics from CloudWatch namespace {source.namespace!r}: {error}; the role needs "
+            "cloudwatch:GetMetricData, or set rollout.guardrails.source: prometheus") from None
+    return {arm: ServingArmMetrics(arm, requests=sum(values.get(f"{arm}_requests", [])),
+                                   errors=sum(values.get(f"{arm}_errors", [])),
+                                   p99_seconds=max(values[f"{arm}_p99"]) if values.get(f"{arm}_p99") else None)
+            for arm in (CHAMPION_ARM, CHALLENGER_ARM)}
+
+
 def arm_metrics(arm: str, entry: dict[str, Any] | None) -> ServingArmMetrics:
     if entry is None:
         return ServingArmMetrics(arm)
@@ -189,12 +228,13 @@ class DailyDecision:
     """``appsim ab decide``: start, guard, decide, archive, notify (see the module docstring)."""
 
     def __init__(self, config: PipelineConfig, experiments: ExperimentStore, registry: Registry,
-                 sns_client: Any = None):
+                 sns_client: Any = None, cloudwatch_client: Any = None):
         self.config = config
         self.rollout = config.rollout
         self.experiments = experiments
         self.registry = registry
         self.sns_client = sns_client
+        self.cloudwatch_client = cloudwatch_client
         self.topic = topic_arn(config.notifications.sns_topic_arn)
 
     def run(self, now: datetime) -> DailyResult:
@@ -252,13 +292,19 @@ class DailyDecision:
         folder = storage.join(self.config.store, "experiments", experiment.experiment_id, "decisions")
         record: dict[str, Any] = {"at": now.isoformat(), "experiment_id": experiment.experiment_id}
         decision = None
-        if self.rollout.guardrails.serving_metrics:
-            snapshot = parse_snapshot(read_serving_metrics(self.rollout.guardrails.serving_metrics))
-            delta = snapshot_delta(snapshot, self._previous_snapshot(folder, now))
-            decision, result.guardrails = check_guardrails(
-                arm_metrics(CHAMPION_ARM, delta.get(CHAMPION_ARM)), arm_metrics(CHALLENGER_ARM, delta.get(CHALLENGER_ARM)),
-                guardrail_rules(self.rollout))
-            record["serving_snapshot"] = snapshot
+        guardrails = self.rollout.guardrails
+        if guardrails.enabled:
+            if guardrails.source == "cloudwatch":
+                since = self._previous_decision_at(folder, now) or experiment.weight_changed_at
+                arms = cloudwatch_arm_metrics(self._cloudwatch(), guardrails.cloudwatch, since, now)
+                record["guardrail_window"] = {"source": "cloudwatch", "start": since.isoformat(), "end": now.isoformat()}
+            else:
+                snapshot = parse_snapshot(read_serving_metrics(guardrails.serving_metrics))
+                delta = snapshot_delta(snapshot, self._previous_snapshot(folder, now))
+                arms = {arm: arm_metrics(arm, delta.get(arm)) for arm in (CHAMPION_ARM, CHALLENGER_ARM)}
+                record["serving_snapshot"] = snapshot
+            decision, result.guardrails = check_guardrails(arms[CHAMPION_ARM], arms[CHALLENGER_ARM],
+                                                           guardrail_rules(self.rollout))
             record["guardrails"] = result.guardrails
         if decision is None:
             decision = analyse(self.config, experiment, now, decision_rules(self.rollout)).decision
@@ -271,6 +317,20 @@ class DailyDecision:
                 self._notify(decision_notification(experiment, decision), result)
         result.record_uri = storage.join(folder, f"{now:%Y%m%dT%H%M%S%fZ}.json")
         storage.write_json(result.record_uri, record)
+
+    def _cloudwatch(self) -> Any:
+        if self.cloudwatch_client is None:
+            import boto3  # the `aws` extra: only the cloudwatch guardrail source needs it
+
+            self.cloudwatch_client = boto3.client("cloudwatch", region_name=self.config.sagemaker.region)
+        return self.cloudwatch_client
+
+    @staticmethod
+    def _previous_decision_at(folder: str, now: datetime) -> datetime | None:
+        """When this experiment's previous decision ran (its record's ``at``), if any."""
+        current = f"{now:%Y%m%dT%H%M%S%fZ}.json"
+        earlier = [uri for uri in storage.list_files(folder, (".json",)) if uri.rsplit("/", 1)[-1] < current]
+        return datetime.fromisoformat(storage.read_json(max(earlier))["at"]) if earlier else None
 
     @staticmethod
     def _previous_snapshot(folder: str, now: datetime) -> Snapshot | None:

@@ -45,7 +45,8 @@ MOTO_UNSUPPORTED = {
 }
 SKIPPED = re.compile(r"Tried to parse (\S+) but it's not supported")
 # Actions without resource-level permissions: the only ones allowed on Resource "*".
-UNSCOPED_ACTIONS = {"ecr:GetAuthorizationToken", "sagemaker:ListModelPackages", "cloudwatch:PutMetricData"}
+UNSCOPED_ACTIONS = {"ecr:GetAuthorizationToken", "sagemaker:ListModelPackages", "cloudwatch:PutMetricData",
+                    "cloudwatch:GetMetricData"}  # none of these has resource-level permissions
 
 
 class Stack(NamedTuple):

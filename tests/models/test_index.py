@@ -6,7 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from models.index import IndexConfigError, build_index, choose_index_type, ivf_list_count, recall_vs_exact, exact_neighbors
+from models.index import (
+    IndexConfigError, ListScan, build_index, choose_index_type, exact_neighbors, ivf_list_count, recall_vs_exact,
+)
 
 
 def clustered_vectors(n: int = 2000, dim: int = 16, clusters: int = 30, seed: int = 0) -> np.ndarray:
@@ -104,3 +106,44 @@ def test_an_asymmetric_model_indexes_item_vectors_and_measures_recall_with_its_q
             assert set([j for j in np.argsort(-inner[row], kind="stable") if j != row][:5]) <= set(found[row].tolist())
     with pytest.raises(IndexConfigError, match="same shape"):
         build_index(queries, "flat", item_vectors=items[:10])
+
+
+def ivf_flat(items: np.ndarray, nlist: int, nprobe: int) -> faiss.IndexIVFFlat:
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(items.shape[1]), items.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 1
+    index.train(items)
+    index.add(items)
+    index.nprobe = nprobe
+    return index
+
+
+@pytest.mark.parametrize(("nlist", "nprobe", "kk", "workers"), [(40, 6, 11, 2), (40, 1, 11, 1), (300, 4, 11, 2)])
+def test_list_scan_finds_what_faiss_search_finds(nlist, nprobe, kk, workers):
+    # 300 lists of ~7 apps: many lists hold fewer than kk apps, so no bound is set from them
+    items = clustered_vectors(2000, dim=16, seed=3)
+    queries = clustered_vectors(500, dim=16, seed=3)[::-1].copy()  # asymmetric: queries are not the items
+    index = ivf_flat(items, nlist, nprobe)
+    probe_scores, probes = index.quantizer.search(queries, nprobe)
+    scores, ids = ListScan(index, workers=workers).search(queries, probes, kk)
+    expected_scores, expected_ids = index.search(queries, kk)
+    assert ListScan.supports(index) and not ListScan.supports(faiss.IndexFlatIP(16))
+    assert ((ids < 0) == (expected_ids < 0)).all()  # as many found (FAISS pads with -FLT_MAX, we with -inf)
+    np.testing.assert_allclose(scores[ids >= 0], expected_scores[expected_ids >= 0], atol=1e-5)
+    # the same neighbours; an exact tie (duplicate vectors) may come out in either order
+    same = (ids == expected_ids).all(axis=1)
+    assert same.mean() > 0.99
+    for row in np.flatnonzero(~same):
+        assert set(ids[row]) == set(expected_ids[row]) or np.allclose(scores[row][ids[row] >= 0], expected_scores[row][ids[row] >= 0], atol=1e-6)
+
+
+def test_list_scan_pads_queries_whose_lists_hold_fewer_than_kk_items():
+    items = clustered_vectors(60, dim=8, clusters=3, seed=5)
+    index = ivf_flat(items, 1, 1)
+    index.nprobe = 1
+    queries = items[:4]
+    probes = index.quantizer.search(queries, 1)[1]
+    scores, ids = ListScan(index).search(queries, probes, 80)
+    assert (ids[:, 60:] == -1).all() and np.isneginf(scores[:, 60:]).all()
+    assert sorted(ids[0, :60]) == list(range(60))
+    missing = np.full_like(probes, -1)  # no probed list: nothing found, nothing raised
+    assert (ListScan(index).search(queries, missing, 5)[1] == -1).all()

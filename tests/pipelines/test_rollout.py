@@ -7,6 +7,7 @@ import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 
+import boto3
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -17,7 +18,7 @@ from models import layout, storage
 from models.experiments import Experiment, open_experiments
 from models.registry_backends import open_registry
 from pipelines.cli import cli
-from pipelines.config import REPOSITORY_CONFIG, load_config
+from pipelines.config import REPOSITORY_CONFIG, ConfigError, load_config
 from pipelines.rollout import DailyDecision, parse_snapshot, snapshot_delta
 from pipelines.simulators.experiment import ExperimentScenario, write_experiment_feedback
 from serving.metrics import ServingMetrics
@@ -52,11 +53,34 @@ class Serving:
         storage.write_bytes(self.uri, self.metrics.render())
 
 
-def write_config(tmp_path, topic: str, serving_metrics: str):
+class CloudWatchServing:
+    """The same traffic as ``Serving``, as the CloudWatch agent publishes it (pipelines/monitoring.py's
+    conventions): per arm, the request sum, the 5xx sum under ``status_class``, in the ``appsim`` namespace."""
+
+    dimensions = [{"Name": "service", "Value": "appsim"}]
+
+    def __init__(self):
+        self.client = boto3.client("cloudwatch", region_name="us-east-1")
+        self.days = 0
+
+    def day(self, weight: float, requests: int, error_rate: dict[str, float], latency_s: dict[str, float]) -> None:
+        at = START + timedelta(days=self.days, hours=12)  # inside the day the next decision looks back on
+        self.days += 1
+        data = []
+        for arm, share in (("champion", 1 - weight), ("challenger", weight)):
+            count = round(requests * share)
+            arm_dims = [*self.dimensions, {"Name": "arm", "Value": arm}]
+            data += [{"MetricName": "appsim_requests_total", "Dimensions": arm_dims, "Timestamp": at, "Value": count},
+                     {"MetricName": "appsim_requests_total", "Timestamp": at, "Value": round(count * error_rate[arm]),
+                      "Dimensions": [*arm_dims, {"Name": "status_class", "Value": "5xx"}]}]
+        self.client.put_metric_data(Namespace="appsim", MetricData=data)
+
+
+def write_config(tmp_path, topic: str, serving_metrics: str, source: str = "prometheus"):
     raw = yaml.safe_load(REPOSITORY_CONFIG.read_text())
     raw["parameters"]["approval_status"] = "PendingManualApproval"
     raw["rollout"].update(auto_start=True, min_days=3, min_requests=150)
-    raw["rollout"]["guardrails"].update(serving_metrics=serving_metrics, min_requests=100)
+    raw["rollout"]["guardrails"].update(serving_metrics=serving_metrics, min_requests=100, source=source)
     raw["notifications"]["sns_topic_arn"] = topic
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -150,6 +174,40 @@ def test_a_challenger_failing_in_serving_is_rolled_back_before_its_ab_verdict(st
     assert numbers["guardrails"]["champion"]["requests"] == 1_800
     # the rolled-back version is never started again
     assert decide(store, config, 3)["started"] is None
+
+
+def test_on_aws_the_guardrails_read_cloudwatch_and_roll_back_a_failing_challenger(store, tmp_path, sns):
+    topic, received = sns
+    config = write_config(tmp_path, topic, "", source="cloudwatch")
+    outcomes = run_schedule(store, config, CloudWatchServing(), 0.3, {"champion": 0.002, "challenger": 0.05}, 5)
+
+    rollback = outcomes[1]
+    assert rollback["decision"]["action"] == "rollback"
+    assert "challenger 5xx rate 5.00% > champion 0.22% + 1.00%" in rollback["decision"]["reason"]
+    assert rollback["guardrails"]["champion"]["requests"] == 1_800
+    assert rollback["guardrails"]["challenger"]["requests"] == 200
+    record = storage.read_json(rollback["record_uri"])
+    assert record["guardrail_window"] == {"source": "cloudwatch", "start": START.isoformat(),
+                                          "end": (START + timedelta(days=1)).isoformat()}
+    assert open_registry(f"sqlite://{store / 'registry.db'}").get(2).status == "Rejected"
+    assert [m["kind"] for m in received()] == ["ab_start", "rollback"]
+
+
+def test_a_healthy_challenger_passes_the_cloudwatch_guardrails_day_after_day(store, tmp_path, sns):
+    topic, _ = sns
+    config = write_config(tmp_path, topic, "", source="cloudwatch")
+    outcomes = run_schedule(store, config, CloudWatchServing(), 0.6, {"champion": 0.002, "challenger": 0.002}, 3)
+    judged = [o["guardrails"] for o in outcomes[1:]]
+    assert [g["verdict"] for g in judged] == ["ok"] * 3
+    # each day's window holds that day's traffic only: 2,000 requests split by the day's weight
+    assert [g["champion"]["requests"] + g["challenger"]["requests"] for g in judged] == [2_000] * 3
+    assert all(o["decision"]["action"] != "rollback" for o in outcomes[1:])
+
+
+def test_guardrails_from_cloudwatch_and_a_serving_metrics_url_are_one_or_the_other(tmp_path):
+    path = write_config(tmp_path, "", "http://127.0.0.1:8080/metrics", source="cloudwatch")
+    with pytest.raises(ConfigError, match="source is cloudwatch but serving_metrics is set"):
+        load_config(path)
 
 
 def test_guardrails_judge_latency_and_wait_for_enough_requests():
