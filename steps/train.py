@@ -107,10 +107,12 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
         step.finish("no validation queries: defaults kept")
         return base, {"chosen": "default", "reason": f"no validation queries ({error})", "candidates": []}
     if len(fit) > VALIDATION_MAX_FIT_PAIRS:
-        users = np.sort(fit["user_id"].astype(str).unique())
-        keep = np.random.default_rng([base.seed, 7]).choice(
-            users, size=int(len(users) * VALIDATION_MAX_FIT_PAIRS / len(fit)), replace=False)
-        fit = fit[fit["user_id"].astype(str).isin(keep)]
+        # integer codes of the sorted user ids (one hash pass), not string sets: the sample is the same users
+        user_codes, users = pd.factorize(fit["user_id"], sort=True)
+        kept = np.zeros(len(users), dtype=bool)
+        kept[np.random.default_rng([base.seed, 7]).choice(
+            len(users), size=int(len(users) * VALIDATION_MAX_FIT_PAIRS / len(fit)), replace=False)] = True
+        fit = fit[kept[user_codes]]
     matrix = interaction_matrix(fit, app_ids, base.conversion_weight).matrix
     degrees = np.asarray(matrix.sum(axis=0)).ravel()
     candidates = []
