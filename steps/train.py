@@ -149,7 +149,9 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
     step.finish(f"{candidates[best]['family']}, popularity exponent {chosen.popularity_exponent}, dimension "
                 f"{chosen.embedding_dim}, rank {candidates[best]['factor_rank']}: validation recall@10 "
                 f"{candidates[best]['recall_at_10']:.4f}")
-    return chosen, {"chosen": candidates[best], "candidates": candidates, "fit_pairs": len(fit),
+    return chosen, {"chosen": candidates[best], "candidates": candidates, "base_embedding_dim": base.embedding_dim,
+                    "dimensions_tried": [base.embedding_dim, *candidate_dimensions(base.embedding_dim, len(app_ids))],
+                    "fit_pairs": len(fit),
                     "validation_pairs": len(validation), "validation_users": queries.n_users,
                     "validation_queries": queries.n_queries, "fraction": VALIDATION_FRACTION}
 

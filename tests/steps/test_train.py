@@ -161,6 +161,7 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
     assert manifest["parameters"]["embedding_dim"] == first_best["embedding_dim"]
     assert manifest["parameters"]["degree_regularization"] == first_best.get("degree_regularization", 0.25)
     assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
+    assert selection["base_embedding_dim"] == 16 and selection["dimensions_tried"] == [16, 32, 64, 128]
 
 
 def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
