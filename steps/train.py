@@ -82,8 +82,10 @@ def validation_split(train: pd.DataFrame, fraction: float = VALIDATION_FRACTION)
 
 
 def candidate_dimensions(base: int, apps: int) -> list[int]:
-    """The embedding dimensions selection may try beyond ``base``: its multiples while apps x dim <= DIMENSION_CELLS."""
-    return [base * multiple for multiple in DIMENSION_MULTIPLES if apps * base * multiple <= DIMENSION_CELLS]
+    """The embedding dimensions selection may try beyond ``base``: its multiples while apps x dim <= DIMENSION_CELLS
+    (and no more dimensions than apps: the rank cannot exceed them)."""
+    return [base * multiple for multiple in DIMENSION_MULTIPLES
+            if apps * base * multiple <= DIMENSION_CELLS and base * multiple <= apps]
 
 
 def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: EmbeddingParams,

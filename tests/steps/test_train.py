@@ -168,6 +168,7 @@ def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
     assert train.candidate_dimensions(64, 5_000) == [128, 256, 512]
     assert train.candidate_dimensions(64, 20_000) == [128]
     assert train.candidate_dimensions(64, 200_000) == []
+    assert train.candidate_dimensions(64, 300) == [128, 256]  # never more dimensions than apps
 
 
 def test_without_validation_queries_the_defaults_are_kept_and_the_reason_recorded():
