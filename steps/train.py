@@ -68,8 +68,9 @@ RANK_FRACTIONS = (1.0, 0.5)  # of embedding_dim - 1; a lower rank is zero-padded
 # Larger dimensions (multiples of the embedding_dim hyper-parameter), tried for the best family and exponent once
 # the grid above is scored: where similarity is local (a next app among the few nearest to the last one) a low rank
 # blurs neighbourhoods, and more rank is what helps (taxonomy world: rank 63 -> 255 -> 511 took holdout recall@10
-# 0.287 -> 0.316 -> 0.321). Only while apps x dim stays within DIMENSION_CELLS (5K apps: up to 512 dims; from 47K
-# apps on, the hyper-parameter alone), so that the SVD, the index and serving's memory at scale do not grow.
+# 0.287 -> 0.316 -> 0.321; rank 1023 fell back to 0.317). Only while apps x dim stays within DIMENSION_CELLS (5K
+# apps: up to 512 dims; from 23.5K apps on, 64 alone), so that the SVD, the index and serving's memory at scale do
+# not grow.
 DIMENSION_MULTIPLES = (2, 4, 8)
 DIMENSION_CELLS = 3_000_000
 
