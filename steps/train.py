@@ -84,7 +84,13 @@ def validation_split(train: pd.DataFrame, fraction: float = VALIDATION_FRACTION)
 
 def candidate_dimensions(base: int, apps: int) -> list[int]:
     """The embedding dimensions selection may try beyond ``base``: its multiples while apps x dim <= DIMENSION_CELLS
-    (and no more dimensions than apps: the rank cannot exceed them)."""
+    (and no more dimensions than apps: the rank cannot exceed them).
+
+    None below the default dimension: asking for fewer is asking for a small model (cheaper serving, or the
+    notebooks' deliberately weak champion), and it is kept as asked.
+    """
+    if base < DEFAULT_HYPERPARAMETERS["embedding_dim"]:
+        return []
     return [base * multiple for multiple in DIMENSION_MULTIPLES
             if apps * base * multiple <= DIMENSION_CELLS and base * multiple <= apps]
 

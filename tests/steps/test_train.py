@@ -140,17 +140,17 @@ def test_validation_split_is_carved_in_time_from_the_train_part():
 
 
 def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tmp_path):
-    manifest = _run(world, tmp_path / "model")
+    manifest = _run(world, tmp_path / "model", embedding_dim=64)
     selection = manifest["selection"]
     candidates = selection["candidates"]
     assert {c["family"] for c in candidates} == {"cooccurrence-svd", "rp3beta-svd"}
-    larger = train.candidate_dimensions(16, 140)
-    assert larger == [32, 64, 128]
+    larger = train.candidate_dimensions(64, 140)
+    assert larger == [128]
     assert len(candidates) == len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS) + len(larger)
     # the larger dimensions are tried for the family and exponent that won at the base dimension, at full rank
-    at_base = [c for c in candidates if c["embedding_dim"] == 16]
+    at_base = [c for c in candidates if c["embedding_dim"] == 64]
     base_best = next(c for c in at_base if c["recall_at_10"] == max(b["recall_at_10"] for b in at_base))
-    assert [(c["embedding_dim"], c["factor_rank"], c["family"], c["popularity_exponent"]) for c in candidates[-3:]] == \
+    assert [(c["embedding_dim"], c["factor_rank"], c["family"], c["popularity_exponent"]) for c in candidates[-1:]] == \
         [(dim, dim - 1, base_best["family"], base_best["popularity_exponent"]) for dim in larger]
     best = max(c["recall_at_10"] for c in candidates)
     assert selection["chosen"]["recall_at_10"] == best and 0 < best <= 1
@@ -161,7 +161,7 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
     assert manifest["parameters"]["embedding_dim"] == first_best["embedding_dim"]
     assert manifest["parameters"]["degree_regularization"] == first_best.get("degree_regularization", 0.25)
     assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
-    assert selection["base_embedding_dim"] == 16 and selection["dimensions_tried"] == [16, 32, 64, 128]
+    assert selection["base_embedding_dim"] == 64 and selection["dimensions_tried"] == [64, 128]
 
 
 def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
@@ -169,6 +169,7 @@ def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
     assert train.candidate_dimensions(64, 20_000) == [128]
     assert train.candidate_dimensions(64, 200_000) == []
     assert train.candidate_dimensions(64, 300) == [128, 256]  # never more dimensions than apps
+    assert train.candidate_dimensions(16, 5_000) == []  # a small model asked for is kept small
 
 
 def test_without_validation_queries_the_defaults_are_kept_and_the_reason_recorded():
