@@ -47,6 +47,9 @@ setup(
         # PrepareFeedback's engine (steps/prepare_duckdb.py). The wheel has json and parquet built in; the
         # engine turns extension auto-install/auto-load off, so nothing is downloaded at run time.
         "duckdb>=1.5.6,<1.6",
+        # The trainer's truncated SVD (models/embedding.py) and the metadata encoder's ridge (models/features.py);
+        # artifacts hold only their outputs (arrays, JSON), never a pickled estimator.
+        "scikit-learn>=1.5,<2",
     ],
     extras_require={
         # The SageMaker SDK is imported only by the pipeline builder (pipelines/sagemaker_pipeline.py).

@@ -1,9 +1,10 @@
 """TrainEmbeddings core at scale: synthetic co-engagement of N apps / M interaction rows.
 
-    .venv/bin/python bench/train_scale.py --apps 200000 --rows 10000000 --users 1000000
+    .venv/bin/python bench/train_scale.py --apps 200000 --rows 10000000 --users 1000000 --data /tmp/train-scale-200k
 
 Prints wall and CPU seconds per phase and the peak RSS of training alone (data generation is
-measured separately). Nothing here is asserted in tests; rerun it on the target machine.
+measured separately; ``--data`` keeps the generated tables there as parquet and reuses them on the next
+run with the same sizes). Nothing here is asserted in tests; rerun it on the target machine.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,10 +67,19 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--index-type", default="auto")
+    parser.add_argument("--data", default="", help="folder where the generated tables are kept and reused")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    catalog, interactions = synthetic(args.apps, args.rows, args.users, args.clusters, seed=0)
+    cached = Path(args.data) / f"{args.apps}-{args.rows}-{args.users}-{args.clusters}" if args.data else None
+    if cached is not None and (cached / "interactions.parquet").exists():
+        catalog, interactions = (pd.read_parquet(cached / name) for name in ("catalog.parquet", "interactions.parquet"))
+    else:
+        catalog, interactions = synthetic(args.apps, args.rows, args.users, args.clusters, seed=0)
+        if cached is not None:
+            cached.mkdir(parents=True, exist_ok=True)
+            catalog.to_parquet(cached / "catalog.parquet")
+            interactions.to_parquet(cached / "interactions.parquet")
     print(f"data: {len(catalog):,} apps, {len(interactions):,} (user, app) rows in {time.perf_counter() - started:.1f}s, "
           f"peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
     progress = Progress("train", every=10)

@@ -41,7 +41,7 @@ from scipy import sparse
 
 from evaluation.compare import popularity_rankings
 from evaluation.metrics import PADDING
-from models.embedding import interaction_matrix, randomized_svd
+from models.embedding import interaction_matrix, truncated_svd
 from models.features import MetadataEncoder, l2_normalize, tokenize
 
 SEARCH_BATCH = 4096
@@ -113,7 +113,7 @@ def content_embeddings(catalog: pd.DataFrame, dim: int, seed: int) -> tuple[list
         raise BaselineError("the catalog has no app_id column")
     tokens = tokenize(catalog)
     features = MetadataEncoder.fit_vocabulary(tokens).features(tokens)[:, 1:]  # column 0 is the bias
-    values, vectors = randomized_svd(sparse.csr_matrix(features, dtype=np.float32), dim, seed)
+    values, vectors = truncated_svd(sparse.csr_matrix(features, dtype=np.float32), dim, seed)
     embeddings = np.zeros((features.shape[0], dim))
     embeddings[:, : len(values)] = features @ vectors
     return catalog["app_id"].astype(str).tolist(), l2_normalize(embeddings)

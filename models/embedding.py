@@ -11,7 +11,7 @@ Two apps are similar when the same users click and convert on both. The trainer
    embedding, Qin & Rohe 2013): without it the leading singular vectors of a sparse log are tiny
    near-disconnected pieces (two apps sharing one user), and the more exactly the SVD converges,
    the worse the embedding gets; with it, +11% validation recall@10 at 50K apps;
-3. takes a truncated SVD of A (rank ``embedding_dim - 1``) by seeded randomised subspace iteration
+3. takes a truncated SVD of A (rank ``embedding_dim - 1``) by scikit-learn's seeded randomised subspace iteration
    (Halko et al.), giving app factors F = V * S^p whose inner products approximate A^T A, each
    scaled by the app's engagement degree to the power ``popularity_exponent``;
 4. fits the metadata encoder (models/features.py) by ridge regression from metadata to those
@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from sklearn.utils.extmath import randomized_svd
 
 from models.features import EncoderSettings, MetadataEncoder, l2_normalize, tokenize
 from models.progress import Progress
@@ -132,50 +133,23 @@ def normalize_degrees(matrix: sparse.csr_matrix, user_exponent: float = 0.5, app
     return (sparse.diags(user_scale) @ matrix @ sparse.diags(app_scale)).tocsr()
 
 
-def orthonormal_basis(block: np.ndarray) -> np.ndarray:
-    """An orthonormal basis of the columns of a tall (n, l) block, via the small (l, l) Gram matrix.
+def truncated_svd(matrix: sparse.csr_matrix, rank: int, seed: int, oversampling: int = 10,
+                  power_iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``rank`` singular values and right singular vectors (columns, float64) of a sparse matrix.
 
-    Gram-based rather than Householder QR: on a 200K x 74 block LAPACK's QR took 7 s here against
-    0.3 s for the Gram product. Done twice, as in CholeskyQR2, to restore the orthogonality the
-    first pass loses to rounding; directions with (numerically) no energy are dropped, so a
-    rank-deficient block (e.g. fewer warm apps than columns) gives a narrower basis.
+    scikit-learn's seeded randomised subspace iteration (Halko, Martinsson, Tropp) with LU
+    normalisation between the sparse products; ``transpose=False`` keeps its random test matrix on
+    the (smaller) apps side whatever the shape. Signs are fixed by ``svd_flip``, so vectors do not
+    flip between runs. Directions with (numerically) no energy are dropped: a matrix of lower rank
+    (e.g. fewer warm apps than the rank) gives fewer vectors.
     """
-    for _ in range(2):
-        gram = (block.T @ block).astype(np.float64)
-        eigenvalues, eigenvectors = np.linalg.eigh(gram)
-        keep = eigenvalues > max(eigenvalues[-1], 0.0) * 1e-10
-        if not keep.any():
-            return block[:, :0]
-        block = block @ (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])).astype(block.dtype)
-    return block
-
-
-def randomized_svd(matrix: sparse.csr_matrix, rank: int, seed: int, oversampling: int = 10,
-                   power_iterations: int = 4, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``rank`` singular values and right singular vectors (columns) of a sparse (users x apps) matrix.
-
-    Seeded randomised subspace iteration on A^T A (Halko, Martinsson, Tropp), applied as two
-    sparse products so that A^T A is never formed; a Rayleigh-Ritz step on the final subspace
-    gives the vectors. Dense work arrays are (users x l) and (apps x l) with l = rank + oversampling.
-    Signs are fixed (largest entry of each vector positive) so vectors do not flip between runs.
-    May return fewer than ``rank`` vectors when the matrix has lower rank.
-    """
-    transposed = matrix.T.tocsr()
-    width = min(rank + oversampling, *matrix.shape)
-    rng = np.random.default_rng(seed)
-    basis = orthonormal_basis(rng.standard_normal((matrix.shape[1], width)).astype(np.float32))
-    for _ in range(power_iterations):
-        basis = orthonormal_basis(transposed @ (matrix @ basis))
-        if progress is not None:
-            progress.update(1)
-    projected = matrix @ basis
-    eigenvalues, rotation = np.linalg.eigh((projected.T @ projected).astype(np.float64))
-    order = np.argsort(eigenvalues)[::-1][:rank]
-    singular_values = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
-    vectors = basis.astype(np.float64) @ rotation[:, order]
-    largest = np.abs(vectors).argmax(axis=0)
-    signs = np.sign(vectors[largest, np.arange(vectors.shape[1])])
-    return singular_values, vectors * np.where(signs == 0, 1.0, signs)
+    rank = min(rank, *matrix.shape)
+    if rank < 1:
+        return np.zeros(0), np.zeros((matrix.shape[1], 0))
+    _, values, right = randomized_svd(matrix, rank, n_oversamples=oversampling, n_iter=power_iterations,
+                                      transpose=False, random_state=seed)
+    keep = values > values[0] * 1e-6
+    return values[keep].astype(np.float64), right[keep].T.astype(np.float64)
 
 
 def asymmetric_vectors(factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,13 +166,11 @@ def asymmetric_vectors(factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return queries, items
 
 
-def spectral_factors(matrix: sparse.csr_matrix, params: EmbeddingParams,
-                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def spectral_factors(matrix: sparse.csr_matrix, params: EmbeddingParams) -> tuple[np.ndarray, np.ndarray]:
     """Singular values and right singular vectors (rank ``embedding_dim - 1``) of the degree-normalised matrix."""
     normalized = normalize_degrees(matrix, params.user_degree_exponent, params.app_degree_exponent,
                                    params.degree_regularization)
-    return randomized_svd(normalized, params.embedding_dim - 1, params.seed, params.oversampling,
-                          params.power_iterations, progress)
+    return truncated_svd(normalized, params.embedding_dim - 1, params.seed, params.oversampling, params.power_iterations)
 
 
 def collaborative_factors(singular_values: np.ndarray, vectors: np.ndarray, degrees: np.ndarray,
@@ -245,8 +217,8 @@ def train_embeddings(catalog: pd.DataFrame, interactions: pd.DataFrame, params: 
                 f"{int(warm.sum()):,} warm apps")
 
     factor_dim = params.embedding_dim - 1
-    step = progress.child("truncated SVD", total=params.power_iterations, unit="power iterations")
-    singular_values, vectors = spectral_factors(built.matrix, params, step)
+    step = progress.child("truncated SVD")
+    singular_values, vectors = spectral_factors(built.matrix, params)
     degrees = np.asarray(built.matrix.sum(axis=0)).ravel()
     cf = collaborative_factors(singular_values, vectors, degrees, params)
     rank = min(len(singular_values), params.factor_rank or factor_dim)

@@ -196,7 +196,9 @@ class MetadataEncoder:
         """Weighted ridge regression from features to target embeddings (rows of warm apps).
 
         Solved through the (vocabulary x vocabulary) normal equations, which stay small because
-        the vocabulary is bounded, whatever the number of apps.
+        the vocabulary is bounded, whatever the number of apps. Not scikit-learn's ``Ridge``: with
+        sparse features and an unpenalised intercept it only offers iterative solvers (sparse_cg),
+        measured at 89x the CPU on the world-5k catalog for predictions within 4e-4 of these.
         """
         weighted = sparse.diags(sample_weights) @ features
         gram = (features.T @ weighted).toarray()

@@ -10,7 +10,7 @@ import pytest
 from scipy import sparse
 
 from models.embedding import (EmbeddingParams, TrainingDataError, asymmetric_vectors, interaction_matrix,
-                              normalize_degrees, randomized_svd, train_embeddings)
+                              normalize_degrees, train_embeddings, truncated_svd)
 from tests.models.coengagement_world import cluster_of, make_world
 
 PARAMS = EmbeddingParams(embedding_dim=16, seed=3)
@@ -115,17 +115,17 @@ def test_no_usable_interactions_is_a_clear_error(world):
         train_embeddings(pd.concat([catalog, catalog.iloc[:1]]), train, PARAMS)
 
 
-def test_randomized_svd_matches_the_exact_decomposition():
+def test_truncated_svd_matches_the_exact_decomposition():
     rng = np.random.default_rng(5)
     low_rank = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 80)) + 0.01 * rng.standard_normal((300, 80))
     matrix = sparse.csr_matrix(low_rank.astype(np.float32))
-    values, vectors = randomized_svd(matrix, rank=5, seed=1)
+    values, vectors = truncated_svd(matrix, rank=5, seed=1)
     _, exact_values, exact_vectors_t = np.linalg.svd(low_rank, full_matrices=False)
     assert np.allclose(values, exact_values[:5], rtol=1e-3)
     assert np.allclose(np.abs(vectors.T @ exact_vectors_t[:5].T).diagonal(), 1.0, atol=1e-3)
     # A matrix of lower rank than asked gives only the vectors it has.
     rank_two = sparse.csr_matrix(np.outer(np.arange(1, 31), np.ones(10)) + np.outer(np.ones(30), np.arange(10)))
-    assert len(randomized_svd(rank_two, rank=8, seed=1)[0]) == 2
+    assert len(truncated_svd(rank_two, rank=8, seed=1)[0]) == 2
 
 
 def test_query_and_item_vectors_rank_by_the_inner_product_of_the_factors():

@@ -40,12 +40,14 @@ def test_run_writes_an_artifact_covering_every_catalog_app(world, tmp_path):
     manifest = _run(world, tmp_path / "model")
     artifact = ModelArtifact.load_uri(storage.normalize(tmp_path / "model" / "model.tar.gz"))
     assert len(artifact.app_ids) == 140 and artifact.app_ids == sorted(artifact.app_ids)
-    assert artifact.dim == 16 and artifact.index.ntotal == 140
+    # embedding_dim is the base dimension; validation may pick a multiple of it (steps.train.candidate_dimensions)
+    assert artifact.dim == manifest["parameters"]["embedding_dim"] in (16, *train.candidate_dimensions(16, 140))
+    assert artifact.index.ntotal == 140
     assert manifest["trainer"] == TRAINER_NAME and manifest["seed"] == 11
     assert manifest["warm_apps"] == 120 and manifest["cold_apps"] == 20
     assert manifest["training_window"]["start"].startswith("2026-01-01")
     assert manifest["event_counts"]["events_by_type"]["click"] > 0
-    assert manifest["parameters"]["embedding_dim"] == 16 and manifest["parameters"]["index_type"] == "auto"
+    assert manifest["parameters"]["index_type"] == "auto"
     assert manifest["index"]["type"] == "flat" and manifest["index"]["recall_at_10_vs_exact"] == 1.0
     assert manifest["code_version"].startswith("0.1.0+")
     # Stats are kept for catalog apps that had some; cold apps have none.
@@ -53,7 +55,7 @@ def test_run_writes_an_artifact_covering_every_catalog_app(world, tmp_path):
     assert len(artifact.app_stats) == 120
     # The stored encoder embeds a cold app exactly as training did.
     encoder = MetadataEncoder.from_artifact(artifact)
-    assert encoder.embed([{"category": "travel", "description": "flights hotels"}]).shape == (1, 16)
+    assert encoder.embed([{"category": "travel", "description": "flights hotels"}]).shape == (1, artifact.dim)
 
 
 def test_same_inputs_and_seed_give_byte_identical_embeddings(world, tmp_path):
@@ -138,19 +140,36 @@ def test_validation_split_is_carved_in_time_from_the_train_part():
 
 
 def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tmp_path):
-    manifest = _run(world, tmp_path / "model")
+    manifest = _run(world, tmp_path / "model", embedding_dim=64)
     selection = manifest["selection"]
     candidates = selection["candidates"]
     assert {c["family"] for c in candidates} == {"cooccurrence-svd", "rp3beta-svd"}
-    assert len(candidates) == len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS)
+    larger = train.candidate_dimensions(64, 140)
+    assert larger == [128]
+    assert len(candidates) == len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS) + len(larger)
+    # the larger dimensions are tried for the family and exponent that won at the base dimension, at full rank
+    at_base = [c for c in candidates if c["embedding_dim"] == 64]
+    base_best = next(c for c in at_base if c["recall_at_10"] == max(b["recall_at_10"] for b in at_base))
+    assert [(c["embedding_dim"], c["factor_rank"], c["family"], c["popularity_exponent"]) for c in candidates[-1:]] == \
+        [(dim, dim - 1, base_best["family"], base_best["popularity_exponent"]) for dim in larger]
     best = max(c["recall_at_10"] for c in candidates)
     assert selection["chosen"]["recall_at_10"] == best and 0 < best <= 1
     # the first candidate with the best score is the one trained, and the manifest's parameters say so
     first_best = next(c for c in candidates if c["recall_at_10"] == best)
     assert selection["chosen"] == first_best
     assert manifest["parameters"]["popularity_exponent"] == first_best["popularity_exponent"]
+    assert manifest["parameters"]["embedding_dim"] == first_best["embedding_dim"]
     assert manifest["parameters"]["degree_regularization"] == first_best.get("degree_regularization", 0.25)
     assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
+    assert selection["base_embedding_dim"] == 64 and selection["dimensions_tried"] == [64, 128]
+
+
+def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
+    assert train.candidate_dimensions(64, 5_000) == [128, 256, 512]
+    assert train.candidate_dimensions(64, 20_000) == [128]
+    assert train.candidate_dimensions(64, 200_000) == []
+    assert train.candidate_dimensions(64, 300) == [128, 256]  # never more dimensions than apps
+    assert train.candidate_dimensions(16, 5_000) == []  # a small model asked for is kept small
 
 
 def test_without_validation_queries_the_defaults_are_kept_and_the_reason_recorded():
