@@ -10,7 +10,6 @@ from pathlib import Path
 import boto3
 import httpx
 import orjson
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
