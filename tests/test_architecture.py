@@ -47,6 +47,7 @@ AWS_MODULES = frozenset({
     "pipelines.batch_transform",   # bulk neighbours with SageMaker Batch Transform
     "pipelines.kinesis_source",    # the Kinesis -> feedback folder ingestion job
     "pipelines.cli.monitoring",    # `appsim monitoring apply`'s CloudWatch client
+    "pipelines.rollout",           # the `cloudwatch` guardrail source: CloudWatch GetMetricData
 })
 AWS_SDKS = frozenset({"boto3", "botocore"})
 
