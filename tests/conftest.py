@@ -49,6 +49,10 @@ def set_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_dir) -> None:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
+    # boto3's default session keeps the credentials it resolved first: each test starts from a fresh one
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     _guard_network(monkeypatch)
 
 

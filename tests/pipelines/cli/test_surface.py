@@ -117,10 +117,6 @@ def test_missing_aws_credentials_are_one_line_naming_the_fix(capsys, monkeypatch
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find either
-    import boto3
-
-    # an earlier test's default session keeps the credentials it resolved: start from a fresh one
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     code, _, err = _main(capsys, "schedule", "show")
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("error: Unable to locate credentials") and "aws configure" in err
