@@ -1,15 +1,32 @@
-"""MetadataEncoder: tokens, vocabulary bounds, the ridge projection, cold-start embedding and persistence."""
+"""MetadataEncoder: tokens, vocabulary bounds, the ridge projection, cold-start embedding and persistence.
+
+scikit-learn is the oracle for the vocabulary, the IDF weights and the features (tests/models/sklearn_encoder.py;
+the hand-written encoder stays because it is faster, bench/encoder.py).
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models.features import EncoderSettings, MetadataEncoder, MetadataError, tokenize
+from models.features import GROUPS, EncoderSettings, MetadataEncoder, MetadataError, tokenize
+from pipelines.simulators.marketplace import make_catalog, make_world as make_demo_world
+from tests.models import sklearn_encoder
 from tests.models.coengagement_world import CATEGORIES, make_world
+
+# Bounds that cut through runs of equally frequent tokens in the demo catalog below (words: three at 389 apps
+# for the 12th place; feature tags: two at 389 for the 2nd).
+TIGHT_BOUNDS = EncoderSettings(max_words=12, max_features=2, max_one_hot=3)
+
+
+@pytest.fixture(scope="module")
+def demo_tokens() -> list[list[str]]:
+    """The demo world's catalog (the simulator `appsim simulate` runs), 2,000 apps, as tokens."""
+    return tokenize(make_catalog(make_demo_world(2_000, 200, seed=3), seed=3))
 
 
 def _fitted_encoder(catalog: pd.DataFrame, settings: EncoderSettings | None = None) -> MetadataEncoder:
@@ -99,3 +116,47 @@ def test_json_round_trip_gives_identical_embeddings():
     assert np.array_equal(restored.embed(catalog), encoder.embed(catalog))
     with pytest.raises(MetadataError, match="rows"):
         MetadataEncoder.from_json(data, encoder.weights_array()[:-1])
+
+
+@pytest.mark.parametrize("settings", [EncoderSettings(), TIGHT_BOUNDS], ids=["default bounds", "tight bounds"])
+def test_vocabulary_and_idf_equal_scikit_learn_on_the_demo_world(demo_tokens, settings):
+    encoder = MetadataEncoder.fit_vocabulary(demo_tokens, settings)
+    columns = sklearn_encoder.group_columns(demo_tokens)
+    vocabulary, weights = sklearn_encoder.exact_vocabulary(columns, GROUPS, settings)
+    assert encoder.vocabulary == vocabulary
+    # numpy's vectorised log may differ from math.log in the last bit on some CPUs (identical on this one).
+    np.testing.assert_array_max_ulp(encoder.token_weights, weights, maxulp=1)
+    if settings == TIGHT_BOUNDS:
+        frequency = Counter(token for tokens in demo_tokens for token in tokens)
+        for group, bound in (("word", settings.max_words), ("feature", settings.max_features)):
+            kept = [t for t in encoder.vocabulary if t.startswith(f"{group}=")]
+            cut = min(frequency[t] for t in kept)
+            assert len(kept) == bound
+            # The bound falls inside a run of equally frequent tokens: the tie-break is exercised.
+            assert any(frequency[t] == cut for t in frequency if t.startswith(f"{group}=") and t not in kept)
+    else:
+        # Where no bound is reached, scikit-learn's own bounds (min_df, max_df, max_categories) agree too.
+        assert sklearn_encoder.native_vocabulary(columns, GROUPS, settings)[0] == encoder.vocabulary
+
+
+def test_bounds_break_ties_by_token_whatever_the_order_of_the_apps():
+    descriptions = ["omega zeta beta", "omega alpha delta", "omega zeta beta", "alpha delta gamma", "gamma"]
+    settings = EncoderSettings(max_words=3, max_document_fraction=1.0)
+    encoders = [MetadataEncoder.fit_vocabulary(tokenize([{"description": d} for d in order]), settings)
+                for order in (descriptions, descriptions[::-1], sorted(descriptions))]
+    # omega (3 apps) first, then the first two by token of the five words in 2 apps.
+    assert encoders[0].vocabulary == ["bias", "word=alpha", "word=beta", "word=omega"]
+    assert all(e.vocabulary == encoders[0].vocabulary and np.array_equal(e.token_weights, encoders[0].token_weights)
+               for e in encoders)
+
+
+def test_features_equal_scikit_learn_tfidf_rebuilt_from_the_vocabulary(demo_tokens):
+    # Fitted on part of the catalog and applied to all of it plus apps with unknown or missing metadata.
+    encoder = MetadataEncoder.fit_vocabulary(demo_tokens[:1_500], TIGHT_BOUNDS)
+    apps = demo_tokens + tokenize([{"category": "no-such-category", "description": "unheardof words"}, {},
+                                   {"features": ["never-seen-tag"], "avg_rating": 4.9}])
+    ours = encoder.features(apps)
+    theirs = sklearn_encoder.features(encoder)(apps)
+    assert ours.shape == theirs.shape == (len(apps), len(encoder.vocabulary))
+    np.testing.assert_allclose(ours.toarray(), theirs.toarray(), rtol=1e-12, atol=0)
+    assert ours[-3:, 1:].nnz == 1  # only the known rating bin of the last app
