@@ -11,6 +11,8 @@ what these give from the same token lists.
   its infrequent column; ``TfidfVectorizer(min_df, max_df, max_features)``). Equal to the encoder's where
   no run of equally frequent tokens straddles a bound; where one does, scikit-learn keeps an unspecified
   subset of it (``max_features`` ranks by an unstable argsort; ``max_categories`` keeps the last tokens).
+- ``description_vocabulary``: the description words straight from the raw text, with ``TfidfVectorizer``'s
+  own tokeniser given the encoder's word pattern and stop words.
 - ``features``: per-group ``TfidfVectorizer`` given the encoder's vocabulary and weights (``idf_``), each
   block L2-normalised, after the bias column: what serving would rebuild from an artifact.
 """
@@ -24,7 +26,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import OneHotEncoder
 
-from models.features import BIAS_TOKEN, GROUPS, RATING_EDGES, EncoderSettings, MetadataEncoder
+from models.features import BIAS_TOKEN, GROUPS, RATING_EDGES, STOPWORDS, WORD_PATTERN, EncoderSettings, MetadataEncoder
 
 ONE_HOT_GROUPS = ("category", "region", "pricing", "rating")
 BAG_GROUPS = ("feature", "word")
@@ -106,6 +108,15 @@ def native_vocabulary(columns: dict[str, list[list[str]]], groups: tuple[str, ..
             vocabulary.extend(vectorizer.get_feature_names_out().tolist())
             weights.append(vectorizer.idf_)
     return vocabulary, np.concatenate(weights)
+
+
+def description_vocabulary(descriptions: list[str], settings: EncoderSettings) -> Vocabulary:
+    """The word block fitted on the raw descriptions (TfidfVectorizer tokenises them, native bounds)."""
+    vectorizer = TfidfVectorizer(token_pattern=WORD_PATTERN.pattern, stop_words=sorted(STOPWORDS), binary=True,
+                                 min_df=settings.min_document_frequency, max_df=settings.max_document_fraction,
+                                 max_features=settings.max_words)
+    vectorizer.fit([text if isinstance(text, str) else "" for text in descriptions])
+    return [BIAS_TOKEN] + [f"word={word}" for word in vectorizer.get_feature_names_out()], np.concatenate([[1.0], vectorizer.idf_])
 
 
 def features(encoder: MetadataEncoder) -> Callable[[list[list[str]]], sparse.csr_matrix]:

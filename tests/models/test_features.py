@@ -139,6 +139,17 @@ def test_vocabulary_and_idf_equal_scikit_learn_on_the_demo_world(demo_tokens, se
         assert sklearn_encoder.native_vocabulary(columns, GROUPS, settings)[0] == encoder.vocabulary
 
 
+def test_description_words_equal_scikit_learn_tokenising_the_raw_text():
+    catalog = make_catalog(make_demo_world(500, 50, seed=4), seed=4)
+    catalog.loc[:2, "description"] = ["The 3D racer's NEW turbo-mode, re-imagined: x1 racer2000 ...", None, ""]
+    settings = EncoderSettings(min_document_frequency=1)
+    encoder = MetadataEncoder.fit_vocabulary(tokenize(catalog[["description"]]), settings)
+    vocabulary, weights = sklearn_encoder.description_vocabulary(catalog["description"].tolist(), settings)
+    assert "word=racer2000" in encoder.vocabulary and "word=turbo" in encoder.vocabulary
+    assert encoder.vocabulary == vocabulary
+    np.testing.assert_array_max_ulp(encoder.token_weights, weights, maxulp=1)
+
+
 def test_bounds_break_ties_by_token_whatever_the_order_of_the_apps():
     descriptions = ["omega zeta beta", "omega alpha delta", "omega zeta beta", "alpha delta gamma", "gamma"]
     settings = EncoderSettings(max_words=3, max_document_fraction=1.0)
