@@ -181,7 +181,7 @@ class MetadataEncoder:
         """Sparse (apps, vocabulary): IDF-weighted known tokens, each group's block L2-normalised, plus a bias.
 
         Not ``TfidfVectorizer``s rebuilt from the vocabulary: same values, 4-9x the CPU at 200K apps and
-        ~20x for a one-app request (bench/encoder.py).
+        17-28x for a one-app request (bench/encoder.py).
         """
         row_ids: list[int] = []
         columns: list[int] = []
