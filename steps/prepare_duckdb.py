@@ -1,12 +1,15 @@
 """The DuckDB engine of PrepareFeedback: the SQL of steps/prepare_sql.py, multi-threaded and out-of-core.
 
 Files are read through the project's storage layer (models/storage.py, so ``file://`` and ``s3://``
-alike) by a few threads that gunzip them and cut them into lines with Arrow (``prepare_io.read_file``:
-a truncated or corrupt gzip keeps its complete lines and is reported as a bad file). Batches of lines
-go into DuckDB as the ``raw_lines`` relation; the fast path runs in DuckDB's threads. The rare lines
-it cannot prove valid are parsed by the reference validator (``models.events.parse_line``) here,
-so every bad line gets the reference's reason code. Dedupe, the window, the kept outcome and the
-aggregates are SQL; no event id is held in Python.
+alike) by a few threads that gunzip them in Python (``prepare_io.read_file``: a truncated or corrupt
+gzip keeps its complete lines and is reported as a bad file; DuckDB's gzip reader does not notice
+either, so it is not used). Consecutive files go, as plain lines, into a temp file (a ``_Unit``) that
+DuckDB reads with its own scanners (``_scan_relation``) and ``prepare_sql.scanned_sql`` proves line by
+line against the producers' text. Lines that proof leaves (rare), and files the CSV scanner cannot cut
+as Python does, go through ``prepare_sql.typed_sql`` (lines cut by Arrow); what that cannot prove is
+parsed by the reference validator (``models.events.parse_line``) here, so every bad line gets the
+reference's reason code. Dedupe, the window, the kept outcome and the aggregates are SQL; no event id
+is held in Python.
 
 DuckDB works in memory with a memory limit: past the limit it spills to the spill folder instead of
 growing (``DuckDBSettings``; pipeline.yaml ``prepare:``). Extension auto-install
@@ -218,7 +221,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
             for part in parts:
                 undecodable.update({(unit.number, row): raw for row, raw in part.undecodable.items()})
         cursor.register("unit_lines", pa.concat_tables([part.table for part in parts]))
-        cursor.execute(f"INSERT INTO typed BY NAME SELECT source, line, false AS accepted, raw FROM unit_lines")
+        cursor.execute("INSERT INTO typed BY NAME SELECT source, line, false AS accepted, raw FROM unit_lines")
         cursor.unregister("unit_lines")
 
     def scan(unit: _Unit) -> None:

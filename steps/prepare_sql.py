@@ -26,6 +26,10 @@ How an engine runs it (the DuckDB engine is the worked example):
    ``steps.prepare`` (``outcome_counts_sql``, ``interactions_sql``, ``app_totals_sql``,
    ``revenue_rows_sql``, ``kept_rows_sql``, ``users_sql``).
 
+The DuckDB engine runs ``scanned_sql`` before step 2: DuckDB's JSON scanner reads every line's fields and a
+line is accepted when its text is exactly the producers' text for those values (the canonical-text proof);
+only the lines it leaves go on to ``typed_sql``.
+
 The fast path accepts only lines it can prove valid under models/events.py: no backslash (so no
 escapes: no lone surrogates, and string lengths are character counts), no key but the event type's
 own fields and each once, no trailing commas, canonical timestamps (``YYYY-MM-DDTHH:MM:SS[.ffffff]``
