@@ -182,6 +182,7 @@ def _scan_relation(path: str, unit: int, rows: int) -> str:
     canonical-text proof then refuses, never accepts.
     """
     columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in prepare_sql.SCAN_COLUMNS.items()) + "}"
+    path = path.replace("'", "''")  # an SQL literal (a spill folder may hold a quote)
     lines = (f"read_csv('{path}', columns = {{'raw': 'VARCHAR', 'rest': 'VARCHAR'}}, header = false, "
              "auto_detect = false, delim = chr(1), quote = '', escape = '', nullstr = chr(2), null_padding = true)")
     scan = f"read_ndjson('{path}', columns = {columns}, ignore_errors = true)"

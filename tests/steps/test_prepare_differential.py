@@ -120,7 +120,9 @@ def test_the_scanner_path_accepts_canonical_lines_and_refuses_their_lenient_cous
         canonical[0].replace(",", ", "),  # valid, but not the producers' text: left to typed_sql
         " " + canonical[0],
     ]
-    rows = scanner_path(canonical + cousins, tmp_path)
+    folder = tmp_path / "spill's"  # a quote in the work folder's path: the file name is an SQL literal
+    folder.mkdir()
+    rows = scanner_path(canonical + cousins, folder)
     assert [accepted for _, accepted, *_ in rows] == [True] * len(canonical) + [False] * len(cousins)
     assert [tuple(extracted) for _, _, *extracted in rows[:4]] == [reference_row(text) for text in canonical]
 
