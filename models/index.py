@@ -224,7 +224,8 @@ class ListScan:
         pair_query = np.repeat(np.arange(len(queries)), probes.shape[1])
         pair_list = probes.ravel()
         keep = pair_list >= 0
-        order = np.argsort(pair_list[keep], kind="stable")
+        # A stable sort of 16-bit keys is a radix sort (several times quicker than on int64)
+        order = np.argsort(pair_list[keep].astype(np.int16 if len(self.offsets) <= 2 ** 15 else np.int32), kind="stable")
         pair_query, pair_list = pair_query[keep][order], pair_list[keep][order]
         if not len(pair_list):
             return []
