@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
-import faiss
 import httpx
 import orjson
 import pytest
@@ -26,24 +25,12 @@ from pipelines.config import ConfigError, load_config
 from serving.app import create_app
 from serving.settings import ServingSettings
 from steps.export_neighbors import export, read_export
-from tests.serving.helpers import build_artifact, catalog, publish, running_server, wait_for
+from tests.serving.helpers import build_artifact, catalog, ivf_artifact, publish, running_server, wait_for
 
 K = 7
 # The scan's scores equal FAISS's to float rounding (~1e-7, models/index.py), and the rates weigh
 # the neighbours by their scores.
 RATE_TOLERANCE = 1e-6
-
-
-def ivf_artifact(n_apps: int):
-    artifact = build_artifact(n_apps=n_apps)
-    dim = artifact.embeddings.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, 12, faiss.METRIC_INNER_PRODUCT)
-    index.train(artifact.embeddings)
-    index.add(artifact.embeddings)
-    index.nprobe = 3
-    artifact.index = index
-    artifact.manifest["index"] = {"type": "ivf", "params": {"nlist": 12, "nprobe": 3}}
-    return artifact
 
 
 @pytest.fixture(scope="module", params=["flat, CLI", "ivf, 9 chunks on 2 threads"])
@@ -57,7 +44,7 @@ def exported(request, tmp_path_factory) -> tuple[Path, list[dict]]:
         summary = json.loads(result.output)
         assert (summary["model_version"], summary["apps"], summary["k"]) == (1, 240, K)
     else:
-        artifact = ivf_artifact(600)
+        artifact = ivf_artifact(600, nlist=12, nprobe=3)
         publish(SQLiteRegistry(store / "registry.db"), store, artifact)
         export(artifact, layout.neighbors_uri(str(store), 1), version=1, k=K, batch=70, threads=2)
     manifest, table = read_export(str(store / "neighbors" / "v1"))

@@ -3,7 +3,6 @@ only for the served model's own export, and off unless asked for."""
 
 from __future__ import annotations
 
-import faiss
 import httpx
 import pytest
 
@@ -15,28 +14,17 @@ from serving.model_state import load_model
 from serving.popular import TablePredictor, most_shown
 from serving.settings import ServingSettings, SettingsError, settings_from_env
 from steps.export_neighbors import export
-from tests.serving.helpers import build_artifact, publish, running_server, wait_for
+from tests.serving.helpers import ivf_artifact, publish, running_server, wait_for
 
 K = 8
 POPULAR = 30
-
-
-def ivf_artifact(shift: float = 0.0):
-    artifact = build_artifact(n_apps=400, shift=shift)
-    dim = artifact.embeddings.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, 10, faiss.METRIC_INNER_PRODUCT)
-    index.train(artifact.embeddings)
-    index.add(artifact.embeddings)
-    index.nprobe = 3
-    artifact.index = index
-    return artifact
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Version 1 registered and exported (k = K) in a local store."""
     folder = tmp_path_factory.mktemp("store")
-    artifact = ivf_artifact()
+    artifact = ivf_artifact(400, nlist=10, nprobe=3)
     publish(SQLiteRegistry(folder / "registry.db"), folder, artifact)
     export(artifact, layout.neighbors_uri(str(folder), 1), version=1, k=K, batch=64, threads=2)
     return folder, artifact
@@ -66,7 +54,7 @@ def test_the_table_answers_only_for_its_own_model(store, tmp_path):
     uri = artifact.save_tarball(str(tmp_path / "model.tar.gz"))
     model = load_model(1, uri, POPULAR, layout.neighbors_uri(str(folder), 1))
     assert isinstance(model.predictor, TablePredictor) and len(model.predictor.table.rows) == POPULAR
-    other = ivf_artifact(shift=0.5)  # a retrained model: other embeddings, same version number
+    other = ivf_artifact(400, nlist=10, nprobe=3, shift=0.5)  # a retrained model: other embeddings, same version number
     other_uri = other.save_tarball(str(tmp_path / "other" / "model.tar.gz"))
     model = load_model(1, other_uri, POPULAR, layout.neighbors_uri(str(folder), 1))
     assert type(model.predictor) is Predictor
