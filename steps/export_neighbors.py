@@ -56,7 +56,7 @@ EXPORT_BATCH = 131_072
 RATE_COLUMNS = ("ctr", "ctr_low", "ctr_high", "cvr", "cvr_low", "cvr_high")
 # Measured on 131K export rows (bench/neighbors_export.py's shape): Arrow's defaults cost 3.9 us a
 # row; without dictionaries (ids are unique, scores and rates are floats: a dictionary never pays)
-# and with zstd level 1, 1.9 us and a third fewer bytes. Statistics only where a reader filters:
+# and with zstd level 1, 1.6 us and a third fewer bytes. Statistics only where a reader filters:
 # rows are in app order, so app_id ranges let a reader skip row groups.
 PARQUET_OPTIONS: dict[str, Any] = {"use_dictionary": False, "compression": "zstd", "compression_level": 1,
                                    "write_statistics": ["app_id"]}
@@ -153,7 +153,7 @@ def export(artifact: ModelArtifact, out_uri: str, version: int, k: int, *, batch
     try:
         # One FAISS (OpenMP) and one BLAS thread per worker: the workers are the parallelism. OpenMP's
         # thread count is a per-thread setting, so each worker sets its own (set here, the workers' FAISS
-        # calls would run 2 OpenMP threads each, spinning: measured +40% CPU an app).
+        # calls would run 2 OpenMP threads each, spinning: measured +55% CPU in the coarse quantizer).
         with threadpool_limits(limits=1, user_api="blas"), \
                 ThreadPoolExecutor(max_workers=threads, initializer=faiss.omp_set_num_threads, initargs=(1,)) as workers, \
                 storage.open_uri(storage.join(out_uri, NEIGHBORS_FILE), "wb") as handle, \
