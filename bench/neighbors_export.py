@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-sample", type=int, default=160_000, help="apps the IVF centroids are trained on")
     parser.add_argument("--reference-queries", type=int, default=50_000)
-    parser.add_argument("--popular", type=int, default=10_000, help="popular apps answered from the table")
+    parser.add_argument("--popular", type=int, default=10_000, help="popular apps answered from the table (0: skip)")
     parser.add_argument("--skip-export", action="store_true", help="only the reference and the popular-apps comparison")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-neighbors",
                         help="where the synthetic model is saved and reused")
@@ -143,7 +144,8 @@ def main() -> None:
     reference = rate(f"reference, plain FAISS batch search of {queries:,} apps (k+1={args.k + 1})", queries,
                      time.perf_counter() - started, time.process_time() - cpu)
 
-    popular_from_table(artifact, args.k, min(args.popular, args.apps), 20_000, args.seed)
+    if args.popular:
+        popular_from_table(artifact, args.k, min(args.popular, args.apps), 20_000, args.seed)
     if args.skip_export:
         return
     faiss.omp_set_num_threads(threads)
@@ -154,7 +156,8 @@ def main() -> None:
         size_mb = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)) / 1e6
     exported = rate(f"export of all {result.apps:,} apps (search + rates + Parquet, {size_mb:.0f} MB)", result.apps,
                     result.seconds, cpu)
-    print(f"ratio export / plain batch search: {exported / reference:.2f}; load average {os.getloadavg()[0]:.1f}")
+    print(f"ratio export / plain batch search: {exported / reference:.2f}; load average {os.getloadavg()[0]:.1f}; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB (the model included)")
     print(f"goal >= 20,000 apps/s at 1M apps: {'met' if exported >= 20_000 else 'NOT met'} on the wall clock")
 
 

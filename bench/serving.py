@@ -30,6 +30,11 @@ process group killed with SIGKILL mid-load, then 200 answers counted against the
 that reached the store or the spill folder. The load generator shares the machine's cores with the
 server, so the figures are a floor for what a separate client would see. Model build is not timed.
 
+``--popular-table N`` instead compares answering /similar for the model's N most-shown apps from its
+neighbour export (``APPSIM_POPULAR_APPS``, serving/popular.py; the export is made once, next to the
+model, with ``appsim neighbors export``'s code) against FAISS: two servers in the same run, driven with
+the same requests spread over those N apps, then stops.
+
 First it prints what authenticating and rate-limiting one request costs with each bucket store
 (``serving/security.py``): this process's memory (the reference, one worker's own limits), the
 SQLite file the workers of one host share (on /dev/shm, as ``appsim serve --workers N`` makes it,
@@ -583,6 +588,8 @@ def main() -> None:
                         help="requests per endpoint with the ASGI app called in-process (0: skip)")
     parser.add_argument("--limiter-requests", type=int, default=20_000, help="requests per rate-limit store")
     parser.add_argument("--limiter-only", action="store_true", help="measure the rate-limit stores, then stop")
+    parser.add_argument("--popular-table", type=int, default=0, metavar="N",
+                        help="only compare /similar of the N most-shown apps answered from the neighbour export vs FAISS")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "appsim-bench-serving")
     args = parser.parse_args()
     try:
@@ -594,7 +601,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; server: {args.workers} uvicorn workers (uvloop, httptools), "
           f"OMP_NUM_THREADS=1; client: {'wrk' if args.wrk and shutil.which('wrk') else 'asyncio HTTP/1.1'}, "
           f"{args.connections} keep-alive connections, same machine", flush=True)
-    if not args.build_only:
+    if not args.build_only and not args.popular_table:
         limiter_costs(args.limiter_requests)
     if args.limiter_only:
         return
@@ -603,6 +610,9 @@ def main() -> None:
         if args.build_only:
             continue
         rng = np.random.default_rng(3)
+        if args.popular_table:
+            popular_table_runs(model_dir, args)
+            continue
         app_ids = [f"app-{i:07d}" for i in rng.integers(0, n_apps, size=2000)]
         if args.asgi_requests:
             asgi_costs(model_dir, app_ids, args.asgi_requests)
@@ -689,6 +699,34 @@ def search_runs(model_dir: Path, n_apps: int, app_ids: list[str], args: argparse
         for off, on in zip(results, traced):
             print(f"  {on.endpoint:<10} {on.mode:<24} req/s {on.rate:>9,.0f} ({on.rate / off.rate:.2f}x)  "
                   f"p99 {on.percentile(99):.2f} ms ({on.percentile(99) / off.percentile(99):.2f}x)", flush=True)
+
+def popular_table_runs(model_dir: Path, args: argparse.Namespace) -> None:
+    """/similar for the most-shown apps: FAISS (the default) vs the neighbour export, same requests, same run."""
+    from serving.popular import most_shown
+    from steps.export_neighbors import export
+
+    artifact = ModelArtifact.load(model_dir)
+    export_dir = model_dir.with_name(model_dir.name + "-neighbors")
+    if not (export_dir / "manifest.json").is_file():
+        result = export(artifact, str(export_dir), version=1, k=10)
+        print(f"neighbour export: {result.apps:,} apps in {result.seconds:.1f} s ({result.apps_per_second:,.0f} apps/s)")
+    popular = most_shown(artifact, args.popular_table)
+    asked = [popular[i] for i in np.random.default_rng(3).integers(0, len(popular), size=20_000)]
+    del artifact
+    off, _ = run_server(model_dir, args, asked)
+    on, _ = run_server(model_dir, args, asked, {"APPSIM_POPULAR_APPS": str(args.popular_table),
+                                                "APPSIM_NEIGHBORS_URI": str(export_dir)})
+    index = orjson.loads((model_dir / "manifest.json").read_bytes()).get("index", {})
+    print(f"\n/similar of the {len(popular):,} most-shown apps (20,000 requests spread over them), {model_dir.name} "
+          f"{index.get('params', '')}: FAISS (off) vs the neighbour export (APPSIM_POPULAR_APPS={args.popular_table}); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'endpoint':<10} {'run':<24} {'req/s off':>10} {'req/s on':>9} {'ratio':>6} {'p50 off':>8} {'p50 on':>7} "
+          f"{'p99 off':>8} {'p99 on':>7}  (ms)")
+    for a, b in zip(off, on):
+        print(f"{a.endpoint:<10} {a.mode:<24} {a.rate:>10,.0f} {b.rate:>9,.0f} {b.rate / a.rate:>5.2f}x "
+              f"{a.percentile(50):>8.2f} {b.percentile(50):>7.2f} {a.percentile(99):>8.2f} {b.percentile(99):>7.2f}",
+              flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faiss
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from models.progress import Progress
 
@@ -157,15 +155,19 @@ class ListScan:
     """Many queries against an inner-product ``IndexIVFFlat``, list by list: the same candidates and
     scores as ``index.search`` (each query scans its ``nprobe`` nearest lists), for bulk export.
 
-    FAISS scans query by query, one 64-d dot product at a time (~10K queries per core-second at 1M
+    FAISS scans query by query, one 64-d dot product at a time (~5K queries per core-second at 1M
     apps, nlist 4000, nprobe 16). Here every list is scored against all the queries that probe it
     with one matrix product (BLAS), and only candidates that can still be in a query's top ``kk``
     are kept: the ``kk``-th best score in the query's nearest list is a lower bound of its final
     ``kk``-th best, so everything below it is dropped before any sorting. Scores equal FAISS's to
     float rounding (~1e-7); near-exact ties may come out in another order.
+
+    One call runs on the calling thread and holds the GIL only between numpy/BLAS/FAISS calls, so
+    callers run several calls on threads for more cores (with one BLAS thread each: the products are
+    small, and BLAS's own threads would compete with the callers').
     """
 
-    def __init__(self, ivf: faiss.IndexIVFFlat, workers: int = 1):
+    def __init__(self, ivf: faiss.IndexIVFFlat):
         lists = ivf.invlists
         sizes = np.array([lists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
         self.offsets = np.zeros(ivf.nlist + 1, dtype=np.int64)
@@ -177,71 +179,66 @@ class ListScan:
             start, end = self.offsets[number], self.offsets[number + 1]
             faiss.memcpy(faiss.swig_ptr(self.vectors[start:end]), lists.get_codes(int(number)), self.vectors[start:end].nbytes)
             faiss.memcpy(faiss.swig_ptr(self.ids[start:end]), lists.get_ids(int(number)), self.ids[start:end].nbytes)
-        self.workers = max(1, workers)
+        self.quantizer = ivf.quantizer
+        self.nprobe = ivf.nprobe
 
     @staticmethod
     def supports(index: faiss.Index) -> bool:
         return isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
 
+    def probes(self, queries: np.ndarray) -> np.ndarray:
+        """Each query's ``nprobe`` nearest lists, nearest first (n, nprobe): the coarse quantizer's answer."""
+        return self.quantizer.search(queries, self.nprobe)[1]
+
     def search(self, queries: np.ndarray, probes: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n, kk), best first, padded with -inf / -1: ``index.search(queries, kk)``
-        given each query's probed lists ``probes`` (n, nprobe; -1 = none), as the coarse quantizer gives them."""
-        # One BLAS thread per worker: the products are small, and BLAS's own threads would compete
-        # with the workers (measured: 5x slower per CPU-second on a busy machine).
-        with threadpool_limits(limits=1, user_api="blas"):
-            return self._search(queries, probes, kk)
-
-    def _search(self, queries: np.ndarray, probes: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        given each query's probed lists ``probes`` (n, nprobe; -1 = none), as ``probes()`` gives them."""
         n = len(queries)
         threshold = np.full(n, -np.inf, dtype=np.float32)
-        first = self._scan(queries, probes[:, :1], kk, threshold, sets_threshold=True)
-        rest = self._scan(queries, probes[:, 1:], kk, threshold, sets_threshold=False)
-        query, ids, scores = (np.concatenate(parts) for parts in zip(*(first + rest))) if first + rest else \
+        found = self._scan(queries, probes[:, :1], kk, threshold, sets_threshold=True)
+        found += self._scan(queries, probes[:, 1:], kk, threshold, sets_threshold=False)
+        query, ids, scores = (np.concatenate(parts) for parts in zip(*found)) if found else \
             (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-        order = np.lexsort((-scores, query))  # by query, then best score first
+        # By query, then best score first, as one int64 key (a fraction of lexsort's cost): the query in
+        # the high 32 bits, the score's order-preserving integer image, reversed, in the low 32. Stable,
+        # so exact ties keep the scan's (deterministic) order.
+        bits = scores.view(np.int32).astype(np.int64)
+        ordered = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # float order as signed integers
+        order = np.argsort((query << 32) | (0x7FFFFFFF - ordered), kind="stable")
         query, ids, scores = query[order], ids[order], scores[order]
         starts = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(query, minlength=n), out=starts[1:])
         rank = np.arange(len(query)) - starts[query]
         kept = rank < kk
-        found = np.full((n, kk), -1, dtype=np.int64)
+        found_ids = np.full((n, kk), -1, dtype=np.int64)
         found_scores = np.full((n, kk), -np.inf, dtype=np.float32)
-        found[query[kept], rank[kept]] = ids[kept]
+        found_ids[query[kept], rank[kept]] = ids[kept]
         found_scores[query[kept], rank[kept]] = scores[kept]
-        return found_scores, found
+        return found_scores, found_ids
 
     def _scan(self, queries: np.ndarray, probes: np.ndarray, kk: int, threshold: np.ndarray,
               sets_threshold: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Score each (query, probed list) pair, grouped by list over ``workers`` threads (BLAS and
-        numpy release the GIL); the candidates at or above each query's threshold, as (query, id, score).
-        With ``sets_threshold`` (each query's nearest list only) the threshold is first raised to the
-        query's ``kk``-th best score in that list."""
+        """Score each (query, probed list) pair, grouped by list; the candidates at or above each query's
+        threshold, as (query, id, score). With ``sets_threshold`` (each query's nearest list only) the
+        threshold is first raised to the query's ``kk``-th best score in that list."""
         pair_query = np.repeat(np.arange(len(queries)), probes.shape[1])
         pair_list = probes.ravel()
         keep = pair_list >= 0
-        order = np.argsort(pair_list[keep], kind="stable")
+        # A stable sort of 16-bit keys is a radix sort (several times quicker than on int64)
+        order = np.argsort(pair_list[keep].astype(np.int16 if len(self.offsets) <= 2 ** 15 else np.int32), kind="stable")
         pair_query, pair_list = pair_query[keep][order], pair_list[keep][order]
         if not len(pair_list):
             return []
         bounds = np.flatnonzero(np.diff(pair_list)) + 1
-        groups = list(zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(pair_list)]))))
-        shares = np.array_split(np.arange(len(groups)), self.workers)
-
-        def scan(share: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            found = []
-            for group in share:
-                start, end = groups[group]
-                number, rows = pair_list[start], pair_query[start:end]
-                vectors = self.vectors[self.offsets[number]:self.offsets[number + 1]]
-                scores = queries[rows] @ vectors.T
-                if sets_threshold and vectors.shape[0] >= kk:
-                    threshold[rows] = np.partition(scores, vectors.shape[0] - kk, axis=1)[:, vectors.shape[0] - kk]
-                hits = np.flatnonzero(scores >= threshold[rows, None])
-                row, column = np.divmod(hits, vectors.shape[0])
-                found.append((rows[row], self.ids[self.offsets[number] + column], scores.ravel()[hits]))
-            return found
-
-        if self.workers == 1 or len(groups) < 2:
-            return [part for share in shares for part in scan(share)]
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return [part for parts in pool.map(scan, shares) for part in parts]
+        found = []
+        for start, end in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(pair_list)])).tolist()):
+            number, rows = pair_list[start], pair_query[start:end]
+            first, last = self.offsets[number], self.offsets[number + 1]
+            scores = queries[rows] @ self.vectors[first:last].T
+            size = last - first
+            if sets_threshold and size >= kk:
+                threshold[rows] = np.partition(scores, size - kk, axis=1)[:, size - kk]
+            hits = np.flatnonzero(scores >= threshold[rows, None])
+            row, column = np.divmod(hits, size)
+            found.append((rows[row], self.ids[first + column], scores.ravel()[hits]))
+        return found

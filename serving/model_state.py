@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from pyarrow import ArrowException
+
 from models import storage
 from models.artifact import ArtifactError, ArtifactMissing, ModelArtifact
 from models.experiments import CHALLENGER_ARM, CHAMPION_ARM, ExperimentError, ExperimentStore, open_experiments
@@ -38,6 +40,7 @@ from models.registry import ModelVersion, Registry, RegistryError
 from models.registry_backends import open_registry
 from models.routing import pick_arm
 from models.storage import StorageError
+from serving.popular import PopularTableError, TablePredictor, load_popular_table
 from serving.settings import ServingSettings
 
 log = logging.getLogger("appsim.serving.models")
@@ -90,6 +93,7 @@ class LoadedModel:
     predictor: Predictor
     artifact_uri: str
     loaded_at: str
+    popular_table: dict[str, Any] | None = None  # apps, k and uri of the table answering, or why none does
 
     def describe(self) -> dict[str, Any]:
         manifest = self.predictor.artifact.manifest
@@ -101,6 +105,7 @@ class LoadedModel:
             "embedding_dim": manifest.get("embedding_dim"),
             "index": manifest.get("index"),
             "checksum": manifest.get("files", {}).get("embeddings.npy"),
+            "popular_table": self.popular_table,
         }
 
 
@@ -133,16 +138,29 @@ class ServingState:
         return [{"arm": arm.name, "weight": arm.weight, **arm.model.describe()} for arm in self.arms]
 
 
-def load_model(version: int, artifact_uri: str) -> LoadedModel:
-    """Load, verify and warm up one artifact (``ArtifactError`` and friends when it cannot be served)."""
+def load_model(version: int, artifact_uri: str, popular_apps: int = 0, neighbors_uri: str | None = None) -> LoadedModel:
+    """Load, verify and warm up one artifact (``ArtifactError`` and friends when it cannot be served);
+    with ``popular_apps``, the neighbours of that many most-shown apps from the export at ``neighbors_uri``
+    (serving/popular.py; without a usable export the version is served from FAISS alone)."""
     artifact = ModelArtifact.load_uri(artifact_uri)
     predictor = Predictor(artifact)
+    popular: dict[str, Any] | None = None
+    if popular_apps and neighbors_uri:
+        try:
+            table = load_popular_table(artifact, version, neighbors_uri, popular_apps)
+        except (PopularTableError, StorageError, OSError, ArrowException, KeyError) as error:
+            log.warning("model version %s answers every app from FAISS: %s", version, error)
+            popular = {"uri": neighbors_uri, "error": str(error)}
+        else:
+            predictor = TablePredictor(artifact, table)
+            popular = {"uri": table.uri, "apps": len(table.rows), "k": table.k}
     # Warm up here, on the loading thread, so the first requests after a swap pay nothing extra:
     # one search touches the index, and the cold-start encoder is parsed once.
     if len(artifact.app_ids) > 1:
         predictor.similar(artifact.app_ids[0], k=1)
     _ = predictor.metadata_encoder
-    return LoadedModel(version, predictor, artifact_uri, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return LoadedModel(version, predictor, artifact_uri, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       popular)
 
 
 def freeze_heap() -> None:
@@ -309,7 +327,8 @@ class ModelManager:
     def _load(self, version: int, artifact_uri: str) -> LoadedModel | None:
         content = self._fingerprint(artifact_uri)  # before loading: a file replaced meanwhile is tried again
         try:
-            model = load_model(version, artifact_uri)
+            model = load_model(version, artifact_uri, self.settings.popular_apps,
+                               self.settings.neighbors_export_uri(version))
         except Exception as error:  # noqa: BLE001 - whatever an artifact does, the server keeps serving
             self.load_failures += 1
             reason, detail = failure_reason(error), str(error)

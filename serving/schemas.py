@@ -162,6 +162,9 @@ class LoadedModelOut(BaseModel):
     embedding_dim: int | None = None
     index: dict[str, Any] | None = None
     checksum: str | None = None
+    popular_table: dict[str, Any] | None = Field(
+        None, description="with APPSIM_POPULAR_APPS: the neighbour export answering popular apps (uri, apps, k), "
+                          "or why none does (uri, error)")
 
 
 class ModelsResponse(BaseModel):

@@ -38,6 +38,9 @@ Environment variables (all optional):
 - ``APPSIM_OTLP_ENDPOINT`` (e.g. ``http://127.0.0.1:4318/v1/traces``): OpenTelemetry spans of every
   request exported over OTLP/HTTP (serving/tracing.py); unset, tracing is off.
   ``APPSIM_TRACE_SAMPLE_RATIO``: the share of traces kept (a caller's sampled flag wins).
+- ``APPSIM_POPULAR_APPS`` (default 0, off): answer ``/similar`` for this many most-shown apps from the
+  served version's neighbour export instead of FAISS (serving/popular.py); the export is read from
+  ``APPSIM_NEIGHBORS_URI`` when set, else ``<store>/neighbors/v<N>``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class ServingSettings(BaseModel):
     require_pseudonyms: bool = Field(False, description="refuse to start without a pseudonym key")
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://", description="OTLP/HTTP traces endpoint")
     trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    popular_apps: int = Field(0, ge=0, description="most-shown apps answered from the neighbour export (0: off)")
+    neighbors_uri: str | None = Field(None, description="the neighbour export folder (default <store>/neighbors/v<N>)")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -107,6 +112,13 @@ class ServingSettings(BaseModel):
             raise ValueError(f"feedback_max_events ({self.feedback_max_events}) is over queue_size ({self.queue_size}): "
                              "such a batch could never be queued; lower APPSIM_FEEDBACK_MAX_EVENTS or raise "
                              "APPSIM_QUEUE_SIZE")
+        return self
+
+    @model_validator(mode="after")
+    def _popular_apps_have_an_export(self) -> "ServingSettings":
+        if self.popular_apps and not self.neighbors_uri and (self.endpoint_mode or not self.store):
+            raise ValueError("popular_apps needs the neighbour export's folder: set APPSIM_NEIGHBORS_URI (with "
+                             "APPSIM_MODEL_DIR or a registry without a store), or APPSIM_POPULAR_APPS=0")
         return self
 
     @property
@@ -134,6 +146,12 @@ class ServingSettings(BaseModel):
         if self.feedback_uri:
             return None if self.feedback_uri == "none" else self.feedback_uri
         return layout.feedback_uri(self.store) if self.store else None
+
+    def neighbors_export_uri(self, version: int) -> str | None:
+        """Where the neighbour export of ``version`` is read when ``popular_apps`` is on."""
+        if not self.popular_apps:
+            return None
+        return self.neighbors_uri or layout.neighbors_uri(self.store, version)  # type: ignore[arg-type]
 
     def to_env(self) -> str:
         """JSON for ``APPSIM_SERVING_SETTINGS``: how the CLI hands settings to uvicorn workers."""
@@ -179,6 +197,8 @@ _ENV_FIELDS = {
     "APPSIM_REQUIRE_PSEUDONYMS": "require_pseudonyms",
     "APPSIM_OTLP_ENDPOINT": "otlp_endpoint",
     "APPSIM_TRACE_SAMPLE_RATIO": "trace_sample_ratio",
+    "APPSIM_POPULAR_APPS": "popular_apps",
+    "APPSIM_NEIGHBORS_URI": "neighbors_uri",
 }
 
 

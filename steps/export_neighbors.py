@@ -10,29 +10,36 @@ Output, under ``<store>/neighbors/v<N>/``:
 - ``manifest.json``: version, k, app count, the artifact's embeddings checksum, timing; written last, so a folder
   without it is an unfinished export.
 
-Two passes. The search: for an inner-product IVF-Flat index (what TrainEmbeddings builds above
-100K apps), every app's probed lists come from one coarse-quantizer pass, the apps are grouped by
-their nearest list, and ``models.index.ListScan`` scores each list against all the apps that probe
-it with one matrix product, on every core (the same candidates as ``index.search``; the whole
-export 1.3-2.5x a plain FAISS batch search at 1M apps: bench/neighbors_export.py). Other indexes go through
-``Predictor.similar_rows`` (FAISS batch search on every core). The second pass computes the CTR/CVR
-posteriors and writes Parquet in app order, the next row group's numbers on a thread while the
-previous one is written.
+The apps are exported in chunks of ``batch`` apps in app order, each chunk a task on one of
+``threads`` worker threads: search, the query itself dropped, CTR/CVR posteriors, an Arrow table.
+The calling thread writes the finished tables to Parquet in app order (one row group each) while
+the workers search the next chunks; at most ``threads + 1`` chunks are in flight, so memory stays
+bounded at any catalog size. Every heavy call (FAISS, BLAS, numpy, scipy, Arrow) releases the GIL,
+and each worker runs one FAISS/BLAS thread, so the workers keep every core busy. The result does not
+depend on ``threads``: each chunk is searched on its own, and written in order.
+
+The search: for an inner-product IVF-Flat index (what TrainEmbeddings builds above 100K apps), a
+chunk's probed lists come from the coarse quantizer and ``models.index.ListScan`` scores each list
+against all the chunk's apps that probe it with one matrix product (the same candidates as
+``index.search``). Other indexes go through ``Predictor.similar_rows`` (FAISS batch search).
+Speed at 1M apps: README, "Bulk neighbours" (bench/neighbors_export.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from models import layout, storage
 from models.artifact import EMBEDDINGS, ModelArtifact
@@ -43,9 +50,16 @@ from models.progress import Progress
 
 NEIGHBORS_FILE = "neighbors.parquet"
 MANIFEST_FILE = "manifest.json"
-EXPORT_BATCH = 16_384   # apps per Parquet row group (and per FAISS batch search)
-SCAN_BATCH = 131_072    # apps per list-by-list scan of an IVF index: more apps, bigger matrix products
+# Apps per worker task and Parquet row group: big enough that each IVF list is scored against a few
+# hundred apps at once (bigger matrix products, fewer Python steps), small enough to bound memory.
+EXPORT_BATCH = 131_072
 RATE_COLUMNS = ("ctr", "ctr_low", "ctr_high", "cvr", "cvr_low", "cvr_high")
+# Measured on 131K export rows (bench/neighbors_export.py's shape): Arrow's defaults cost 3.9 us a
+# row; without dictionaries (ids are unique, scores and rates are floats: a dictionary never pays)
+# and with zstd level 1, 1.6 us and a third fewer bytes. Statistics only where a reader filters:
+# rows are in app order, so app_id ranges let a reader skip row groups.
+PARQUET_OPTIONS: dict[str, Any] = {"use_dictionary": False, "compression": "zstd", "compression_level": 1,
+                                   "write_statistics": ["app_id"]}
 NEIGHBOR_SCHEMA = pa.schema(
     [("app_id", pa.string()), ("neighbor_ids", pa.list_(pa.string())), ("scores", pa.list_(pa.float32()))]
     + [(name, pa.float64()) for name in RATE_COLUMNS]
@@ -101,63 +115,58 @@ def batches(n_apps: int, batch: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + batch, n_apps), dtype=np.int64)
 
 
-def search_all(artifact: ModelArtifact, k: int, *, batch: int, scan_batch: int, threads: int,
-               progress: Progress) -> tuple[np.ndarray, np.ndarray]:
-    """Every app's top-``k`` (positions, scores), each (n_apps, k), as ``Predictor.similar_rows`` gives them."""
-    n_apps = len(artifact.app_ids)
-    positions = np.empty((n_apps, k), dtype=np.int64)
-    scores = np.empty((n_apps, k), dtype=np.float32)
-    searched = progress.child("export: search", n_apps, unit="apps")
-    if ListScan.supports(artifact.index):
-        ivf = faiss.downcast_index(artifact.index)
-        probes = np.empty((n_apps, ivf.nprobe), dtype=np.int64)
-        for rows in batches(n_apps, batch):
-            probes[rows] = ivf.quantizer.search(artifact.embeddings[rows], ivf.nprobe)[1]
-        # Apps of one list probe nearly the same lists: a chunk of them gives each list many queries.
-        order = np.argsort(probes[:, 0], kind="stable")
-        scan = ListScan(ivf, workers=threads)
-        for chunk in batches(n_apps, scan_batch):
-            rows = order[chunk]
-            found_scores, found = scan.search(artifact.embeddings[rows], probes[rows], k + 1)
-            positions[rows], scores[rows] = without_query(rows, found, found_scores, k)
-            searched.update(len(rows))
-    else:
-        predictor = Predictor(artifact)
-        for rows in batches(n_apps, batch):
-            positions[rows], scores[rows] = predictor.similar_rows(rows, k)
-            searched.update(len(rows))
-    searched.finish()
-    return positions, scores
+Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def chunk_search(artifact: ModelArtifact, predictor: Predictor, k: int) -> Search:
+    """A function from artifact rows to their top-``k`` (positions, scores), each (n, k), as
+    ``Predictor.similar_rows`` gives them; safe to call from several threads at once."""
+    if not ListScan.supports(artifact.index):
+        return lambda rows: predictor.similar_rows(rows, k)
+    scan = ListScan(faiss.downcast_index(artifact.index))
+
+    def search(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        queries = artifact.embeddings[rows]
+        found_scores, found = scan.search(queries, scan.probes(queries), k + 1)
+        return without_query(rows, found, found_scores, k)
+
+    return search
 
 
 def export(artifact: ModelArtifact, out_uri: str, version: int, k: int, *, batch: int = EXPORT_BATCH,
-           scan_batch: int = SCAN_BATCH, threads: int | None = None, progress: Progress | None = None) -> ExportResult:
+           threads: int | None = None, progress: Progress | None = None) -> ExportResult:
     """Write every app's top-``k`` neighbours and rates to ``out_uri`` (a folder URI)."""
     k = check_k(k)
     predictor = Predictor(artifact)
     n_apps = len(artifact.app_ids)
-    progress = progress or Progress.quiet()
     threads = threads or os.cpu_count() or 1
-    previous_threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    started = time.perf_counter()
-    try:
-        positions, scores = search_all(artifact, k, batch=batch, scan_batch=scan_batch, threads=threads,
-                                       progress=progress)
-    finally:
-        faiss.omp_set_num_threads(previous_threads)
-    written = progress.child("export: rates and Parquet", n_apps, unit="apps")
+    search = chunk_search(artifact, predictor, k)
     ids = pa.array(artifact.app_ids, pa.string())
-    with storage.open_uri(storage.join(out_uri, NEIGHBORS_FILE), "wb") as handle, \
-            pq.ParquetWriter(handle, NEIGHBOR_SCHEMA) as writer, ThreadPoolExecutor(max_workers=1) as rate_thread:
-        pending = None
-        for rows in batches(n_apps, batch):
-            following = rate_thread.submit(rows_to_table, predictor, ids, rows, positions[rows], scores[rows])
-            if pending is not None:
-                _write(writer, pending.result(), written)
-            pending = following
-        if pending is not None:
-            _write(writer, pending.result(), written)
+
+    def table(rows: np.ndarray) -> pa.Table:
+        positions, scores = search(rows)
+        return rows_to_table(predictor, ids, rows, positions, scores)
+
+    written = (progress or Progress.quiet()).child("export", n_apps, unit="apps")
+    started = time.perf_counter()
+    pending: deque[Future[pa.Table]] = deque()
+    try:
+        # One FAISS (OpenMP) and one BLAS thread per worker: the workers are the parallelism. OpenMP's
+        # thread count is a per-thread setting, so each worker sets its own (set here, the workers' FAISS
+        # calls would run 2 OpenMP threads each, spinning: measured +55% CPU in the coarse quantizer).
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(max_workers=threads, initializer=faiss.omp_set_num_threads, initargs=(1,)) as workers, \
+                storage.open_uri(storage.join(out_uri, NEIGHBORS_FILE), "wb") as handle, \
+                pq.ParquetWriter(handle, NEIGHBOR_SCHEMA, **PARQUET_OPTIONS) as writer:
+            for rows in batches(n_apps, batch):
+                pending.append(workers.submit(table, rows))
+                if len(pending) > threads:
+                    _write(writer, pending.popleft().result(), written)
+            while pending:
+                _write(writer, pending.popleft().result(), written)
+    finally:
+        for queued in pending:  # a failed chunk: the workers stop after the chunks they are on
+            queued.cancel()
     seconds = time.perf_counter() - started
     written.finish(f"{n_apps:,} apps in {seconds:.1f} s")
     storage.write_json(storage.join(out_uri, MANIFEST_FILE), {

@@ -117,17 +117,25 @@ def ivf_flat(items: np.ndarray, nlist: int, nprobe: int) -> faiss.IndexIVFFlat:
     return index
 
 
-@pytest.mark.parametrize(("nlist", "nprobe", "kk", "workers"), [(40, 6, 11, 2), (40, 1, 11, 1), (300, 4, 11, 2)])
-def test_list_scan_finds_what_faiss_search_finds(nlist, nprobe, kk, workers):
-    # 300 lists of ~7 apps: many lists hold fewer than kk apps, so no bound is set from them
+@pytest.mark.parametrize(("nlist", "nprobe", "kk", "sign"), [(40, 6, 11, 1), (40, 1, 11, 1), (300, 4, 11, 1), (40, 6, 11, -1)])
+def test_list_scan_finds_what_faiss_search_finds(nlist, nprobe, kk, sign):
+    # 300 lists of ~7 apps: many lists hold fewer than kk apps, so no bound is set from them.
+    # sign -1: items in the positive orthant, queries in the negative one: every score is negative
+    # (the merge orders scores through their bit patterns, where negative floats run backwards).
     items = clustered_vectors(2000, dim=16, seed=3)
     queries = clustered_vectors(500, dim=16, seed=3)[::-1].copy()  # asymmetric: queries are not the items
+    if sign < 0:
+        items, queries = np.abs(items), -np.abs(queries)
     index = ivf_flat(items, nlist, nprobe)
-    probe_scores, probes = index.quantizer.search(queries, nprobe)
-    scores, ids = ListScan(index, workers=workers).search(queries, probes, kk)
+    scan = ListScan(index)
+    probes = scan.probes(queries)
+    np.testing.assert_array_equal(probes, index.quantizer.search(queries, nprobe)[1])
+    scores, ids = scan.search(queries, probes, kk)
     expected_scores, expected_ids = index.search(queries, kk)
     assert ListScan.supports(index) and not ListScan.supports(faiss.IndexFlatIP(16))
     assert ((ids < 0) == (expected_ids < 0)).all()  # as many found (FAISS pads with -FLT_MAX, we with -inf)
+    assert (np.diff(scores, axis=1)[ids[:, 1:] >= 0] <= 0).all()  # best first
+    assert (sign < 0) == (scores[ids >= 0].max() < 0)
     np.testing.assert_allclose(scores[ids >= 0], expected_scores[expected_ids >= 0], atol=1e-5)
     # the same neighbours; an exact tie (duplicate vectors) may come out in either order
     same = (ids == expected_ids).all(axis=1)

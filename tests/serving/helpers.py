@@ -77,6 +77,19 @@ def build_artifact(n_apps: int = 240, dim: int = 16, seed: int = 0, shift: float
                          manifest={"index": {"type": "flat", "params": {}}, "seed": seed})
 
 
+def ivf_artifact(n_apps: int, nlist: int, nprobe: int, shift: float = 0.0) -> ModelArtifact:
+    """``build_artifact`` with an inner-product IVF-Flat index (the index TrainEmbeddings builds above 100K apps)."""
+    artifact = build_artifact(n_apps=n_apps, shift=shift)
+    dim = artifact.embeddings.shape[1]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(artifact.embeddings)
+    index.add(artifact.embeddings)
+    index.nprobe = nprobe
+    artifact.index = index
+    artifact.manifest["index"] = {"type": "ivf", "params": {"nlist": nlist, "nprobe": nprobe}}
+    return artifact
+
+
 def publish(registry: SQLiteRegistry, folder: Path, artifact: ModelArtifact, status: str = "Approved",
             corrupted: bool = False) -> int:
     """Save ``artifact`` as a tarball under ``folder`` (``corrupted``: with a damaged embeddings

@@ -57,7 +57,7 @@ def approximate_index(kind: str, embeddings: np.ndarray) -> faiss.Index:
 def test_an_approximate_index_exports_the_same_rows_as_one_query_at_a_time(tmp_path, kind):
     artifact = build_artifact(n_apps=300, dim=8)
     artifact.index = approximate_index(kind, artifact.embeddings)
-    export(artifact, str(tmp_path / "v2"), version=2, k=5, batch=64, scan_batch=50, threads=2)
+    export(artifact, str(tmp_path / "v2"), version=2, k=5, batch=64, threads=2)
     _, table = read_export(str(tmp_path / "v2"))
     predictor = Predictor(artifact)
     rows = table.to_pylist()
