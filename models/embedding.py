@@ -3,7 +3,9 @@
 Two apps are similar when the same users click and convert on both. The trainer
 
 1. builds the sparse user x app matrix X of engagement strength
-   (``log1p(clicks + conversion_weight * conversions)``; the log damps a user's repeated clicks);
+   (``log1p(clicks + conversion_weight * conversions)``; the log damps a user's repeated clicks), raised
+   to ``engagement_exponent`` for the factorisation (1 by default; 0 counts every engaged pair once, like
+   RP3beta's alpha flattening its walk: where repeat clicks say more about habit than about similarity);
 2. normalises it, A = (D_user + tau_u)^-a X (D_app + tau_a)^-b (a = b = 1/2 by default), so that
    very active users and very popular apps do not dominate the factorisation (A^T A is the
    degree-normalised co-engagement graph, never built: at 200K apps an app x app matrix is the
@@ -73,6 +75,7 @@ class EmbeddingParams:
     popularity_recency: float = 0.0  # r > 0: that degree decays engagement by exp(-age / (r x the data's time span))
     oversampling: int = 10
     power_iterations: int = 4
+    engagement_exponent: float = 1.0  # the factorised matrix holds strength^e (0: every engaged pair counts 1)
     user_degree_exponent: float = 0.5  # a in D_user^-a: how much a very active user's engagement is damped
     app_degree_exponent: float = 0.5   # b in D_app^-b: how much a popular app is damped in the factorisation
     degree_regularization: float = 0.25  # tau / mean degree added to every degree (regularised spectral embedding)
@@ -195,7 +198,11 @@ def asymmetric_vectors(factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spectral_factors(matrix: sparse.csr_matrix, params: EmbeddingParams) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values and right singular vectors (rank ``embedding_dim - 1``) of the degree-normalised matrix."""
+    """Singular values and right singular vectors (rank ``embedding_dim - 1``) of the degree-normalised matrix
+    (its entries raised to ``engagement_exponent``)."""
+    if params.engagement_exponent != 1.0:
+        matrix = matrix.copy()
+        matrix.data = matrix.data ** np.float32(params.engagement_exponent)
     normalized = normalize_degrees(matrix, params.user_degree_exponent, params.app_degree_exponent,
                                    params.degree_regularization)
     return truncated_svd(normalized, params.embedding_dim - 1, params.seed, params.oversampling, params.power_iterations)
@@ -218,6 +225,8 @@ def train_embeddings(catalog: pd.DataFrame, interactions: pd.DataFrame, params: 
     """Embeddings (query side) and index vectors for every catalog app (sorted by app id)."""
     if params.embedding_dim < 2:
         raise TrainingDataError(f"embedding_dim must be at least 2 (one coordinate carries the norm), got {params.embedding_dim}")
+    if not 0 <= params.engagement_exponent <= 1:
+        raise TrainingDataError(f"engagement_exponent must be between 0 (binary) and 1, got {params.engagement_exponent}")
     if params.popularity_recency < 0:
         raise TrainingDataError(f"popularity_recency must be 0 (no decay) or positive, got {params.popularity_recency}")
     if not 0 <= params.factor_rank < params.embedding_dim:

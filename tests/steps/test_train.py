@@ -147,14 +147,25 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
     larger = train.candidate_dimensions(64, 140)
     assert larger == [128]
     first_stage = len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS)
+    engagement = len(train.ENGAGEMENT_EXPONENTS) * len(train.POPULARITY_EXPONENTS)
     recent = len(train.POPULARITY_RECENCIES) * len(train.RECENT_POPULARITY_EXPONENTS)
-    assert len(candidates) == first_stage + recent + len(larger)
-    # recent popularity is tried for the family and rank that led the first stage
-    leader = max(candidates[:first_stage], key=lambda c: c["recall_at_10"])
-    assert all(c["popularity_recency"] == 0 for c in candidates[:first_stage])
-    assert {(c["family"], c["factor_rank"], c["popularity_recency"], c["popularity_exponent"])
-            for c in candidates[first_stage:first_stage + recent]} == \
-        {(leader["family"], leader["factor_rank"], recency, exponent)
+    assert len(candidates) == first_stage + engagement + recent + len(larger)
+
+    def leader_of(stage: list[dict]) -> dict:
+        return next(c for c in stage if c["recall_at_10"] == max(b["recall_at_10"] for b in stage))
+
+    # flatter engagement is tried for the family and rank that led the first stage
+    leader = leader_of(candidates[:first_stage])
+    assert all(c["popularity_recency"] == 0 and c["engagement_exponent"] == 1 for c in candidates[:first_stage])
+    assert {(c["family"], c["factor_rank"], c["engagement_exponent"], c["popularity_exponent"])
+            for c in candidates[first_stage:first_stage + engagement]} == \
+        {(leader["family"], leader["factor_rank"], exponent, popularity)
+         for exponent in train.ENGAGEMENT_EXPONENTS for popularity in train.POPULARITY_EXPONENTS}
+    # then recent popularity for the best so far
+    leader = leader_of(candidates[:first_stage + engagement])
+    assert {(c["family"], c["factor_rank"], c["engagement_exponent"], c["popularity_recency"], c["popularity_exponent"])
+            for c in candidates[first_stage + engagement:first_stage + engagement + recent]} == \
+        {(leader["family"], leader["factor_rank"], leader["engagement_exponent"], recency, exponent)
          for recency in train.POPULARITY_RECENCIES for exponent in train.RECENT_POPULARITY_EXPONENTS}
     # the larger dimensions are tried for the best knobs at the base dimension, at full rank
     at_base = [c for c in candidates if c["embedding_dim"] == 64]
@@ -163,6 +174,7 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
             for c in candidates[-1:]] == \
         [(dim, dim - 1, base_best["family"], base_best["popularity_exponent"], base_best["popularity_recency"])
          for dim in larger]
+    assert candidates[-1]["engagement_exponent"] == base_best["engagement_exponent"]
     best = max(c["recall_at_10"] for c in candidates)
     assert selection["chosen"]["recall_at_10"] == best and 0 < best <= 1
     # the first candidate with the best score is the one trained, and the manifest's parameters say so
@@ -171,6 +183,7 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
     assert manifest["parameters"]["popularity_exponent"] == first_best["popularity_exponent"]
     assert manifest["parameters"]["embedding_dim"] == first_best["embedding_dim"]
     assert manifest["parameters"]["popularity_recency"] == first_best["popularity_recency"]
+    assert manifest["parameters"]["engagement_exponent"] == first_best["engagement_exponent"]
     assert manifest["parameters"]["degree_regularization"] == first_best.get("degree_regularization", 0.25)
     assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
     assert selection["base_embedding_dim"] == 64 and selection["dimensions_tried"] == [64, 128]
