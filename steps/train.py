@@ -65,9 +65,10 @@ VALIDATION_MAX_FIT_PAIRS = 1_000_000
 FAMILIES = (("cooccurrence-svd", {}), ("rp3beta-svd", {"degree_regularization": 0.0}))
 POPULARITY_EXPONENTS = (0.0, 0.25, 0.5)
 RANK_FRACTIONS = (1.0, 0.5)  # of embedding_dim - 1; a lower rank is zero-padded (same artifact dim)
-# Then, for the best family and rank, flatter engagement (models/embedding.py's ``engagement_exponent``: strength^e,
-# 0 = each engaged pair once), one refit each, at the exponents above. Where repeat clicks reflect habit rather than
-# similarity (the taxonomy world) binary engagement measured +1.5% holdout recall@10 at rank 511 (0.322 -> 0.327).
+# Then, for the best family and rank at the chosen dimension (below), flatter engagement (models/embedding.py's
+# ``engagement_exponent``: strength^e, 0 = each engaged pair once), one refit each, at the exponents above. Where
+# repeat clicks reflect habit rather than similarity (the taxonomy world) binary engagement measured +1.5% holdout
+# recall@10 at rank 511 (0.322 -> 0.327); at rank 63 it made no difference, hence after the dimension.
 ENGAGEMENT_EXPONENTS = (0.5, 0.0)
 # Then, for the best so far, popularity measured on recent engagement (models/embedding.py's
 # ``popularity_recency``: decay time constants as fractions of the fit part's span) at these exponents. No refit: only
@@ -76,12 +77,12 @@ ENGAGEMENT_EXPONENTS = (0.5, 0.0)
 # not (the taxonomy world's fixed long tail) validation keeps recency 0.
 POPULARITY_RECENCIES = (0.1, 0.25)
 RECENT_POPULARITY_EXPONENTS = (0.25, 0.5, 0.75)
-# Larger dimensions (multiples of the embedding_dim hyper-parameter), tried for the best family and exponent once
-# the grid above is scored: where similarity is local (a next app among the few nearest to the last one) a low rank
-# blurs neighbourhoods, and more rank is what helps (taxonomy world: rank 63 -> 255 -> 511 took holdout recall@10
-# 0.287 -> 0.316 -> 0.321; rank 1023 fell back to 0.317). Only while apps x dim stays within DIMENSION_CELLS (5K
-# apps: up to 512 dims; from 23.5K apps on, 64 alone), so that the SVD, the index and serving's memory at scale do
-# not grow.
+# Larger dimensions (multiples of the embedding_dim hyper-parameter), tried for the best family and exponent of the
+# first stage, before engagement and recency: where similarity is local (a next app among the few nearest to the last
+# one) a low rank blurs neighbourhoods, and more rank is what helps (taxonomy world: rank 63 -> 255 -> 511 took
+# holdout recall@10 0.287 -> 0.316 -> 0.321; rank 1023 fell back to 0.317). Only while apps x dim stays within
+# DIMENSION_CELLS (5K apps: up to 512 dims; from 23.5K apps on, 64 alone), so that the SVD, the index and serving's
+# memory at scale do not grow.
 DIMENSION_MULTIPLES = (2, 4, 8)
 # A larger dimension costs index memory and search time in serving, so it is taken only when validation says it pays:
 # recall@10 at least this much (relative) above the best so far. MovieLens 100K: 512 dims scored 0.1% above 64, within
@@ -119,9 +120,9 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
     a larger dimension only when it gains DIMENSION_MIN_GAIN over the best so far).
 
     A coordinate search, each stage from the best so far: family x rank x popularity exponent (one factorisation per
-    family, on the fit part; rank and exponent are read off it), flatter engagement x exponent (one refit each),
-    recent popularity x exponent (no refit), then each larger candidate dimension (one refit each). Candidates are
-    scored on collaborative factors alone (the metadata blend does not change with them).
+    family, on the fit part; rank and exponent are read off it), each larger candidate dimension (one refit each),
+    then at the chosen dimension flatter engagement x exponent (one refit each) and recent popularity x exponent (no
+    refit). Candidates are scored on collaborative factors alone (the metadata blend does not change with them).
     Returns the chosen parameters and a record of every candidate's score for the manifest.
     """
     progress = progress or Progress.quiet()
@@ -158,8 +159,9 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
                            "factor_rank": params.factor_rank or params.embedding_dim - 1,
                            "recall_at_10": round(float(recall), 6), "params": params})
 
-    def best() -> dict:
-        return max(enumerate(candidates), key=lambda numbered: (numbered[1]["recall_at_10"], -numbered[0]))[1]
+    def best(embedding_dim: int) -> dict:
+        return max((numbered for numbered in enumerate(candidates) if numbered[1]["embedding_dim"] == embedding_dim),
+                   key=lambda numbered: (numbered[1]["recall_at_10"], -numbered[0]))[1]
 
     spectra: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # one SVD per factorisation, whatever reads it
 
@@ -175,17 +177,19 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
         for fraction in RANK_FRACTIONS:
             rank = max(1, round(fraction * factor_dim))
             factorised(family, replace(base, **knobs, factor_rank=0 if rank == factor_dim else rank), POPULARITY_EXPONENTS)
-    leader = best()
+    leader = best(base.embedding_dim)
     family = leader["family"]
+    for dim in candidate_dimensions(base.embedding_dim, len(app_ids)):
+        factorised(family, replace(leader["params"], embedding_dim=dim, factor_rank=0), (leader["popularity_exponent"],))
+        if candidates[-1]["recall_at_10"] >= leader["recall_at_10"] * (1 + DIMENSION_MIN_GAIN):
+            leader = candidates[-1]
+    # the remaining knobs at the chosen dimension: what helps a rank-63 factorisation need not help a rank-511 one
+    dim = leader["embedding_dim"]
     for engagement in ENGAGEMENT_EXPONENTS:
         factorised(family, replace(leader["params"], engagement_exponent=engagement), POPULARITY_EXPONENTS)
     for recency in POPULARITY_RECENCIES:
-        factorised(family, replace(best()["params"], popularity_recency=recency), RECENT_POPULARITY_EXPONENTS)
-    chosen_candidate = leader = best()
-    for dim in candidate_dimensions(base.embedding_dim, len(app_ids)):
-        factorised(family, replace(leader["params"], embedding_dim=dim, factor_rank=0), (leader["popularity_exponent"],))
-        if candidates[-1]["recall_at_10"] >= chosen_candidate["recall_at_10"] * (1 + DIMENSION_MIN_GAIN):
-            chosen_candidate = candidates[-1]
+        factorised(family, replace(best(dim)["params"], popularity_recency=recency), RECENT_POPULARITY_EXPONENTS)
+    chosen_candidate = best(dim)
     chosen = chosen_candidate["params"]
     for candidate in candidates:
         candidate.pop("params")
