@@ -102,6 +102,7 @@ TUNING_GRID = {
     "degree_regularization": (0.0, 0.25, 1.0),
     "app_degree_exponent": (0.25, 0.5),
     "popularity_exponent": (0.0, 0.25, 0.5),
+    "engagement_exponent": (0.0, 0.5, 1.0),
     "shrinkage": (2.0, 5.0, 20.0),
 }
 

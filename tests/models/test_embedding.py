@@ -10,7 +10,7 @@ import pytest
 from scipy import sparse
 
 from models.embedding import (EmbeddingParams, TrainingDataError, asymmetric_vectors, interaction_matrix,
-                              normalize_degrees, train_embeddings, truncated_svd)
+                              normalize_degrees, popularity_degrees, train_embeddings, truncated_svd)
 from tests.models.coengagement_world import cluster_of, make_world
 
 PARAMS = EmbeddingParams(embedding_dim=16, seed=3)
@@ -166,3 +166,38 @@ def test_degree_normalisation_adds_the_regularisation_to_every_nonzero_degree():
         expected[u, a] = value / np.sqrt(users[u] + tau * 3.0) / (apps[a] + tau * 3.0) ** 0.25
     found = normalize_degrees(matrix, user_exponent=0.5, app_exponent=0.25, regularization=tau).toarray()
     assert np.allclose(found, expected, rtol=1e-6)
+
+
+def test_recent_popularity_decays_each_engagement_by_its_age_over_the_span():
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    days = [0, 0, 10, 10, 10]  # "old" engaged on day 0 only, "new" on day 10, the latest first engagement
+    interactions = pd.DataFrame({"user_id": ["a", "b", "a", "b", "c"], "app_id": ["old", "old", "new", "new", "new"],
+                                 "clicks": [1, 3, 1, 1, 0], "conversions": [0, 0, 0, 0, 1],
+                                 "first_ts": [start + pd.Timedelta(days=d) for d in days],
+                                 "last_ts": [start + pd.Timedelta(days=d + 1) for d in days]})
+    app_ids = ["new", "old"]
+    matrix = interaction_matrix(interactions, app_ids, conversion_weight=3.0).matrix
+    strength = np.log1p([1.0, 3.0, 1.0, 1.0, 3.0])
+    plain = popularity_degrees(interactions, app_ids, matrix, EmbeddingParams())
+    assert np.allclose(plain, [strength[2:].sum(), strength[:2].sum()])
+    recent = popularity_degrees(interactions, app_ids, matrix, EmbeddingParams(popularity_recency=0.25))
+    # age 10 days of a 10-day span, time constant 0.25 x 10 days: exp(-4)
+    assert np.allclose(recent, [strength[2:].sum(), strength[:2].sum() * np.exp(-4.0)])
+    with pytest.raises(TrainingDataError, match="first_ts"):
+        popularity_degrees(interactions.drop(columns="first_ts"), app_ids, matrix, EmbeddingParams(popularity_recency=0.1))
+
+
+def test_recent_popularity_lifts_recently_engaged_apps_in_the_index(world):
+    catalog, train, _ = world
+    # the puzzle apps' engagement moved to the end of the window: recency must raise their item-side weight
+    late = train.assign(first_ts=np.where(train["app_id"].str.startswith("puzzle"), train["last_ts"].max(),
+                                          train["first_ts"].min()))
+    def puzzle_weight(recency: float) -> float:
+        result = train_embeddings(catalog, late, EmbeddingParams(embedding_dim=16, seed=3, popularity_exponent=0.5,
+                                                                 popularity_recency=recency))
+        weight = np.linalg.norm(result.item_vectors[:, :-1], axis=1)  # |f| / max |f|: the item side's popularity
+        puzzle = np.array([a.startswith("puzzle") for a in result.app_ids]) & (result.engaged_users > 0)
+        return float(weight[puzzle].mean() / weight[~puzzle & (result.engaged_users > 0)].mean())
+    assert puzzle_weight(0.1) > 2 * puzzle_weight(0.0)
+    with pytest.raises(TrainingDataError, match="popularity_recency must be 0"):
+        train_embeddings(catalog, train, EmbeddingParams(embedding_dim=16, popularity_recency=-1.0))

@@ -146,20 +146,43 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
     assert {c["family"] for c in candidates} == {"cooccurrence-svd", "rp3beta-svd"}
     larger = train.candidate_dimensions(64, 140)
     assert larger == [128]
-    assert len(candidates) == len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS) + len(larger)
-    # the larger dimensions are tried for the family and exponent that won at the base dimension, at full rank
-    at_base = [c for c in candidates if c["embedding_dim"] == 64]
-    base_best = next(c for c in at_base if c["recall_at_10"] == max(b["recall_at_10"] for b in at_base))
-    assert [(c["embedding_dim"], c["factor_rank"], c["family"], c["popularity_exponent"]) for c in candidates[-1:]] == \
-        [(dim, dim - 1, base_best["family"], base_best["popularity_exponent"]) for dim in larger]
-    best = max(c["recall_at_10"] for c in candidates)
-    assert selection["chosen"]["recall_at_10"] == best and 0 < best <= 1
-    # the first candidate with the best score is the one trained, and the manifest's parameters say so
-    first_best = next(c for c in candidates if c["recall_at_10"] == best)
-    assert selection["chosen"] == first_best
-    assert manifest["parameters"]["popularity_exponent"] == first_best["popularity_exponent"]
-    assert manifest["parameters"]["embedding_dim"] == first_best["embedding_dim"]
-    assert manifest["parameters"]["degree_regularization"] == first_best.get("degree_regularization", 0.25)
+    first_stage = len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS) * len(train.RANK_FRACTIONS)
+    engagement = len(train.ENGAGEMENT_EXPONENTS) * len(train.POPULARITY_EXPONENTS)
+    recent = len(train.POPULARITY_RECENCIES) * len(train.RECENT_POPULARITY_EXPONENTS)
+    assert len(candidates) == first_stage + len(larger) + engagement + recent
+
+    def leader_of(stage: list[dict]) -> dict:
+        return next(c for c in stage if c["recall_at_10"] == max(b["recall_at_10"] for b in stage))
+
+    # the larger dimensions are tried, at full rank, for the first stage's best; one is kept if it gains enough
+    leader = leader_of(candidates[:first_stage])
+    assert all(c["popularity_recency"] == 0 and c["engagement_exponent"] == 1 for c in candidates[:first_stage])
+    dims = candidates[first_stage:first_stage + len(larger)]
+    assert [(c["embedding_dim"], c["factor_rank"], c["family"], c["popularity_exponent"]) for c in dims] == \
+        [(dim, dim - 1, leader["family"], leader["popularity_exponent"]) for dim in larger]
+    for candidate in dims:
+        if candidate["recall_at_10"] >= leader["recall_at_10"] * (1 + train.DIMENSION_MIN_GAIN):
+            leader = candidate
+    # then, at that dimension and rank, flatter engagement ...
+    stage = candidates[first_stage + len(larger):first_stage + len(larger) + engagement]
+    assert {(c["family"], c["embedding_dim"], c["factor_rank"], c["engagement_exponent"], c["popularity_exponent"])
+            for c in stage} == \
+        {(leader["family"], leader["embedding_dim"], leader["factor_rank"], exponent, popularity)
+         for exponent in train.ENGAGEMENT_EXPONENTS for popularity in train.POPULARITY_EXPONENTS}
+    # ... and recent popularity for the best so far at that dimension
+    at_dim = [c for c in candidates[:first_stage + len(larger) + engagement] if c["embedding_dim"] == leader["embedding_dim"]]
+    leader = leader_of(at_dim)
+    stage = candidates[first_stage + len(larger) + engagement:]
+    assert {(c["embedding_dim"], c["factor_rank"], c["engagement_exponent"], c["popularity_recency"],
+             c["popularity_exponent"]) for c in stage} == \
+        {(leader["embedding_dim"], leader["factor_rank"], leader["engagement_exponent"], recency, exponent)
+         for recency in train.POPULARITY_RECENCIES for exponent in train.RECENT_POPULARITY_EXPONENTS}
+    # the chosen one is the first with the best score at that dimension, and the manifest's parameters say so
+    first_best = leader_of([c for c in candidates if c["embedding_dim"] == leader["embedding_dim"]])
+    assert selection["chosen"] == first_best and 0 < first_best["recall_at_10"] <= 1
+    for knob in ("popularity_exponent", "embedding_dim", "popularity_recency", "engagement_exponent",
+                 "degree_regularization"):
+        assert manifest["parameters"][knob] == first_best[knob]
     assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
     assert selection["base_embedding_dim"] == 64 and selection["dimensions_tried"] == [64, 128]
 
