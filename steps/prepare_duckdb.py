@@ -1,12 +1,15 @@
 """The DuckDB engine of PrepareFeedback: the SQL of steps/prepare_sql.py, multi-threaded and out-of-core.
 
 Files are read through the project's storage layer (models/storage.py, so ``file://`` and ``s3://``
-alike) by a few threads that gunzip them and cut them into lines with Arrow (``prepare_io.read_file``:
-a truncated or corrupt gzip keeps its complete lines and is reported as a bad file). Batches of lines
-go into DuckDB as the ``raw_lines`` relation; the fast path runs in DuckDB's threads. The rare lines
-it cannot prove valid are parsed by the reference validator (``models.events.parse_line``) here,
-so every bad line gets the reference's reason code. Dedupe, the window, the kept outcome and the
-aggregates are SQL; no event id is held in Python.
+alike) by a few threads that gunzip them in Python (``prepare_io.read_file``: a truncated or corrupt
+gzip keeps its complete lines and is reported as a bad file; DuckDB's gzip reader does not notice
+either, so it is not used). Consecutive files go, as plain lines, into a temp file (a ``_Unit``) that
+DuckDB reads with its own scanners (``_scan_relation``) and ``prepare_sql.scanned_sql`` proves line by
+line against the producers' text. Lines that proof leaves (rare), and files the CSV scanner cannot cut
+as Python does, go through ``prepare_sql.typed_sql`` (lines cut by Arrow); what that cannot prove is
+parsed by the reference validator (``models.events.parse_line``) here, so every bad line gets the
+reference's reason code. Dedupe, the window, the kept outcome and the aggregates are SQL; no event id
+is held in Python.
 
 DuckDB works in memory with a memory limit: past the limit it spills to the spill folder instead of
 growing (``DuckDBSettings``; pipeline.yaml ``prepare:``). Extension auto-install
@@ -15,8 +18,10 @@ and auto-load are off: json and parquet are built into the wheel, and nothing is
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
+import threading
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,8 +41,9 @@ from steps.prepare_io import (
     BadFile, EngineResult, RecordWriter, SplitResult, Window, interactions_frame, read_file, split_lines,
 )
 
-BATCH_LINES = 500_000  # lines per insert into DuckDB: bounds the raw text held in Python
+UNIT_BYTES = 64 << 20  # uncompressed bytes scanned by one statement (a temp file): bounds what Python holds
 READ_AHEAD_FILES = 8  # files being read and gunzipped ahead of DuckDB
+_BOM = b"\xef\xbb\xbf"
 _RAW_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
 _EVENT_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("event_id", pa.string()),
                            ("kind", pa.int8()), ("ts_us", pa.int64()), ("app_id", pa.string()),
@@ -63,7 +69,11 @@ class _FileLines:
 
 def file_lines(source: int, uri: str) -> _FileLines:
     """A file's lines as the ``raw_lines`` relation (``RAW_COLUMNS``), read as every engine reads them."""
-    content, error = read_file(uri)
+    return content_lines(source, uri, *read_file(uri))
+
+
+def content_lines(source: int, uri: str, content: bytes, error: str | None, first_line: int = 1) -> _FileLines:
+    """``file_lines`` of a file already read; its lines numbered from ``first_line``."""
     undecodable: dict[int, bytes] = {}
     try:
         text = _whole_text(content)
@@ -74,7 +84,7 @@ def file_lines(source: int, uri: str) -> _FileLines:
             lines = pc.utf8_rtrim(lines, characters="\r")
     except pa.ArrowInvalid:  # not UTF-8 (rare): find the bad lines; U+FFFD keeps them off the fast path
         texts = []
-        for number, line in enumerate(split_lines(content), start=1):
+        for number, line in enumerate(split_lines(content), start=first_line):
             try:
                 texts.append(line.decode("utf-8"))
             except UnicodeDecodeError:
@@ -82,8 +92,8 @@ def file_lines(source: int, uri: str) -> _FileLines:
                 texts.append(line.decode("utf-8", errors="replace"))
         lines = pa.array(texts, pa.string())
     n = len(lines)
-    table = pa.table([pa.array(np.full(n, source, dtype=np.int32)), pa.array(np.arange(1, n + 1, dtype=np.int64)),
-                      lines], schema=_RAW_SCHEMA)
+    table = pa.table([pa.array(np.full(n, source, dtype=np.int32)),
+                      pa.array(np.arange(first_line, first_line + n, dtype=np.int64)), lines], schema=_RAW_SCHEMA)
     return _FileLines(source, uri, table, undecodable, error)
 
 
@@ -117,16 +127,77 @@ def read(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: 
     try:
         con = _connect(settings, folder)
         try:
-            return _read(con, files, window, app_ids, quarantine, kept, use_attributed_clicks, progress, settings)
+            return _read(con, files, window, app_ids, quarantine, kept, use_attributed_clicks, progress, settings,
+                         folder)
         finally:
             con.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclass
+class _Unit:
+    """Consecutive files read by one statement: in ``typed`` its rows have ``source`` = ``number`` and ``line`` =
+    the row in the unit (the files' lines one after another), which orders them as (file, line) does."""
+
+    number: int
+    files: list[int]  # indices into the window's files, in arrival order
+    contents: list[bytes]
+    first_rows: list[int]  # each file's first row in the unit
+    rows: int
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """(file index, line in that file) of a row of the unit."""
+        at = bisect.bisect_right(self.first_rows, row) - 1
+        return self.files[at], row - self.first_rows[at] + 1
+
+
+def line_count(content: bytes) -> int:
+    """Lines as ``split_lines`` counts them, without splitting (numpy releases the GIL: reader threads run it)."""
+    newlines = int(np.count_nonzero(np.frombuffer(content, np.uint8) == ord("\n")))
+    return newlines + (0 if not content or content.endswith(b"\n") else 1)
+
+
+def scannable(content: bytes) -> bool:
+    """Whether DuckDB's CSV scanner cuts this content into exactly ``split_lines``'s lines: it also ends lines at
+    a carriage return and drops a byte-order mark, so such (rare) files are cut by Arrow instead."""
+    return b"\r" not in content and not content.startswith(_BOM)
+
+
+def _read_counted(uri: str) -> tuple[bytes, str | None, int]:
+    content, error = read_file(uri)
+    return content, error, line_count(content)
+
+
+def _scan_relation(path: str, unit: int, rows: int) -> str:
+    """The unit's lines (``read_csv``: no quoting, a control character as the delimiter) each beside the row that
+    DuckDB's JSON scanner read from the same line (``read_ndjson``; a line it cannot read is a row of NULLs).
+
+    A POSITIONAL JOIN of the two scans reads both in one thread, in file order, numbered by row_number() OVER ().
+    The lines must be Python's exactly (line numbers order duplicates and name quarantined lines), so the
+    statement fails (``error()``, and the unit is cut by Arrow instead) when the CSV scanner does not give
+    one whole line per row: a delimiter byte in a line (the CSV scanner would cut it; two columns make it
+    visible), or more rows than lines (fewer is checked by the caller). The JSON scanner skips blank lines
+    and may read a broken line's neighbour as its rest: that only shifts or voids its rows, which the
+    canonical-text proof then refuses, never accepts.
+    """
+    columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in prepare_sql.SCAN_COLUMNS.items()) + "}"
+    path = path.replace("'", "''")  # an SQL literal (a spill folder may hold a quote)
+    lines = (f"read_csv('{path}', columns = {{'raw': 'VARCHAR', 'rest': 'VARCHAR'}}, header = false, "
+             "auto_detect = false, delim = chr(1), quote = '', escape = '', nullstr = chr(2), null_padding = true)")
+    scan = f"read_ndjson('{path}', columns = {columns}, ignore_errors = true)"
+    return f"""(
+    SELECT {unit} AS source, line,
+           CASE WHEN raw IS NULL OR rest IS NOT NULL OR line > {rows}
+                THEN error('the CSV scan does not give the unit''s {rows} lines one per row') ELSE raw END AS raw,
+           * EXCLUDE (line, raw, rest)
+    FROM (SELECT row_number() OVER () AS line, * FROM {lines} POSITIONAL JOIN {scan})
+)"""
+
+
 def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, app_ids: np.ndarray,
           quarantine: RecordWriter, kept: RecordWriter, use_attributed_clicks: bool, progress: Progress,
-          settings: DuckDBSettings) -> EngineResult:
+          settings: DuckDBSettings, folder: str) -> EngineResult:
     catalog = pa.table({"app_id": pa.array(list(app_ids), pa.string())})
     con.register("catalog_arrow", catalog)
     con.execute("CREATE TABLE catalog AS SELECT app_id FROM catalog_arrow")
@@ -139,54 +210,119 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
 
     lines_per_file: dict[str, int] = {}
     bad_files: list[BadFile] = []
-    # (source, line) -> what the slow path must do, in arrival order: parse these lines with the reference.
-    undecodable: dict[tuple[int, int], bytes] = {}
-    pending: list[pa.Table] = []
-    pending_lines = 0
+    units: list[_Unit] = []
+    undecodable: dict[tuple[int, int], bytes] = {}  # (unit, row) -> original bytes of a line that is not UTF-8
+    lock = threading.Lock()
 
-    def flush() -> None:
-        nonlocal pending, pending_lines
-        if not pending:
-            return
-        batch = pa.concat_tables(pending)
-        con.register("raw_lines", batch)
-        con.execute(f"INSERT INTO typed {typed}")
-        con.unregister("raw_lines")
-        progress.update(pending_lines)
-        pending, pending_lines = [], 0
+    def insert_arrow_lines(unit: _Unit, cursor: duckdb.DuckDBPyConnection) -> None:
+        """The unit cut into lines by Arrow, every line left for ``typed_sql`` (see ``_recheck``)."""
+        parts = [content_lines(unit.number, files[index], content, None, first_row + 1)
+                 for index, content, first_row in zip(unit.files, unit.contents, unit.first_rows)]
+        with lock:
+            for part in parts:
+                undecodable.update({(unit.number, row): raw for row, raw in part.undecodable.items()})
+        cursor.register("unit_lines", pa.concat_tables([part.table for part in parts]))
+        cursor.execute("INSERT INTO typed BY NAME SELECT source, line, false AS accepted, raw FROM unit_lines")
+        cursor.unregister("unit_lines")
+
+    def scan(unit: _Unit) -> None:
+        cursor = con.cursor()
+        try:
+            path = os.path.join(folder, f"unit-{unit.number}.jsonl")
+            with open(path, "wb") as out:
+                for content in unit.contents:
+                    out.write(content)
+                    if not content.endswith(b"\n"):  # the last line of a file ends at the end of the file
+                        out.write(b"\n")
+            try:
+                inserted = cursor.execute(f"INSERT INTO typed {prepare_sql.scanned_sql(_scan_relation(path, unit.number, unit.rows))}").fetchone()[0]
+                if inserted != unit.rows:  # fewer rows than lines: undo, cut by Arrow
+                    cursor.execute(f"DELETE FROM typed WHERE source = {unit.number}")
+                    insert_arrow_lines(unit, cursor)
+            except duckdb.Error:  # a line the CSV scanner refuses (a delimiter byte, not UTF-8, too long)
+                insert_arrow_lines(unit, cursor)
+            finally:
+                os.remove(path)
+            unit.contents = []
+            progress.update(unit.rows)
+        finally:
+            cursor.close()
 
     workers = settings.threads or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare-read") as pool:
-        queue: deque[Future[_FileLines]] = deque()
+    # Each scan statement runs in one thread (see _scan_relation), ``workers`` of them at once: DuckDB's own
+    # workers would only wait. The line scans read in file order, which preserve_insertion_order keeps.
+    con.execute("SET threads = 1")
+    con.execute("SET preserve_insertion_order = true")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare-read") as readers, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare-scan") as scanners:
+        reading: deque[Future[tuple[bytes, str | None, int]]] = deque()
+        scanning: deque[Future[None]] = deque()
+        batch: _Unit | None = None
         next_file = 0
-        while next_file < len(files) or queue:
-            while next_file < len(files) and len(queue) < READ_AHEAD_FILES:
-                queue.append(pool.submit(file_lines, next_file, files[next_file]))
-                next_file += 1
-            done = queue.popleft().result()
-            n = done.table.num_rows
-            lines_per_file[done.uri] = n
-            undecodable.update({(done.source, number): raw for number, raw in done.undecodable.items()})
-            if done.error is not None:
-                bad_files.append(BadFile(done.uri, done.error, n))
-            pending.append(done.table)
-            pending_lines += n
-            if pending_lines >= BATCH_LINES:
-                flush()
-        flush()
 
-    bad_by_source = {files.index(bad.uri): bad for bad in bad_files}
-    _slow_path(con, files, undecodable, bad_by_source, quarantine)
-    con.execute(f"CREATE VIEW events AS {prepare_sql.events_sql('typed', 'slow_events')}")
+        def submit(unit: _Unit, arrow: bool = False) -> None:
+            units.append(unit)
+            if arrow:
+                cursor = con.cursor()
+                try:
+                    insert_arrow_lines(unit, cursor)
+                finally:
+                    cursor.close()
+                unit.contents = []
+                progress.update(unit.rows)
+                return
+            scanning.append(scanners.submit(scan, unit))
+            while len(scanning) > workers:  # bounds the contents held in memory
+                scanning.popleft().result()
+
+        for index in range(len(files)):
+            while next_file < len(files) and len(reading) < READ_AHEAD_FILES:
+                reading.append(readers.submit(_read_counted, files[next_file]))
+                next_file += 1
+            content, error, n = reading.popleft().result()
+            lines_per_file[files[index]] = n
+            if error is not None:
+                bad_files.append(BadFile(files[index], error, n))
+            if not n:
+                continue
+            if not scannable(content):
+                if batch is not None:
+                    submit(batch)
+                    batch = None
+                submit(_Unit(len(units), [index], [content], [0], n), arrow=True)
+                continue
+            if batch is None:
+                batch = _Unit(len(units), [], [], [], 0)
+            batch.files.append(index)
+            batch.contents.append(content)
+            batch.first_rows.append(batch.rows)
+            batch.rows += n
+            if sum(map(len, batch.contents)) >= UNIT_BYTES:
+                submit(batch)
+                batch = None
+        if batch is not None:
+            submit(batch)
+        while scanning:
+            scanning.popleft().result()
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET threads = {workers}")
+
+    _recheck(con, typed)
+    bad_by_file = {files.index(bad.uri): bad for bad in bad_files}
+    _slow_path(con, files, units, undecodable, bad_by_file, quarantine)
+    con.execute(f"CREATE VIEW events AS {prepare_sql.events_sql('proven', 'slow_events')}")
     start_us, end_us, cut_us = window.microseconds()
     con.execute(f"CREATE TABLE classified AS {prepare_sql.classified_sql(start_us, end_us, cut_us, 'events', 'catalog')}")
     con.execute("DROP VIEW events")
+    con.execute("DROP VIEW proven")
     con.execute("DROP TABLE typed")
+    con.execute("DROP TABLE rechecked")
     con.execute("DROP TABLE slow_events")
 
     outcomes = con.execute(prepare_sql.outcome_counts_sql("classified")).fetch_df()
     for reason, source, line, raw in _rows(con, prepare_sql.kept_rows_sql("classified")):
-        kept.add(reason, None, files[source], line, raw)
+        file_index, file_line = units[source].locate(line - 1)
+        kept.add(reason, None, files[file_index], file_line, raw)
 
     def total(outcome: str) -> int:
         return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
@@ -202,26 +338,39 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     )
 
 
-def _slow_path(con: duckdb.DuckDBPyConnection, files: Sequence[str], undecodable: dict[tuple[int, int], bytes],
-               bad_by_source: dict[int, BadFile], quarantine: RecordWriter) -> None:
-    """Lines the fast path did not accept, through the reference validator, in arrival order.
+def _recheck(con: duckdb.DuckDBPyConnection, typed: str) -> None:
+    """The lines the scanner path did not prove (rare) through ``typed_sql``, the fast path that reads any JSON
+    layout (other key orders, spaces, optional fields left out); ``proven`` is every event either path accepted."""
+    con.execute("CREATE VIEW raw_lines AS SELECT source, line, raw FROM typed WHERE NOT accepted")
+    con.execute(f"CREATE TABLE rechecked AS {typed}")
+    con.execute("DROP VIEW raw_lines")
+    columns = ", ".join(("accepted", *prepare_sql.EVENT_COLUMNS))
+    con.execute(f"CREATE VIEW proven AS SELECT {columns} FROM typed WHERE accepted "
+                f"UNION ALL SELECT {columns} FROM rechecked WHERE accepted")
+
+
+def _slow_path(con: duckdb.DuckDBPyConnection, files: Sequence[str], units: list[_Unit],
+               undecodable: dict[tuple[int, int], bytes], bad_by_file: dict[int, BadFile],
+               quarantine: RecordWriter) -> None:
+    """Lines neither fast path accepted, through the reference validator, in arrival order.
 
     Valid ones become ``slow_events`` rows; bad ones (and bad files, after their last line read) go to the quarantine.
     """
     rows: list[tuple] = []
-    bad_files_left = sorted(bad_by_source.items())
+    bad_files_left = sorted(bad_by_file.items())
 
-    def quarantine_bad_files_before(source: int) -> None:
-        while bad_files_left and bad_files_left[0][0] < source:
+    def quarantine_bad_files_before(file_index: int) -> None:
+        while bad_files_left and bad_files_left[0][0] < file_index:
             quarantine.add_bad_file(bad_files_left.pop(0)[1])
 
-    for source, line, raw in _rows(con, "SELECT source, line, raw FROM typed WHERE NOT accepted ORDER BY source, line"):
-        quarantine_bad_files_before(source)
+    for source, line, raw in _rows(con, "SELECT source, line, raw FROM rechecked WHERE NOT accepted ORDER BY source, line"):
+        file_index, file_line = units[source].locate(line - 1)
+        quarantine_bad_files_before(file_index)
         original = undecodable.get((source, line)) or raw.encode("utf-8")
         try:
             event = parse_line(original)
         except InvalidEvent as invalid:
-            quarantine.add(invalid.reason, invalid.detail, files[source], line, original)
+            quarantine.add(invalid.reason, invalid.detail, files[file_index], file_line, original)
             continue
         rows.append((source, line, *prepare_sql.event_row(event), raw))
     quarantine_bad_files_before(len(files))

@@ -26,6 +26,10 @@ How an engine runs it (the DuckDB engine is the worked example):
    ``steps.prepare`` (``outcome_counts_sql``, ``interactions_sql``, ``app_totals_sql``,
    ``revenue_rows_sql``, ``kept_rows_sql``, ``users_sql``).
 
+The DuckDB engine runs ``scanned_sql`` before step 2: DuckDB's JSON scanner reads every line's fields and a
+line is accepted when its text is exactly the producers' text for those values (the canonical-text proof);
+only the lines it leaves go on to ``typed_sql``.
+
 The fast path accepts only lines it can prove valid under models/events.py: no backslash (so no
 escapes: no lone surrogates, and string lengths are character counts), no key but the event type's
 own fields and each once, no trailing commas, canonical timestamps (``YYYY-MM-DDTHH:MM:SS[.ffffff]``
@@ -252,6 +256,123 @@ SELECT source, line, accepted,
        CASE WHEN accepted AND {event_type} = '"conversion"' AND {_f('revenue')} IS NOT NULL
             THEN TRY_CAST({_f('revenue')} AS DOUBLE) WHEN accepted THEN 0.0 END AS revenue,
        CASE WHEN NOT accepted OR {_string(_f('app_id'))} NOT IN (SELECT app_id FROM {catalog_relation}) THEN raw END AS raw
+FROM checked
+"""
+
+
+# The scanner path (``scanned_sql``): DuckDB's own JSON scanner reads every field of every line, typed, and
+# a line is accepted only when its text is exactly what the producers write for those values.
+_SCAN_TYPES = {"id": "VARCHAR", "bool": "BOOLEAN", "int": "BIGINT", "number": "DOUBLE", "id_list": "VARCHAR[]",
+               "number_list": "DOUBLE[]"}
+_COMMON_RULES = (FieldRule("event_id", "id", max_length=MAX_EVENT_ID_LENGTH), FieldRule("ts", "ts"),
+                 FieldRule("schema_version", "int"), FieldRule("event_type", "event_type"))
+SCAN_COLUMNS = {"event_id": "VARCHAR", "ts": "VARCHAR", "schema_version": "BIGINT", "event_type": "VARCHAR",
+                **{rule.name: _SCAN_TYPES[rule.kind] for rules in FIELD_RULES.values() for rule in rules}}
+"""read_ndjson's ``columns``: every field of every event type, with the JSON type producers write."""
+
+
+def _canonical_value(rule: FieldRule) -> tuple[str, ...]:
+    """The field's value as orjson writes it (``models.events`` ``to_json_dict``): ``concat`` pieces, where a
+    Python str is literal text and an ``_Sql`` an expression. concat reads NULL as '': the checks refuse
+    a NULL where it is not valid."""
+    name = f"s.{rule.name}"
+    if rule.kind in ("id", "ts", "event_type") and not rule.nullable:
+        return '"', _Sql(name), '"'
+    if rule.kind == "id":
+        text = f"concat('\"', {name}, '\"')"
+    elif rule.kind == "bool":
+        text = f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END"
+    elif rule.kind in ("int", "number"):
+        text = f"CAST({name} AS VARCHAR)"
+    elif rule.kind == "id_list":
+        return "[", _Sql(f"array_to_string(list_transform({name}, x -> concat('\"', x, '\"')), ',')"), "]"
+    elif rule.kind == "number_list":
+        return "[", _Sql(f"array_to_string({name}, ',')"), "]"
+    else:
+        raise ValueError(f"unknown field rule kind {rule.kind}")
+    if rule.nullable:
+        text = f"CASE WHEN {name} IS NULL THEN 'null' ELSE {text} END"
+    return (_Sql(text),)
+
+
+class _Sql(str):
+    """An SQL expression among literal pieces of text."""
+
+
+def _scanned_check(rule: FieldRule) -> str:
+    """True only when the scanned value satisfies the rule (the text comparison proves its JSON type)."""
+    name = f"s.{rule.name}"
+    if rule.kind == "id":
+        value = f"strlen({name}) BETWEEN 1 AND {rule.max_length}"  # bytes >= characters: a proof, not a bound
+    elif rule.kind in ("bool", "int"):
+        value = f"{name} IS NOT NULL"
+    elif rule.kind == "number":
+        value = " AND ".join((f"isfinite({name})", *([f"{name} >= {rule.minimum!r}"] if rule.minimum is not None else []),
+                              *([f"{name} <= {rule.maximum!r}"] if rule.maximum is not None else [])))
+    elif rule.kind == "id_list":
+        value = (f"{name} IS NOT NULL AND coalesce(list_bool_and(list_transform({name}, x -> "
+                 f"strlen(x) BETWEEN 1 AND {rule.max_length})), true)")
+    elif rule.kind == "number_list":
+        value = f"{name} IS NOT NULL AND coalesce(list_bool_and(list_transform({name}, x -> isfinite(x))), true)"
+    else:
+        raise ValueError(f"unknown field rule kind {rule.kind}")
+    return f"({name} IS NULL OR {value})" if rule.nullable else f"({value})"
+
+
+def _canonical_text(event_type: str) -> str:
+    """The line producers write for an event of this type: orjson, every model field in model order, no spaces."""
+    rules = {rule.name: rule for rule in (*_COMMON_RULES, *FIELD_RULES[event_type])}
+    pieces: list[str] = []
+    for position, name in enumerate(EVENT_MODELS[event_type].model_fields):
+        pieces += [("{" if position == 0 else ",") + f'"{name}":', *_canonical_value(rules[name])]
+    pieces.append("}")
+    merged: list[str] = []  # adjacent literal pieces as one literal
+    for piece in pieces:
+        if merged and not isinstance(piece, _Sql) and not isinstance(merged[-1], _Sql):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return "concat(" + ", ".join(piece if isinstance(piece, _Sql) else _literal(piece) for piece in merged) + ")"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def scanned_sql(scanned_relation: str, catalog_relation: str = "catalog") -> str:
+    """The scanner fast path: ``typed_sql``'s columns from ``scanned_relation``, one row per line with ``source``,
+    ``line``, ``raw`` (the line's text) and the ``SCAN_COLUMNS`` DuckDB's JSON scanner read from that line.
+
+    A line is accepted only when its raw text equals the text producers write for the scanned values
+    (``_canonical_text``) and every value passes its rule. The text proof is what makes the scanner's
+    leniencies harmless (a string "true" read as a boolean, a duplicate key, an extra field, NaN, a
+    value that did not parse): each gives another text, so the line is not accepted here and goes on
+    to ``typed_sql`` and the reference validator. It also makes the pairing of a line with its scanned
+    row safe: values paired with another line can only fail the comparison, never be accepted.
+    """
+    canonical = " ".join(f"WHEN '{name}' THEN {_canonical_text(name)}" for name in EVENT_TYPES)
+    checks = " ".join(f"WHEN '{name}' THEN " + " AND ".join(_scanned_check(rule) for rule in FIELD_RULES[name])
+                      for name in EVENT_TYPES)
+    # No backslash: no escape anywhere, so every string value is its text between the quotes.
+    accepted = (f"coalesce(s.raw = CASE s.event_type {canonical} END AND NOT contains(s.raw, '\\') "
+                f"AND {_scanned_check(_COMMON_RULES[0])} AND s.schema_version BETWEEN 1 AND {SCHEMA_VERSION} "
+                f"AND regexp_full_match(s.ts, '{_TS_PATTERN}') AND CASE s.event_type {checks} ELSE false END, false)")
+    kinds = " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(EVENT_TYPES))
+    return f"""
+WITH checked AS (
+    SELECT s.*, {accepted} AS accepted
+    FROM {scanned_relation} s
+)
+SELECT source, line, accepted,
+       CASE WHEN accepted THEN event_id END AS event_id,
+       CASE WHEN accepted THEN CAST(CASE event_type {kinds} END AS TINYINT) END AS kind,
+       CASE WHEN accepted THEN epoch_us(CAST({_naive_ts('ts')} AS TIMESTAMP)) END AS ts_us,
+       CASE WHEN accepted THEN app_id END AS app_id,
+       CASE WHEN accepted AND event_type <> 'prediction' THEN user_id END AS user_id,
+       CASE WHEN accepted THEN coalesce(clicked OR converted, false) END AS positive,
+       CASE WHEN accepted THEN event_type = 'prediction' OR request_id IS NOT NULL END AS attributed,
+       CASE WHEN accepted AND event_type = 'conversion' THEN revenue WHEN accepted THEN 0.0 END AS revenue,
+       CASE WHEN NOT accepted OR app_id NOT IN (SELECT app_id FROM {catalog_relation}) THEN raw END AS raw
 FROM checked
 """
 

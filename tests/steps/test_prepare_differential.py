@@ -9,17 +9,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import orjson
 import pandas as pd
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import dataset
 from models.events import InvalidEvent, parse_line, prediction_record
 from pipelines.simulators.marketplace import simulate
-from steps import prepare, prepare_sql
-from steps.prepare_io import read_file
-from tests.steps.conftest import CATALOG_APPS, WINDOW_END, make_feedback_store
+from steps import prepare, prepare_duckdb, prepare_sql
+from steps.prepare_io import read_file, split_lines
+from tests.steps.conftest import CATALOG_APPS, WINDOW_END, at, click, conversion, make_feedback_store, prediction
 from tests.steps.feedback_lines import lines
 
 WINDOW = dict(window_end=WINDOW_END, window_days=10, holdout_fraction=0.2, max_bad_fraction=1.0)
@@ -38,6 +40,29 @@ def fast_path(texts: list[str]) -> list[tuple]:
     return _CONNECTION.execute(_FAST_PATH).fetchall()
 
 
+_SCANNED = (f"SELECT line, accepted, event_id, kind, ts_us, app_id, user_id, positive, attributed, revenue "
+            f"FROM ({{scanned}}) ORDER BY line")
+
+
+def scanner_path(texts: list[str], folder: Path, threads: int = 1) -> list[tuple] | None:
+    """scanned_sql() over the lines, read from a file as the engine reads them:
+    (line, accepted, event_id, kind, ts_us, app_id, user_id, positive, attributed, revenue); None where the
+    engine would cut the lines with Arrow instead (the scans do not give one row per line)."""
+    path = folder / "unit.jsonl"
+    path.write_bytes("".join(text + "\n" for text in texts).encode())
+    connection = duckdb.connect(config={"threads": threads, "preserve_insertion_order": True,
+                                        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    connection.register("catalog", pa.table({"app_id": list(CATALOG_APPS)}))
+    scanned = prepare_sql.scanned_sql(prepare_duckdb._scan_relation(str(path), 0, len(texts)))
+    try:
+        rows = connection.execute(_SCANNED.format(scanned=scanned)).fetchall()
+    except duckdb.Error:
+        return None
+    finally:
+        connection.close()
+    return rows if len(rows) == len(texts) else None
+
+
 def reference_row(text: str) -> tuple | None:
     try:
         return prepare_sql.event_row(parse_line(text.encode("utf-8", "surrogatepass")))
@@ -52,6 +77,101 @@ def test_the_fast_path_accepts_only_valid_lines_and_extracts_the_reference_value
     for text, (accepted, *extracted) in zip(texts, fast_path(texts), strict=True):
         if accepted:
             assert reference_row(text) == tuple(extracted), text
+
+
+def _orjson_spelling(text: str) -> str | None:
+    """The line re-written as producers write it (orjson, the generated key order): mostly canonical lines."""
+    try:
+        return orjson.dumps(json.loads(text)).decode()
+    except (ValueError, TypeError):
+        return None
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(lines(CATALOG_APPS), min_size=1, max_size=30))
+def test_the_scanner_path_accepts_only_valid_lines_and_extracts_the_reference_values(tmp_path, batch):
+    texts = [text for text in batch if _utf8(text) and "\n" not in text and "\r" not in text]
+    texts += [spelled for spelled in map(_orjson_spelling, texts) if spelled is not None and "\r" not in spelled]
+    if not texts:
+        return
+    rows = scanner_path(texts, tmp_path)
+    if rows is None:  # e.g. a leading empty line, which the CSV scanner skips: the engine cuts these with Arrow
+        return
+    assert [line for line, *_ in rows] == list(range(1, len(texts) + 1))
+    for text, (_, accepted, *extracted) in zip(texts, rows, strict=True):
+        if accepted:
+            assert reference_row(text) == tuple(extracted), text
+
+
+def test_the_scanner_path_accepts_canonical_lines_and_refuses_their_lenient_cousins(tmp_path):
+    events = [click("u-1", "app-1", at(2)), conversion("u-2", "app-7", at(3), revenue=4.99, request_id="r-1"),
+              prediction("new:3f2a", at(1))]
+    canonical = [orjson.dumps(event.to_json_dict()).decode() for event in events]
+    canonical.append(canonical[0].replace(".000000Z", "Z"))  # the ts is text: any spelling the pattern allows
+    cousins = [
+        canonical[0].replace('"clicked":true', '"clicked":"true"'),  # the scanner reads "true" as a boolean
+        canonical[0].replace('"clicked":true', '"clicked":1'),
+        canonical[0][:-1] + ',"app_id":"app-2"}',  # a duplicate key (the scanner reads the first, pydantic the last)
+        canonical[0][:-1] + ',"extra":NaN}',  # an extra field pydantic ignores but cannot parse
+        canonical[1].replace('"revenue":4.99', '"revenue":NaN'),
+        canonical[1].replace('"revenue":4.99', '"revenue":"4.99"'),
+        canonical[0].replace('"schema_version":1', '"schema_version":1.0'),
+        canonical[0].replace('"user_id":"u-1"', '"user_id":"u\\u002d1"'),  # an escape: same value, other text
+        canonical[0].replace(",", ", "),  # valid, but not the producers' text: left to typed_sql
+        " " + canonical[0],
+    ]
+    folder = tmp_path / "spill's"  # a quote in the work folder's path: the file name is an SQL literal
+    folder.mkdir()
+    rows = scanner_path(canonical + cousins, folder)
+    assert [accepted for _, accepted, *_ in rows] == [True] * len(canonical) + [False] * len(cousins)
+    assert [tuple(extracted) for _, _, *extracted in rows[:4]] == [reference_row(text) for text in canonical]
+
+
+def test_on_a_large_file_read_by_several_threads_both_scans_keep_pythons_lines(tmp_path):
+    """The scans are paired by position and numbered by row_number() OVER (): on a file of many DuckDB blocks read
+    with several threads, row n holds Python's line n, and every good line is proven (but the one after a broken
+    line, which the JSON scanner may read as the rest of it: that line goes on to typed_sql)."""
+    template = orjson.dumps(click("u", "app-1", at(2)).to_json_dict()).decode()
+    texts = [template.replace('"event_id":"', f'"event_id":"n{n}-', 1) for n in range(1, 300_001)]
+    bad = {7, 65_537, 150_001, 299_999}
+    for n in bad:
+        texts[n - 1] = '{"event_id": "broken", "event_type": "click", "ts": '
+    rows = scanner_path(texts, tmp_path, threads=4)
+    assert rows is not None
+    python_lines = split_lines((tmp_path / "unit.jsonl").read_bytes())
+    assert [line for line, *_ in rows] == list(range(1, len(python_lines) + 1))
+    accepted = {line for line, is_accepted, *_ in rows if is_accepted}
+    assert not accepted & bad and set(range(1, len(texts) + 1)) - accepted <= bad | {n + 1 for n in bad}
+    for line, _, event_id, *_ in rows:
+        if line in accepted:
+            assert python_lines[line - 1].startswith(f'{{"event_id":"{event_id}"'.encode()), line
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b"\r\n", id="crlf"),
+    pytest.param(b"\n\n", id="empty-lines"),
+    pytest.param(None, id="leading-empty-line"),
+    pytest.param(b"\n   \n", id="blank-line"),
+    pytest.param(b"\r", id="lone-cr"),
+    pytest.param(b"\x01\n", id="delimiter-byte"),
+    pytest.param(b"\n\x02\n", id="null-string-byte"),
+    pytest.param(b"\n\xff\xfe\n", id="not-utf8"),
+    pytest.param(b"\n" + b'{"event_id":"' + b"x" * (3 << 20) + b'"}\n', id="line-over-the-csv-limit"),
+])
+def test_engines_agree_on_files_the_csv_scanner_cannot_cut_like_python(tmp_path, body):
+    store = make_feedback_store(tmp_path)
+    events = [click(f"u-{n}", "app-1", at(2, hours=n / 10)) for n in range(20)] + [prediction("new:1", at(2))]
+    lines = [orjson.dumps(event.to_json_dict()) for event in events]
+    content = b"\n" + b"\n".join(lines) if body is None else b"\n".join(lines[:10]) + body + b"\n".join(lines[10:])
+    for name, data in (("bom", b"\xef\xbb\xbf" + content), ("odd", content), ("last-line-unended", content.rstrip(b"\n"))):
+        folder = Path(store.feedback) / "2026" / "02" / "27" / "00"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
+
+    reference, engine = run_both(store)
+
+    assert engine["counts"]["good"] > 0
+    assert_same_outputs(store, reference, engine)
 
 
 def test_the_fast_path_accepts_the_canonical_lines_serving_and_the_simulator_write(tmp_path):
