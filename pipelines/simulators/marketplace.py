@@ -26,7 +26,11 @@ with ``window_end = end`` and ``window_days = days``.
 from __future__ import annotations
 
 import gzip
-from collections import Counter, defaultdict
+import multiprocessing
+import os
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -256,14 +260,14 @@ def make_world(apps: int, users: int, seed: int) -> World:
     campaign_count = 1 + rng.poisson(3.0 * popularity * apps / (1.0 + popularity * apps))
     first_campaign = np.concatenate([[0], np.cumsum(campaign_count)[:-1]])
     n_campaigns = int(campaign_count.sum())
-    app_width = max(6, len(str(apps)))
+    app_width, user_width, campaign_width = max(6, len(str(apps))), max(7, len(str(users))), max(6, len(str(n_campaigns)))
     return World(
         app_ids=np.array([f"app-{i:0{app_width}d}" for i in range(apps)]),
         positions=positions.astype(np.float32),
         cluster=cluster,
         genre=genre,
         popularity=popularity,
-        user_ids=np.array([f"user-{i:0{max(7, len(str(users)))}d}" for i in range(users)]),
+        user_ids=np.array([f"user-{i:0{user_width}d}" for i in range(users)]),
         tastes=tastes.astype(np.float32),
         user_clusters=user_clusters,
         user_primary_weight=primary_weight,
@@ -272,7 +276,7 @@ def make_world(apps: int, users: int, seed: int) -> World:
         cluster_app_order=order,
         cluster_cdf_keys=sorted_cluster + within,
         partner_ids=np.array([f"partner-{i:03d}" for i in range(n_partners)]),
-        campaign_ids=np.array([f"cmp-{i:0{max(6, len(str(n_campaigns)))}d}" for i in range(n_campaigns)]),
+        campaign_ids=np.array([f"cmp-{i:0{campaign_width}d}" for i in range(n_campaigns)]),
         campaign_partner=rng.integers(0, n_partners, n_campaigns),
         app_first_campaign=first_campaign,
         app_campaign_count=campaign_count,
@@ -386,7 +390,7 @@ class _PendingLine:
 
 
 class _HourGenerator:
-    """Draws one hour of events (predictions, impressions, conversions) as JSON-ready dicts."""
+    """Draws one hour of events (predictions, impressions, conversions)."""
 
     def __init__(self, world: World, true_top: np.ndarray, end_us: int):
         self.world = world
@@ -402,8 +406,8 @@ class _HourGenerator:
         return w.cluster_app_order[slots]
 
     def generate(self, hour_start_us: int, n_impressions: int, rng: np.random.Generator,
-                 tag: str) -> tuple[list[dict], np.ndarray, Counter]:
-        """Events of one hour and their timestamps (microseconds since the epoch)."""
+                 tag: str) -> tuple["_HourEvents", Counter]:
+        """Events of one hour (with their timestamps, microseconds since the epoch) and their counts."""
         w = self.world
         hour_us = 3_600_000_000
         n_predictions = int(rng.binomial(n_impressions, PREDICTIONS_PER_IMPRESSION))
@@ -443,70 +447,179 @@ class _HourGenerator:
         converted &= conv_ts < self.end_us
         revenue = np.round(w.app_payout[apps] * rng.lognormal(0.0, 0.3, n_impressions), 2)
 
-        events: list[dict] = []
-        pred_ts_text = _iso(pred_ts)
-        for i in range(n_predictions):
-            arm_name, version = ARMS[arm[i]][0], ARMS[arm[i]][1]
-            events.append({
-                "event_id": f"prd-{tag}-{i:06d}", "ts": pred_ts_text[i], "schema_version": SCHEMA_VERSION,
-                "event_type": "prediction", "request_id": request_ids[i],
-                "partner_id": str(w.partner_ids[partners[i]]), "app_id": str(w.app_ids[query[i]]),
-                "model_version": version, "arm": arm_name, "neighbors": w.app_ids[shown[i]].tolist(),
-                "scores": scores[i].tolist(), "predicted_ctr": float(predicted_ctr[i]),
-            })
-        imp_ts_text = _iso(imp_ts)
-        app_ids = w.app_ids[apps].tolist()
-        campaign_ids = w.campaign_ids[campaigns].tolist()
-        partner_ids = w.partner_ids[w.campaign_partner[campaigns]].tolist()
-        user_ids = w.user_ids[users].tolist()
-        clicked_list = clicked.tolist()
-        impression_request = [None] * n_organic + request_ids
-        for i in range(n_impressions):
-            events.append({
-                "event_id": f"clk-{tag}-{i:06d}", "ts": imp_ts_text[i], "schema_version": SCHEMA_VERSION,
-                "event_type": "click", "app_id": app_ids[i], "campaign_id": campaign_ids[i],
-                "partner_id": partner_ids[i], "user_id": user_ids[i], "clicked": clicked_list[i],
-                "request_id": impression_request[i],
-            })
         conversions = np.flatnonzero(converted)
-        conv_ts_text = _iso(conv_ts[conversions])
-        for j, i in enumerate(conversions.tolist()):
-            events.append({
-                "event_id": f"cnv-{tag}-{i:06d}", "ts": conv_ts_text[j], "schema_version": SCHEMA_VERSION,
-                "event_type": "conversion", "app_id": app_ids[i], "campaign_id": campaign_ids[i],
-                "partner_id": partner_ids[i], "user_id": user_ids[i], "converted": True,
-                "revenue": float(revenue[i]), "request_id": impression_request[i],
-            })
+        request_ids = np.array(request_ids, dtype=object)
+        impression_request = np.concatenate([np.full(n_organic, None, dtype=object), request_ids])
+        events = _HourEvents(
+            tag=tag, pred_ts_text=_iso(pred_ts), request_ids=request_ids,
+            pred_partner_ids=w.partner_ids[partners], query_ids=w.app_ids[query],
+            arm_names=np.array([a[0] for a in ARMS])[arm], model_versions=np.array([a[1] for a in ARMS])[arm],
+            shown_ids=w.app_ids[shown], scores=scores, predicted_ctr=predicted_ctr,
+            imp_ts_text=_iso(imp_ts), app_ids=w.app_ids[apps], campaign_ids=w.campaign_ids[campaigns],
+            partner_ids=w.partner_ids[w.campaign_partner[campaigns]], user_ids=w.user_ids[users], clicked=clicked,
+            impression_request=impression_request, conversions=conversions,
+            conv_ts_text=_iso(conv_ts[conversions]), revenue=revenue[conversions],
+            timestamps=np.concatenate([pred_ts, imp_ts, conv_ts[conversions]]),
+        )
         counts = Counter(prediction=n_predictions, click=n_impressions, conversion=len(conversions),
                          clicked=int(clicked.sum()), attributed_clicks=int((clicked & attributed).sum()))
-        timestamps = np.concatenate([pred_ts, imp_ts, conv_ts[conversions]])
-        return events, timestamps, counts
+        return events, counts
+
+
+@dataclass(frozen=True)
+class _HourEvents:
+    """One hour's events as columns, in delivery order: predictions, impressions (click events), conversions.
+
+    ``lines()`` writes every event's JSON line at once; ``event(i)`` is event ``i`` as the dict the
+    producers serialise (what a fault breaks), and its ``_json_line`` is exactly ``lines()[i]`` (tested).
+    """
+
+    tag: str
+    pred_ts_text: list[str]
+    request_ids: np.ndarray          # object: str
+    pred_partner_ids: np.ndarray
+    query_ids: np.ndarray
+    arm_names: np.ndarray
+    model_versions: np.ndarray
+    shown_ids: np.ndarray            # (predictions, NEIGHBORS_PER_PREDICTION)
+    scores: np.ndarray
+    predicted_ctr: np.ndarray
+    imp_ts_text: list[str]
+    app_ids: np.ndarray              # per impression
+    campaign_ids: np.ndarray
+    partner_ids: np.ndarray
+    user_ids: np.ndarray
+    clicked: np.ndarray
+    impression_request: np.ndarray   # object: request id, or None for an organic impression
+    conversions: np.ndarray          # impression index of each conversion
+    conv_ts_text: list[str]
+    revenue: np.ndarray              # per conversion
+    timestamps: np.ndarray           # microseconds, per event
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def event(self, i: int) -> dict:
+        n_predictions, n_impressions = len(self.pred_ts_text), len(self.imp_ts_text)
+        if i < n_predictions:
+            return {
+                "event_id": f"prd-{self.tag}-{i:06d}", "ts": self.pred_ts_text[i], "schema_version": SCHEMA_VERSION,
+                "event_type": "prediction", "request_id": self.request_ids[i],
+                "partner_id": str(self.pred_partner_ids[i]), "app_id": str(self.query_ids[i]),
+                "model_version": int(self.model_versions[i]), "arm": str(self.arm_names[i]),
+                "neighbors": self.shown_ids[i].tolist(), "scores": self.scores[i].tolist(),
+                "predicted_ctr": float(self.predicted_ctr[i]),
+            }
+        i -= n_predictions
+        if i < n_impressions:
+            return {
+                "event_id": f"clk-{self.tag}-{i:06d}", "ts": self.imp_ts_text[i], "schema_version": SCHEMA_VERSION,
+                "event_type": "click", "app_id": str(self.app_ids[i]), "campaign_id": str(self.campaign_ids[i]),
+                "partner_id": str(self.partner_ids[i]), "user_id": str(self.user_ids[i]),
+                "clicked": bool(self.clicked[i]), "request_id": self.impression_request[i],
+            }
+        j = i - n_impressions
+        i = int(self.conversions[j])
+        return {
+            "event_id": f"cnv-{self.tag}-{i:06d}", "ts": self.conv_ts_text[j], "schema_version": SCHEMA_VERSION,
+            "event_type": "conversion", "app_id": str(self.app_ids[i]), "campaign_id": str(self.campaign_ids[i]),
+            "partner_id": str(self.partner_ids[i]), "user_id": str(self.user_ids[i]), "converted": True,
+            "revenue": float(self.revenue[j]), "request_id": self.impression_request[i],
+        }
+
+    def lines(self) -> list[str]:
+        """Every event's JSON line, as ``_json_line(self.event(i))`` would write it, without building the dicts:
+        the ids are plain ASCII, so each value's JSON text is the id in quotes; numbers go through orjson."""
+        tag, version = self.tag, SCHEMA_VERSION
+        lines = [
+            f'{{"event_id":"prd-{tag}-{i:06d}","ts":"{ts}","schema_version":{version},"event_type":"prediction",'
+            f'"request_id":"{request}","partner_id":"{partner}","app_id":"{query}","model_version":{model},'
+            f'"arm":"{arm}","neighbors":["{neighbors}"],"scores":{scores},"predicted_ctr":{ctr}}}'
+            for i, (ts, request, partner, query, model, arm, neighbors, scores, ctr) in enumerate(zip(
+                self.pred_ts_text, self.request_ids.tolist(), self.pred_partner_ids.tolist(), self.query_ids.tolist(),
+                self.model_versions.tolist(), self.arm_names.tolist(),
+                ['","'.join(row) for row in self.shown_ids.tolist()], _json_numbers(self.scores),
+                _json_numbers(self.predicted_ctr)))
+        ]
+        requests = [_JSON_NULL if r is None else f'"{r}"' for r in self.impression_request.tolist()]
+        apps, campaigns = self.app_ids.tolist(), self.campaign_ids.tolist()
+        partners, users = self.partner_ids.tolist(), self.user_ids.tolist()
+        lines += [
+            f'{{"event_id":"clk-{tag}-{i:06d}","ts":"{ts}","schema_version":{version},"event_type":"click",'
+            f'"app_id":"{app}","campaign_id":"{campaign}","partner_id":"{partner}","user_id":"{user}",'
+            f'"clicked":{"true" if clicked else "false"},"request_id":{request}}}'
+            for i, (ts, app, campaign, partner, user, clicked, request) in enumerate(zip(
+                self.imp_ts_text, apps, campaigns, partners, users, self.clicked.tolist(), requests))
+        ]
+        lines += [
+            f'{{"event_id":"cnv-{tag}-{i:06d}","ts":"{ts}","schema_version":{version},"event_type":"conversion",'
+            f'"app_id":"{apps[i]}","campaign_id":"{campaigns[i]}","partner_id":"{partners[i]}","user_id":"{users[i]}",'
+            f'"converted":true,"revenue":{revenue},"request_id":{requests[i]}}}'
+            for i, ts, revenue in zip(self.conversions.tolist(), self.conv_ts_text, _json_numbers(self.revenue))
+        ]
+        return lines
+
+
+_JSON_NULL = "null"
+
+
+def _json_numbers(values: np.ndarray) -> list[str]:
+    """orjson's text of each row (a list) or each value, as it writes them inside an event."""
+    text = orjson.dumps(values.tolist()).decode()
+    if values.ndim == 2:
+        return [f"[{row}]" for row in text[2:-2].split("],[")] if values.size else ["[]"] * len(values)
+    return text[1:-1].split(",") if values.size else []
+
+
+@dataclass(frozen=True)
+class _DrawnHour:
+    """One hour of events as text, with the fault draws made right after them from the hour's generator."""
+
+    lines: list[str]
+    timestamps: np.ndarray
+    counts: Counter
+    faulty: dict[int, tuple[dict, int, float]]  # event index -> (the event, FAULT_KINDS index, draw)
+
+
+def draw_faults(events: "_HourEvents", fault_rate: float, rng: np.random.Generator) -> dict[int, tuple[dict, int, float]]:
+    """Which events a producer bug breaks, how, and the draw that shapes the fault (dicts for those only)."""
+    faulty = rng.random(len(events)) < fault_rate
+    kinds = rng.choice(len(FAULT_KINDS), size=len(events), p=FAULT_WEIGHTS / FAULT_WEIGHTS.sum())
+    draws = rng.random(len(events))
+    return {i: (events.event(i), int(kinds[i]), float(draws[i])) for i in np.flatnonzero(faulty).tolist()}
 
 
 class _FaultInjector:
-    """Turns events into delivered lines, breaking a ``fault_rate`` share of them on purpose."""
+    """Turns events into delivered lines, breaking the drawn ones on purpose (in hour order: the unknown app
+    ids it makes up are numbered across the whole run)."""
 
-    def __init__(self, fault_rate: float, end_us: int):
-        self.fault_rate = fault_rate
+    def __init__(self, end_us: int):
         self.end_us = end_us
         self.unknown_apps = 0
 
-    def deliver(self, events: list[dict], timestamps: np.ndarray, rng: np.random.Generator) -> list[_PendingLine]:
-        faulty = rng.random(len(events)) < self.fault_rate
-        kinds = rng.choice(len(FAULT_KINDS), size=len(events), p=FAULT_WEIGHTS / FAULT_WEIGHTS.sum())
-        draws = rng.random(len(events))
-        delivered: list[_PendingLine] = []
-        for i, (event, ts_us) in enumerate(zip(events, timestamps.tolist())):
-            if not faulty[i]:
-                delivered.append(_PendingLine(ts_us, _json_line(event), None))
-                continue
-            kind = FAULT_KINDS[kinds[i]]
+    def deliver(self, hour: _DrawnHour) -> "_Delivery":
+        if not hour.faulty:
+            return _Delivery(hour.timestamps, hour.lines, {})
+        arrivals, delivered, faults = [], [], {}
+        timestamps, lines = hour.timestamps.tolist(), hour.lines
+        done = 0
+        for i, (event, kind_index, draw) in sorted(hour.faulty.items()):
+            arrivals += timestamps[done:i]
+            delivered += lines[done:i]
+            done = i + 1
+            kind = FAULT_KINDS[kind_index]
             if kind == "unknown_app_id" and event["event_type"] == "prediction":
                 # Only clicks and conversions get unknown apps: a prediction about an app outside the
                 # catalog can be legitimate (cold start from metadata), so it is not a producer fault.
                 kind = "invalid_field"
-            delivered.extend(self._inject(kind, event, ts_us, draws[i]))
-        return delivered
+            for pending in self._inject(kind, event, timestamps[i], draw):
+                if pending.fault is not None:
+                    faults[len(delivered)] = pending.fault
+                arrivals.append(pending.arrival_us)
+                delivered.append(pending.line)
+        arrivals += timestamps[done:]
+        delivered += lines[done:]
+        return _Delivery(np.array(arrivals, dtype=np.int64), delivered, faults)
 
     def _inject(self, kind: str, event: dict, ts_us: int, draw: float) -> list[_PendingLine]:
         event_id, event_type = event["event_id"], event["event_type"]
@@ -540,34 +653,85 @@ class _FaultInjector:
         return [_PendingLine(ts_us, _json_line(broken), fault)]
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    """Delivered lines in delivery order, their arrival times and the faults among them (by position)."""
+
+    arrival_us: np.ndarray
+    lines: list[str]
+    faults: dict[int, tuple[str, str, str]]
+
+    @classmethod
+    def of(cls, pending: list[_PendingLine]) -> "_Delivery":
+        return cls(np.array([p.arrival_us for p in pending], dtype=np.int64), [p.line for p in pending],
+                   {i: p.fault for i, p in enumerate(pending) if p.fault is not None})
+
+
 class _FirehoseWriter:
     """Writes delivered lines to ``feedback/YYYY/MM/DD/HH/`` by arrival hour, one gzip object per hour."""
 
-    def __init__(self, store_uri: str, params: SimulationParameters):
+    def __init__(self, store_uri: str, params: SimulationParameters, background: bool = False):
         self.store_uri = store_uri
         self.params = params
         self.start_us = int(params.start.timestamp() * 1_000_000)
-        self.pending: dict[int, list[_PendingLine]] = defaultdict(list)
+        self.pending: dict[int, list[_Delivery]] = defaultdict(list)
         self.lines_written = 0
         self.files_written = 0
         self.faults: dict[str, list[Any]] = defaultdict(list)
+        # gzip releases the GIL: with ``background`` a thread compresses and writes while the next hour is built.
+        self.compressor = ThreadPoolExecutor(1, thread_name_prefix="gzip") if background else None
+        self.writes: deque[Future] = deque()
 
-    def add(self, lines: list[_PendingLine]) -> None:
-        for pending in lines:
-            self.pending[(pending.arrival_us - self.start_us) // 3_600_000_000].append(pending)
+    def __enter__(self) -> "_FirehoseWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.compressor is not None:
+            self.compressor.shutdown(wait=True)
+            while self.writes:
+                self.writes.popleft().result()  # re-raises a failed write
+
+    def _write(self, relative: str, payload: bytes) -> None:
+        uri = storage.join(self.store_uri, relative)
+        if self.compressor is None:
+            storage.write_bytes(uri, gzip.compress(payload, compresslevel=3, mtime=0))
+            return
+        while len(self.writes) >= 4 or (self.writes and self.writes[0].done()):
+            self.writes.popleft().result()
+        self.writes.append(self.compressor.submit(
+            lambda: storage.write_bytes(uri, gzip.compress(payload, compresslevel=3, mtime=0))))
+
+    def add(self, lines: list[_PendingLine] | _Delivery) -> None:
+        delivery = lines if isinstance(lines, _Delivery) else _Delivery.of(lines)
+        if not delivery.lines:
+            return
+        hours = (delivery.arrival_us - self.start_us) // 3_600_000_000
+        if hours[0] == hours[-1] and (hours == hours[0]).all():
+            self.pending[int(hours[0])].append(delivery)
+            return
+        for hour in np.unique(hours).tolist():
+            rows = np.flatnonzero(hours == hour)
+            position = {row: i for i, row in enumerate(rows.tolist())}
+            self.pending[hour].append(_Delivery(
+                delivery.arrival_us[rows], [delivery.lines[row] for row in rows.tolist()],
+                {position[row]: fault for row, fault in delivery.faults.items() if row in position}))
 
     def flush_hour(self, hour: int) -> None:
-        lines = self.pending.pop(hour, [])
-        if not lines:
+        chunks = self.pending.pop(hour, [])
+        if not chunks:
             return
-        lines.sort(key=lambda p: p.arrival_us)  # stable: a duplicate never precedes its original
+        # Stable: lines with the same arrival keep their delivery order, so a duplicate never precedes its original.
+        order = np.argsort(np.concatenate([c.arrival_us for c in chunks]), kind="stable")
+        lines = [line for c in chunks for line in c.lines]
         hour_start = self.params.start + timedelta(hours=hour)
         relative = layout.feedback_prefix(hour_start) + f"appsim-feedback-1-{hour_start:%Y-%m-%d-%H}-00-00-seed{self.params.seed}.gz"
-        payload = ("\n".join(p.line for p in lines) + "\n").encode()
-        storage.write_bytes(storage.join(self.store_uri, relative), gzip.compress(payload, compresslevel=3, mtime=0))
-        for number, pending in enumerate(lines, start=1):
-            if pending.fault is not None:
-                kind, event_id, event_type = pending.fault
+        self._write(relative, ("\n".join([lines[i] for i in order.tolist()]) + "\n").encode())
+        offsets = np.cumsum([0] + [len(c.lines) for c in chunks])
+        faults = {offset + i: fault for offset, c in zip(offsets.tolist(), chunks) for i, fault in c.faults.items()}
+        if faults:
+            number_of = np.empty(len(order), dtype=np.int64)
+            number_of[order] = np.arange(1, len(order) + 1)
+            for number, (kind, event_id, event_type) in sorted((int(number_of[i]), f) for i, f in faults.items()):
                 for column, value in (("file", relative), ("line", number), ("kind", kind),
                                       ("reason", FAULT_REASON[kind]), ("event_id", event_id),
                                       ("event_type", event_type)):
@@ -578,6 +742,61 @@ class _FirehoseWriter:
     def fault_table(self) -> pd.DataFrame:
         columns = ("file", "line", "kind", "reason", "event_id", "event_type")
         return pd.DataFrame({c: pd.Series(self.faults[c], dtype="int64" if c == "line" else "string") for c in columns})
+
+
+class _DayDrawer:
+    """Draws the days' events; each hour from its own seeded generator, so any process can draw any day."""
+
+    def __init__(self, params: SimulationParameters, generator: _HourGenerator, drifted: _HourGenerator):
+        self.params = params
+        self.generator = generator
+        self.drifted = drifted
+
+    def draw_day(self, day: int) -> list[_DrawnHour]:
+        p = self.params
+        hourly = np.random.default_rng([p.seed, 2, day]).multinomial(p.events_per_day, DIURNAL)
+        generator = self.drifted if day >= p.days - p.drift_days else self.generator
+        drawn = []
+        for hour_of_day in range(24):
+            hour = day * 24 + hour_of_day
+            hour_start = p.start + timedelta(hours=hour)
+            rng = np.random.default_rng([p.seed, 3, hour])
+            events, counts = generator.generate(
+                int(hour_start.timestamp() * 1_000_000), int(hourly[hour_of_day]), rng, f"{hour_start:%Y%m%d%H}")
+            drawn.append(_DrawnHour(events.lines(), events.timestamps, counts, draw_faults(events, p.fault_rate, rng)))
+        return drawn
+
+
+# Below this many impressions in total one process is quicker than starting workers.
+PARALLEL_MIN_IMPRESSIONS = 2_000_000
+_WORKER_DRAWER: _DayDrawer | None = None
+
+
+def _start_worker(drawer: _DayDrawer) -> None:
+    global _WORKER_DRAWER
+    _WORKER_DRAWER = drawer
+
+
+def _draw_day_in_worker(day: int) -> list[_DrawnHour]:
+    return _WORKER_DRAWER.draw_day(day)
+
+
+def _drawn_days(drawer: _DayDrawer, workers: int) -> Iterator[list[_DrawnHour]]:
+    """The days in order, drawn by ``workers`` processes (days are independent; delivery stays in order here).
+    At most two days per worker are in flight, so memory stays flat however long the run."""
+    days = drawer.params.days
+    if workers <= 1:
+        yield from (drawer.draw_day(day) for day in range(days))
+        return
+    # fork: the workers share the world with this process (no copy); they use no OpenMP (FAISS) after it.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                             initargs=(drawer,)) as pool:
+        in_flight = deque(pool.submit(_draw_day_in_worker, day) for day in range(min(days, 2 * workers)))
+        for day in range(len(in_flight), days + len(in_flight)):
+            drawn = in_flight.popleft().result()
+            if day < days:
+                in_flight.append(pool.submit(_draw_day_in_worker, day))
+            yield drawn
 
 
 def _write_parquet(frame: pd.DataFrame, uri: str) -> None:
@@ -613,8 +832,11 @@ def _write_catalog_and_truth(store_uri: str, world: World, seed: int) -> np.ndar
 
 def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day: int, seed: int,
              fault_rate: float, end: datetime, progress: Progress | None = None,
-             overwrite: bool = False, drift_days: int = 0) -> dict:
+             overwrite: bool = False, drift_days: int = 0, workers: int | None = None) -> dict:
     """Generate the catalog, feedback events and ground truth into ``store_uri``; return the summary.
+
+    ``workers`` processes draw the days (default: one per core for large runs, else one); the files are
+    the same whatever the number.
 
     ``events_per_day`` counts ad impressions (click events); conversions and prediction events come
     on top. The summary is also written to ``<store>/ground_truth/simulation.json``. With
@@ -635,22 +857,17 @@ def simulate(store_uri: str, *, apps: int, users: int, days: int, events_per_day
     generator = _HourGenerator(world, true_top, end_us)
     drift_world, drift_categories = drifted_world(world, seed) if drift_days else (world, [])
     drifted = _HourGenerator(drift_world, true_top, end_us) if drift_days else generator
-    injector = _FaultInjector(fault_rate, end_us)
-    writer = _FirehoseWriter(store_uri, params)
+    injector = _FaultInjector(end_us)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if days * events_per_day >= PARALLEL_MIN_IMPRESSIONS else 1
     event_counts: Counter = Counter()
-    for day in range(days):
-        hourly = np.random.default_rng([seed, 2, day]).multinomial(events_per_day, DIURNAL)
-        day_generator = drifted if day >= days - drift_days else generator
-        for hour_of_day in range(24):
-            hour = day * 24 + hour_of_day
-            hour_start = params.start + timedelta(hours=hour)
-            rng = np.random.default_rng([seed, 3, hour])
-            events, timestamps, counts = day_generator.generate(
-                int(hour_start.timestamp() * 1_000_000), int(hourly[hour_of_day]), rng, f"{hour_start:%Y%m%d%H}")
-            event_counts.update(counts)
-            writer.add(injector.deliver(events, timestamps, rng))
-            writer.flush_hour(hour)
-        progress.update(1)
+    with _FirehoseWriter(store_uri, params, background=workers > 1) as writer:
+        for day, drawn_hours in enumerate(_drawn_days(_DayDrawer(params, generator, drifted), workers)):
+            for hour_of_day, drawn in enumerate(drawn_hours):
+                event_counts.update(drawn.counts)
+                writer.add(injector.deliver(drawn))
+                writer.flush_hour(day * 24 + hour_of_day)
+            progress.update(1)
     leftover = sorted(writer.pending)
     if leftover:  # cannot happen: nothing is delivered at or after `end`
         raise AssertionError(f"lines pending for hours {leftover} beyond the window")

@@ -14,7 +14,8 @@ import pytest
 from models import layout, storage
 from models.events import InvalidEvent, parse_line
 from pipelines.simulators.marketplace import (
-    CATEGORIES, FAULT_KINDS, PRICING_MODELS, REGIONS, SimulationError, make_catalog, make_world, simulate,
+    CATEGORIES, FAULT_KINDS, PRICING_MODELS, REGIONS, SimulationError, _HourGenerator, _json_line, make_catalog,
+    make_world, nearest_neighbors, simulate,
 )
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -111,7 +112,7 @@ def test_every_line_is_a_valid_event_or_a_recorded_fault(small_store):
 def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, small_store):
     store, _ = small_store
     again, other = tmp_path / "again", tmp_path / "other"
-    _run(again)
+    _run(again, workers=2)  # the days drawn by two processes: the same bytes as drawn by one
     _run(other, seed=8)
     files = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
@@ -119,6 +120,19 @@ def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, small_store):
     assert (store / "catalog/apps.parquet").read_bytes() != (other / "catalog/apps.parquet").read_bytes()
     first_hour = sorted(p.relative_to(store) for p in (store / "feedback").rglob("*.gz"))[0]
     assert (store / first_hour).read_bytes() != (other / first_hour.as_posix().replace("seed7", "seed8")).read_bytes()
+
+
+def test_event_lines_are_the_producers_json_of_each_event():
+    """The lines written in bulk are, byte for byte, orjson's text of each event as a dict (what faults break)."""
+    world = make_world(400, 800, seed=3)
+    true_top, _ = nearest_neighbors(world.positions)
+    end_us = int(END.timestamp() * 1_000_000)
+    events, counts = _HourGenerator(world, true_top, end_us).generate(
+        end_us - 3_600_000_000, 3000, np.random.default_rng(5), "2026110123")
+    assert counts["prediction"] > 50 and counts["conversion"] > 10 and counts["attributed_clicks"] > 0
+    lines = events.lines()
+    assert len(lines) == len(events) == counts["prediction"] + counts["click"] + counts["conversion"]
+    assert lines == [_json_line(events.event(i)) for i in range(len(events))]
 
 
 def test_ground_truth_neighbours_are_the_exact_latent_top_20(small_store):
