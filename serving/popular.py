@@ -19,14 +19,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from models import storage
 from models.artifact import EMBEDDINGS, ModelArtifact
 from models.predictor import Neighbor, Predictor, check_k
-from steps.export_neighbors import MANIFEST_FILE, NEIGHBORS_FILE
+from steps.export_neighbors import export_manifest, read_neighbors
 
 log = logging.getLogger("appsim.serving.popular")
 
@@ -50,25 +46,18 @@ def most_shown(artifact: ModelArtifact, apps: int) -> list[str]:
 
 def load_popular_table(artifact: ModelArtifact, version: int, export_uri: str, apps: int) -> PopularTable:
     """The exported neighbours of the ``apps`` most-shown apps of ``artifact`` (registered ``version``)."""
-    manifest_uri = storage.join(export_uri, MANIFEST_FILE)
-    if not storage.exists(manifest_uri):
+    try:
+        manifest = export_manifest(export_uri)
+    except FileNotFoundError:
         raise PopularTableError(f"no finished neighbour export at {export_uri}; run `appsim neighbors export "
-                                f"--version {version}` (the server answers from FAISS meanwhile)")
-    manifest = storage.read_json(manifest_uri)
+                                f"--version {version}` (the server answers from FAISS meanwhile)") from None
     checksum = artifact.manifest.get("files", {}).get(EMBEDDINGS)
     if manifest.get("model_version") != version or manifest.get("embeddings_sha256") != checksum:
         raise PopularTableError(
             f"the export at {export_uri} is of version {manifest.get('model_version')} (embeddings "
             f"{str(manifest.get('embeddings_sha256'))[:12]}), not of the served version {version} (embeddings "
             f"{str(checksum)[:12]}); export this version or point APPSIM_NEIGHBORS_URI at its export")
-    wanted = pa.array(most_shown(artifact, apps), pa.string())
-    with storage.open_uri(storage.join(export_uri, NEIGHBORS_FILE)) as handle:
-        parquet = pq.ParquetFile(handle)
-        parts = []
-        for group in range(parquet.num_row_groups):  # one row group at a time: memory stays at one group's
-            table = parquet.read_row_group(group, columns=["app_id", "neighbor_ids", "scores"])
-            parts.append(table.filter(pc.is_in(table["app_id"], value_set=wanted)))
-    found = pa.concat_tables(parts) if parts else pa.table({"app_id": pa.array([], pa.string())})
+    found = read_neighbors(export_uri, most_shown(artifact, apps), ["app_id", "neighbor_ids", "scores"])
     rows = {app_id: [Neighbor(a, s) for a, s in zip(ids, scores)]
             for app_id, ids, scores in zip(*(found[name].to_pylist() for name in ("app_id", "neighbor_ids", "scores")))}
     return PopularTable(int(manifest["k"]), rows, export_uri)

@@ -33,11 +33,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
@@ -189,11 +190,33 @@ def run(store: str, artifact_uri: str, version: int, k: int, *, progress: Progre
     return export(artifact, layout.neighbors_uri(store, version), version, k, progress=progress)
 
 
-def read_export(uri: str) -> tuple[dict[str, Any], pa.Table]:
-    """(manifest, table) of a finished export folder; ``FileNotFoundError`` names an unfinished one."""
+def export_manifest(uri: str) -> dict[str, Any]:
+    """The manifest of a finished export folder; ``FileNotFoundError`` names an unfinished one."""
     manifest_uri = storage.join(uri, MANIFEST_FILE)
     if not storage.exists(manifest_uri):
         raise FileNotFoundError(f"{uri} holds no finished neighbour export (no {MANIFEST_FILE}); "
                                 "run `appsim neighbors export --version N`")
+    return storage.read_json(manifest_uri)
+
+
+def read_neighbors(uri: str, app_ids: Sequence[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+    """An export folder's rows (``columns``, default all); with ``app_ids``, only those apps' rows, read one
+    row group at a time so memory stays at one group's, not the whole export's."""
     with storage.open_uri(storage.join(uri, NEIGHBORS_FILE)) as handle:
-        return storage.read_json(manifest_uri), pq.read_table(handle)
+        if app_ids is None:
+            return pq.read_table(handle, columns=columns)
+        parquet = pq.ParquetFile(handle)
+        wanted = pa.array(list(app_ids), pa.string())
+        parts = []
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=columns)
+            parts.append(table.filter(pc.is_in(table["app_id"], value_set=wanted)))
+        if parts:
+            return pa.concat_tables(parts)
+        empty = parquet.schema_arrow.empty_table()  # an export of no apps has no row group
+        return empty.select(columns) if columns else empty
+
+
+def read_export(uri: str) -> tuple[dict[str, Any], pa.Table]:
+    """(manifest, table) of a finished export folder; ``FileNotFoundError`` names an unfinished one."""
+    return export_manifest(uri), read_neighbors(uri)
