@@ -51,6 +51,12 @@ def load_popular_table(artifact: ModelArtifact, version: int, export_uri: str, a
     except FileNotFoundError:
         raise PopularTableError(f"no finished neighbour export at {export_uri}; run `appsim neighbors export "
                                 f"--version {version}` (the server answers from FAISS meanwhile)") from None
+    except ValueError as error:  # a truncated or hand-edited manifest
+        raise PopularTableError(f"the neighbour export's manifest at {export_uri} is not JSON ({error}); "
+                                f"export version {version} again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("k"), int) or manifest["k"] < 1:
+        raise PopularTableError(f"the neighbour export's manifest at {export_uri} has no positive k; "
+                                f"export version {version} again")
     checksum = artifact.manifest.get("files", {}).get(EMBEDDINGS)
     if manifest.get("model_version") != version or manifest.get("embeddings_sha256") != checksum:
         raise PopularTableError(
@@ -60,7 +66,7 @@ def load_popular_table(artifact: ModelArtifact, version: int, export_uri: str, a
     found = read_neighbors(export_uri, most_shown(artifact, apps), ["app_id", "neighbor_ids", "scores"])
     rows = {app_id: [Neighbor(a, s) for a, s in zip(ids, scores)]
             for app_id, ids, scores in zip(*(found[name].to_pylist() for name in ("app_id", "neighbor_ids", "scores")))}
-    return PopularTable(int(manifest["k"]), rows, export_uri)
+    return PopularTable(manifest["k"], rows, export_uri)
 
 
 class TablePredictor(Predictor):

@@ -3,6 +3,8 @@ only for the served model's own export, and off unless asked for."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -71,3 +73,26 @@ def test_popular_apps_need_an_export_folder_when_there_is_no_store(tmp_path):
                                   "APPSIM_NEIGHBORS_URI": str(tmp_path / "neighbors")})
     assert settings.neighbors_export_uri(3) == str(tmp_path / "neighbors")
     assert ServingSettings(store=str(tmp_path)).neighbors_export_uri(3) is None
+
+
+def test_a_damaged_export_leaves_the_version_served_from_faiss(store, tmp_path):
+    folder, artifact = store
+    uri = artifact.save_tarball(str(tmp_path / "model.tar.gz"))
+    export_uri = layout.neighbors_uri(str(folder), 1)
+    manifest, parquet = (Path(folder) / "neighbors" / "v1" / name for name in ("manifest.json", "neighbors.parquet"))
+    original_manifest, original_parquet = manifest.read_bytes(), parquet.read_bytes()
+    damages = [(lambda: manifest.write_bytes(original_manifest[:20]), "is not JSON"),
+               (lambda: manifest.write_text("[1, 2]"), "has no positive k"),
+               (lambda: parquet.write_bytes(original_parquet[: len(original_parquet) // 2]), "")]
+    try:
+        for damage, reason in damages:
+            manifest.write_bytes(original_manifest)
+            parquet.write_bytes(original_parquet)
+            damage()
+            model = load_model(1, uri, POPULAR, export_uri)
+            assert type(model.predictor) is Predictor, reason
+            assert model.popular_table["error"] and reason in model.popular_table["error"]
+            assert model.predictor.similar(artifact.app_ids[0], 3)  # still answers, from FAISS
+    finally:  # the module's store is shared with the other tests
+        manifest.write_bytes(original_manifest)
+        parquet.write_bytes(original_parquet)
