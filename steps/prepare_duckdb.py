@@ -26,7 +26,7 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import duckdb
 import numpy as np
@@ -323,17 +323,24 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     for reason, source, line, raw in _rows(con, prepare_sql.kept_rows_sql("classified")):
         file_index, file_line = units[source].locate(line - 1)
         kept.add(reason, None, files[file_index], file_line, raw)
+    users = int(con.execute(prepare_sql.users_sql("classified")).fetchone()[0])
+    # The results as Arrow (compact), then ``classified`` dropped, then the pandas copies made: Python's objects
+    # (millions of interaction ids at scale) never sit beside a full buffer pool.
+    results = {part: {name: con.execute(sql).to_arrow_table()
+                      for name, sql in split_queries(holdout, use_attributed_clicks).items()}
+               for part, holdout in SPLITS.items()}
+    con.execute("DROP TABLE classified")
 
     def total(outcome: str) -> int:
         return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
 
-    splits = {part: split_result(lambda sql: con.execute(sql).fetch_df(), outcomes, holdout, use_attributed_clicks)
-              for part, holdout in (("train", False), ("holdout", True))}
+    splits = {part: split_result({name: table.to_pandas() for name, table in results.pop(part).items()}, outcomes,
+                                 SPLITS[part])
+              for part in SPLITS}
     lines_read = sum(lines_per_file.values()) + len(bad_files)
     return EngineResult(
         lines_read=lines_read, duplicates=total("duplicate"), before_window=total("before_window"),
-        after_window=total("after_window"), kept_reasons=dict(kept.reasons),
-        users=int(con.execute(prepare_sql.users_sql("classified")).fetchone()[0]),
+        after_window=total("after_window"), kept_reasons=dict(kept.reasons), users=users,
         lines_per_file=lines_per_file, splits=splits, bad_files=bad_files,
     )
 
@@ -390,20 +397,31 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 65_536):
         yield from zip(*(column.to_pylist() for column in batch.columns))
 
 
-def split_result(fetch: Callable[[str], pd.DataFrame], outcomes: pd.DataFrame, holdout: bool,
-                 use_attributed_clicks: bool) -> SplitResult:
-    """One split's results from the read-only queries on ``classified``; ``fetch`` runs a statement of
-    steps/prepare_sql.py on an engine (here DuckDB; the Spark engine transpiles it first)."""
-    pairs = fetch(prepare_sql.interactions_sql(holdout, use_attributed_clicks, "classified"))
+SPLITS = {"train": False, "holdout": True}  # split name -> the ``holdout`` value of its rows
+
+
+def split_queries(holdout: bool, use_attributed_clicks: bool) -> dict[str, str]:
+    """The read-only statements of steps/prepare_sql.py on ``classified`` that one split's results come from, by
+    the name ``split_result`` reads them under (an engine runs them: DuckDB as is, Spark transpiled)."""
+    return {
+        "pairs": prepare_sql.interactions_sql(holdout, use_attributed_clicks, "classified"),
+        "totals": prepare_sql.app_totals_sql(holdout, "classified"),
+        "revenue": prepare_sql.revenue_rows_sql(holdout, "classified"),
+        "positives": prepare_sql.positive_counts_sql(holdout, "classified"),
+    }
+
+
+def split_result(frames: dict[str, pd.DataFrame], outcomes: pd.DataFrame, holdout: bool) -> SplitResult:
+    """One split's results from the frames of ``split_queries`` and the outcome counts."""
+    pairs = frames["pairs"]
     interactions = interactions_frame(
         pairs["user_id"].to_numpy(object), pairs["app_id"].to_numpy(object),
         pairs["clicks"].to_numpy(), pairs["conversions"].to_numpy(),
         pairs["first_ts_us"].to_numpy(), pairs["last_ts_us"].to_numpy())
-    totals = fetch(prepare_sql.app_totals_sql(holdout, "classified"))
-    revenue = fetch(prepare_sql.revenue_rows_sql(holdout, "classified"))
+    totals, revenue = frames["totals"], frames["revenue"]
     codes = pd.Index(totals["app_id"]).get_indexer(revenue["app_id"])
     totals["revenue"] = np.bincount(codes, weights=revenue["revenue"].to_numpy(np.float64), minlength=len(totals))
-    positives, attributed_positives = fetch(prepare_sql.positive_counts_sql(holdout, "classified")).iloc[0]
+    positives, attributed_positives = frames["positives"].iloc[0]
     good = outcomes[(outcomes["outcome"] == "good") & (outcomes["holdout"] == holdout)]
     by_kind = good.groupby("kind")["n"].sum()
     return SplitResult(

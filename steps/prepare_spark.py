@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from models.events import InvalidEvent, parse_line
 from models.progress import Progress
 from steps import prepare_sql
-from steps.prepare_duckdb import file_lines, split_result
+from steps.prepare_duckdb import SPLITS, file_lines, split_queries, split_result
 from steps.prepare_io import BadFile, EngineResult, RecordWriter, Window
 
 if TYPE_CHECKING:
@@ -187,11 +187,10 @@ def _read(spark: "SparkSession", records: "DataFrame", files: Sequence[str], win
         def total(outcome: str) -> int:
             return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
 
-        def fetch(duckdb_sql: str) -> pd.DataFrame:
-            return spark.sql(spark_sql(duckdb_sql)).toPandas()
-
-        splits = {part: split_result(fetch, outcomes, holdout, use_attributed_clicks)
-                  for part, holdout in (("train", False), ("holdout", True))}
+        splits = {part: split_result({name: spark.sql(spark_sql(sql)).toPandas()
+                                      for name, sql in split_queries(holdout, use_attributed_clicks).items()},
+                                     outcomes, holdout)
+                  for part, holdout in SPLITS.items()}
         users = int(spark.sql(spark_sql(prepare_sql.users_sql("classified"))).first()[0])
     finally:
         classified.unpersist()

@@ -385,15 +385,27 @@ def events_sql(typed_relation: str = "typed", slow_relation: str = "slow_events"
 
 def classified_sql(start_us: int, end_us: int, cut_us: int, events_relation: str = "events",
                    catalog_relation: str = "catalog") -> str:
-    """Each valid event's outcome (first of OUTCOMES that applies, in the reference's order) and split."""
+    """Each valid event's outcome (first of OUTCOMES that applies, in the reference's order) and split.
+
+    Most event ids are unique, so only the rows whose id *hash* occurs more than once (a hash aggregate:
+    the retried ids and a few collisions) are ordered by (source, line) within their event_id; a window
+    over every row would sort them all, every column with them. A collision only adds rows that are then
+    the first of their own event_id. (source, line) names one row."""
     return f"""
-WITH numbered AS (
-    SELECT e.*, c.app_id IS NOT NULL AS in_catalog,
-           row_number() OVER (PARTITION BY e.event_id ORDER BY e.source, e.line) AS occurrence
+WITH repeated AS (
+    SELECT hash(event_id) AS id_hash FROM {events_relation} GROUP BY hash(event_id) HAVING count(*) > 1
+), later AS (
+    SELECT source, line FROM (
+        SELECT e.source, e.line, row_number() OVER (PARTITION BY e.event_id ORDER BY e.source, e.line) AS occurrence
+        FROM {events_relation} e JOIN repeated r ON hash(e.event_id) = r.id_hash
+    ) candidates WHERE occurrence > 1
+), numbered AS (
+    SELECT e.*, c.app_id IS NOT NULL AS in_catalog, d.line IS NOT NULL AS later_copy
     FROM {events_relation} e LEFT JOIN {catalog_relation} c ON e.app_id = c.app_id
+         LEFT JOIN later d ON e.source = d.source AND e.line = d.line
 )
 SELECT source, line, kind, ts_us, app_id, user_id, positive, attributed, revenue,
-       CASE WHEN occurrence > 1 THEN 'duplicate'
+       CASE WHEN later_copy THEN 'duplicate'
             WHEN ts_us < {start_us} THEN 'before_window'
             WHEN ts_us >= {end_us} THEN 'after_window'
             WHEN NOT in_catalog THEN 'kept'
@@ -401,7 +413,7 @@ SELECT source, line, kind, ts_us, app_id, user_id, positive, attributed, revenue
        CASE WHEN kind = {PREDICTION} AND starts_with(app_id, '{COLD_START_PREFIX}') THEN '{KEPT_REASONS[0]}'
             ELSE '{KEPT_REASONS[1]}' END AS kept_reason,
        ts_us >= {cut_us} AS holdout,
-       CASE WHEN occurrence = 1 AND ts_us >= {start_us} AND ts_us < {end_us} AND NOT in_catalog THEN raw END AS raw
+       CASE WHEN NOT later_copy AND ts_us >= {start_us} AND ts_us < {end_us} AND NOT in_catalog THEN raw END AS raw
 FROM numbered
 """
 
