@@ -326,17 +326,15 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     users = int(con.execute(prepare_sql.users_sql("classified")).fetchone()[0])
     # The results as Arrow (compact), then ``classified`` dropped, then the pandas copies made: Python's objects
     # (millions of interaction ids at scale) never sit beside a full buffer pool.
-    results = {part: {name: con.execute(sql).to_arrow_table()
-                      for name, sql in split_queries(holdout, use_attributed_clicks).items()}
-               for part, holdout in SPLITS.items()}
+    results = {name: con.execute(sql).to_arrow_table() for name, sql in split_queries(use_attributed_clicks).items()}
     con.execute("DROP TABLE classified")
+    frames = {name: results.pop(name).to_pandas() for name in list(results)}
+    splits = {part: split_result(frames, outcomes, holdout) for part, holdout in SPLITS.items()}
+    del frames
 
     def total(outcome: str) -> int:
         return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
 
-    splits = {part: split_result({name: table.to_pandas() for name, table in results.pop(part).items()}, outcomes,
-                                 SPLITS[part])
-              for part in SPLITS}
     lines_read = sum(lines_per_file.values()) + len(bad_files)
     return EngineResult(
         lines_read=lines_read, duplicates=total("duplicate"), before_window=total("before_window"),
@@ -400,32 +398,33 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 65_536):
 SPLITS = {"train": False, "holdout": True}  # split name -> the ``holdout`` value of its rows
 
 
-def split_queries(holdout: bool, use_attributed_clicks: bool) -> dict[str, str]:
-    """The read-only statements of steps/prepare_sql.py on ``classified`` that one split's results come from, by
+def split_queries(use_attributed_clicks: bool) -> dict[str, str]:
+    """The read-only statements of steps/prepare_sql.py on ``classified`` that the splits' results come from, by
     the name ``split_result`` reads them under (an engine runs them: DuckDB as is, Spark transpiled)."""
     return {
-        "pairs": prepare_sql.interactions_sql(holdout, use_attributed_clicks, "classified"),
-        "totals": prepare_sql.app_totals_sql(holdout, "classified"),
-        "revenue": prepare_sql.revenue_rows_sql(holdout, "classified"),
-        "positives": prepare_sql.positive_counts_sql(holdout, "classified"),
+        "pairs": prepare_sql.interactions_sql(use_attributed_clicks, "classified"),
+        "totals": prepare_sql.app_totals_sql("classified"),
+        "revenue": prepare_sql.revenue_rows_sql("classified"),
+        "positives": prepare_sql.positive_counts_sql("classified"),
     }
 
 
 def split_result(frames: dict[str, pd.DataFrame], outcomes: pd.DataFrame, holdout: bool) -> SplitResult:
-    """One split's results from the frames of ``split_queries`` and the outcome counts."""
-    pairs = frames["pairs"]
+    """One split's results: its rows of the ``split_queries`` frames (both splits') and of the outcome counts."""
+    pairs, totals, revenue, positives = (frame[frame["holdout"] == holdout].drop(columns="holdout")
+                                         for frame in (frames[name] for name in ("pairs", "totals", "revenue", "positives")))
     interactions = interactions_frame(
         pairs["user_id"].to_numpy(object), pairs["app_id"].to_numpy(object),
         pairs["clicks"].to_numpy(), pairs["conversions"].to_numpy(),
         pairs["first_ts_us"].to_numpy(), pairs["last_ts_us"].to_numpy())
-    totals, revenue = frames["totals"], frames["revenue"]
+    totals = totals.reset_index(drop=True)
     codes = pd.Index(totals["app_id"]).get_indexer(revenue["app_id"])
     totals["revenue"] = np.bincount(codes, weights=revenue["revenue"].to_numpy(np.float64), minlength=len(totals))
-    positives, attributed_positives = frames["positives"].iloc[0]
     good = outcomes[(outcomes["outcome"] == "good") & (outcomes["holdout"] == holdout)]
     by_kind = good.groupby("kind")["n"].sum()
     return SplitResult(
         interactions=interactions, app_totals=totals,
         events_by_type={name: int(by_kind.get(code, 0)) for code, name in enumerate(EVENT_TYPES)},
-        positives=int(positives), attributed_positives=int(attributed_positives),
+        positives=int(positives["positives"].sum()),
+        attributed_positives=int(positives["attributed_positives"].sum()),
     )

@@ -429,41 +429,45 @@ def users_sql(relation: str = "classified") -> str:
     return f"SELECT count(DISTINCT user_id) AS users FROM {relation} WHERE outcome = 'good' AND kind <> {PREDICTION}"
 
 
-def positive_counts_sql(holdout: bool, relation: str = "classified") -> str:
-    """Co-engagement positives of one split, and how many came from our own recommendations."""
-    return (f"SELECT count(*) AS positives, coalesce(count_if(attributed), 0) AS attributed_positives FROM {relation} "
-            f"WHERE outcome = 'good' AND holdout = {str(holdout).lower()} AND positive AND kind <> {PREDICTION}")
+# The split's read-only queries each run once for both splits: ``holdout`` leads every row (and the order), and
+# the engine cuts the result in two (steps.prepare_duckdb.split_result). One scan of ``classified`` each, not two.
+
+def positive_counts_sql(relation: str = "classified") -> str:
+    """Per split: co-engagement positives, and how many came from our own recommendations (no row: none)."""
+    return (f"SELECT holdout, count(*) AS positives, coalesce(count_if(attributed), 0) AS attributed_positives "
+            f"FROM {relation} WHERE outcome = 'good' AND positive AND kind <> {PREDICTION} GROUP BY holdout")
 
 
-def interactions_sql(holdout: bool, use_attributed_clicks: bool, relation: str = "classified") -> str:
-    """One row per (user_id, app_id) with a positive in the split, sorted by (user_id, app_id)."""
+def interactions_sql(use_attributed_clicks: bool, relation: str = "classified") -> str:
+    """One row per (split, user_id, app_id) with a positive in the split, sorted by (holdout, user_id, app_id)."""
     attributed = "" if use_attributed_clicks else "AND NOT attributed"
     return f"""
-SELECT user_id, app_id, count_if(kind = {CLICK}) AS clicks, count_if(kind = {CONVERSION}) AS conversions,
+SELECT holdout, user_id, app_id, count_if(kind = {CLICK}) AS clicks, count_if(kind = {CONVERSION}) AS conversions,
        min(ts_us) AS first_ts_us, max(ts_us) AS last_ts_us
 FROM {relation}
-WHERE outcome = 'good' AND holdout = {str(holdout).lower()} AND positive AND kind <> {PREDICTION} {attributed}
-GROUP BY user_id, app_id
-ORDER BY user_id, app_id
+WHERE outcome = 'good' AND positive AND kind <> {PREDICTION} {attributed}
+GROUP BY holdout, user_id, app_id
+ORDER BY holdout, user_id, app_id
 """
 
 
-def app_totals_sql(holdout: bool, relation: str = "classified") -> str:
-    """Per app seen in the split (an impression or a conversion event): integer totals, sorted by app_id."""
+def app_totals_sql(relation: str = "classified") -> str:
+    """Per (split, app) seen in the split (an impression or a conversion event): integer totals, sorted by
+    (holdout, app_id)."""
     return f"""
-SELECT app_id, count_if(kind = {CLICK}) AS impressions, count_if(kind = {CLICK} AND positive) AS clicks,
+SELECT holdout, app_id, count_if(kind = {CLICK}) AS impressions, count_if(kind = {CLICK} AND positive) AS clicks,
        count_if(kind = {CONVERSION} AND positive) AS conversions
 FROM {relation}
-WHERE outcome = 'good' AND holdout = {str(holdout).lower()} AND kind <> {PREDICTION}
-GROUP BY app_id
-ORDER BY app_id
+WHERE outcome = 'good' AND kind <> {PREDICTION}
+GROUP BY holdout, app_id
+ORDER BY holdout, app_id
 """
 
 
-def revenue_rows_sql(holdout: bool, relation: str = "classified") -> str:
-    """(app_id, revenue) of the split's conversions in arrival order: summed in that order, the floating-point
-    totals are the reference's to the last bit."""
-    return (f"SELECT app_id, revenue FROM {relation} WHERE outcome = 'good' AND holdout = {str(holdout).lower()} "
+def revenue_rows_sql(relation: str = "classified") -> str:
+    """(holdout, app_id, revenue) of the conversions in arrival order: summed in that order per split, the
+    floating-point totals are the reference's to the last bit."""
+    return (f"SELECT holdout, app_id, revenue FROM {relation} WHERE outcome = 'good' "
             f"AND kind = {CONVERSION} AND positive ORDER BY source, line")
 
 
