@@ -384,20 +384,21 @@ def events_sql(typed_relation: str = "typed", slow_relation: str = "slow_events"
 
 
 def classified_sql(start_us: int, end_us: int, cut_us: int, events_relation: str = "events",
-                   catalog_relation: str = "catalog") -> str:
+                   catalog_relation: str = "catalog", id_bucket: str = "hash(event_id)") -> str:
     """Each valid event's outcome (first of OUTCOMES that applies, in the reference's order) and split.
 
     Most event ids are unique, so only the rows whose id *hash* occurs more than once (a hash aggregate:
     the retried ids and a few collisions) are ordered by (source, line) within their event_id; a window
     over every row would sort them all, every column with them. A collision only adds rows that are then
-    the first of their own event_id. (source, line) names one row."""
+    the first of their own event_id (``id_bucket``, an expression of event_id, may be any function of it).
+    (source, line) names one row."""
     return f"""
 WITH repeated AS (
-    SELECT hash(event_id) AS id_hash FROM {events_relation} GROUP BY hash(event_id) HAVING count(*) > 1
+    SELECT {id_bucket} AS bucket FROM {events_relation} GROUP BY {id_bucket} HAVING count(*) > 1
 ), later AS (
     SELECT source, line FROM (
         SELECT e.source, e.line, row_number() OVER (PARTITION BY e.event_id ORDER BY e.source, e.line) AS occurrence
-        FROM {events_relation} e JOIN repeated r ON hash(e.event_id) = r.id_hash
+        FROM (SELECT *, {id_bucket} AS bucket FROM {events_relation}) e JOIN repeated r ON e.bucket = r.bucket
     ) candidates WHERE occurrence > 1
 ), numbered AS (
     SELECT e.*, c.app_id IS NOT NULL AS in_catalog, d.line IS NOT NULL AS later_copy

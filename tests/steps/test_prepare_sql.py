@@ -55,3 +55,35 @@ def test_common_fields_are_the_models_and_the_event_id_limit_is_theirs():
     for model in prepare_sql.EVENT_MODELS.values():
         assert set(prepare_sql.COMMON_FIELDS) <= set(model.model_fields)
     assert f"BETWEEN 1 AND {MAX_EVENT_ID_LENGTH}" in prepare_sql.typed_sql()
+
+
+@pytest.mark.parametrize("id_bucket", ["hash(event_id)", "length(event_id)", "left(event_id, 0)"], ids=["hash", "coarse", "one"])
+def test_dedupe_keeps_the_first_copy_by_arrival_whatever_the_id_buckets_collide(id_bucket):
+    """classified_sql orders only the rows whose id bucket repeats: buckets shared by many distinct ids (a coarse
+    bucket, or one bucket for all) must give the same outcomes as the hash, and as a first-seen set in arrival
+    order (the reference's rule)."""
+    import duckdb
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    rows = [(int(source), int(line), f"e-{int(rng.integers(0, 400))}", 1, 10 + int(rng.integers(0, 80)), "app-1", "u",
+             True, False, 0.0, None)
+            for source, line in sorted({(int(rng.integers(0, 4)), int(rng.integers(1, 500))) for _ in range(300)})]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE events (source INTEGER, line BIGINT, event_id VARCHAR, kind TINYINT, ts_us BIGINT, "
+                "app_id VARCHAR, user_id VARCHAR, positive BOOLEAN, attributed BOOLEAN, revenue DOUBLE, raw VARCHAR)")
+    con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.execute("CREATE TABLE catalog AS SELECT 'app-1' AS app_id")
+
+    sql = prepare_sql.classified_sql(20, 80, 60, "events", "catalog", id_bucket=id_bucket)
+    outcomes = dict(((source, line), outcome) for source, line, outcome in
+                    con.execute(f"SELECT source, line, outcome FROM ({sql})").fetchall())
+
+    seen: set[str] = set()
+    expected = {}
+    for source, line, event_id, _, ts_us, *_ in rows:  # rows are in arrival order
+        expected[(source, line)] = ("duplicate" if event_id in seen else "before_window" if ts_us < 20
+                                    else "after_window" if ts_us >= 80 else "good")
+        seen.add(event_id)
+    assert outcomes == expected
+    assert 0 < sum(outcome == "duplicate" for outcome in expected.values()) < len(rows) / 2
