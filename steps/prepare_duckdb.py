@@ -324,11 +324,18 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
         file_index, file_line = units[source].locate(line - 1)
         kept.add(reason, None, files[file_index], file_line, raw)
     users = int(con.execute(prepare_sql.users_sql("classified")).fetchone()[0])
-    # The results as Arrow (compact), then ``classified`` dropped, then the pandas copies made: Python's objects
-    # (millions of interaction ids at scale) never sit beside a full buffer pool.
-    results = {name: con.execute(sql).to_arrow_table() for name, sql in split_queries(use_attributed_clicks).items()}
+    # The results first become tables inside DuckDB's memory limit, ``classified`` is dropped, and only then are
+    # they fetched: Python's copies (millions of interaction ids at scale) never sit beside a full buffer pool.
+    # Insertion order is kept, so each result table holds its query's ORDER BY.
+    con.execute("SET preserve_insertion_order = true")
+    queries = split_queries(use_attributed_clicks)
+    for name, sql in queries.items():
+        con.execute(f"CREATE TABLE result_{name} AS {sql}")
     con.execute("DROP TABLE classified")
-    frames = {name: results.pop(name).to_pandas() for name in list(results)}
+    frames = {}
+    for name in queries:
+        frames[name] = con.execute(f"SELECT * FROM result_{name}").fetch_df()
+        con.execute(f"DROP TABLE result_{name}")
     splits = {part: split_result(frames, outcomes, holdout) for part, holdout in SPLITS.items()}
     del frames
 
