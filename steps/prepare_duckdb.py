@@ -418,8 +418,8 @@ def split_queries(use_attributed_clicks: bool) -> dict[str, str]:
 
 def split_result(frames: dict[str, pd.DataFrame], outcomes: pd.DataFrame, holdout: bool) -> SplitResult:
     """One split's results: its rows of the ``split_queries`` frames (both splits') and of the outcome counts."""
-    pairs, totals, revenue, positives = (frame[frame["holdout"] == holdout].drop(columns="holdout")
-                                         for frame in (frames[name] for name in ("pairs", "totals", "revenue", "positives")))
+    pairs, totals, revenue, positives = (frames[name][frames[name]["holdout"] == holdout].drop(columns="holdout")
+                                         for name in ("pairs", "totals", "revenue", "positives"))
     interactions = interactions_frame(
         pairs["user_id"].to_numpy(object), pairs["app_id"].to_numpy(object),
         pairs["clicks"].to_numpy(), pairs["conversions"].to_numpy(),

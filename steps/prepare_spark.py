@@ -187,7 +187,8 @@ def _read(spark: "SparkSession", records: "DataFrame", files: Sequence[str], win
         def total(outcome: str) -> int:
             return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
 
-        frames = {name: spark.sql(spark_sql(sql)).toPandas() for name, sql in split_queries(use_attributed_clicks).items()}
+        frames = {name: spark.sql(spark_sql(sql)).toPandas()
+                  for name, sql in split_queries(use_attributed_clicks).items()}
         splits = {part: split_result(frames, outcomes, holdout) for part, holdout in SPLITS.items()}
         users = int(spark.sql(spark_sql(prepare_sql.users_sql("classified"))).first()[0])
     finally:

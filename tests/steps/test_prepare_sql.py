@@ -1,10 +1,12 @@
-"""The SQL fast path's field rules are models/events.py's, field by field."""
+"""The SQL fast path's field rules are models/events.py's, field by field; the dedupe keeps the first copy of an id."""
 
 from __future__ import annotations
 
 import types
 import typing
 
+import duckdb
+import numpy as np
 import pytest
 
 from models.events import MAX_EVENT_ID_LENGTH, MAX_ID_LENGTH
@@ -57,14 +59,12 @@ def test_common_fields_are_the_models_and_the_event_id_limit_is_theirs():
     assert f"BETWEEN 1 AND {MAX_EVENT_ID_LENGTH}" in prepare_sql.typed_sql()
 
 
-@pytest.mark.parametrize("id_bucket", ["hash(event_id)", "length(event_id)", "left(event_id, 0)"], ids=["hash", "coarse", "one"])
+@pytest.mark.parametrize("id_bucket", ["hash(event_id)", "length(event_id)", "left(event_id, 0)"],
+                         ids=["hash", "coarse", "one"])
 def test_dedupe_keeps_the_first_copy_by_arrival_whatever_the_id_buckets_collide(id_bucket):
     """classified_sql orders only the rows whose id bucket repeats: buckets shared by many distinct ids (a coarse
     bucket, or one bucket for all) must give the same outcomes as the hash, and as a first-seen set in arrival
     order (the reference's rule)."""
-    import duckdb
-    import numpy as np
-
     rng = np.random.default_rng(5)
     rows = [(int(source), int(line), f"e-{int(rng.integers(0, 400))}", 1, 10 + int(rng.integers(0, 80)), "app-1", "u",
              True, False, 0.0, None)
