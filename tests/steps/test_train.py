@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.baselines import embedding_rankings
 from models import dataset, storage
 from models.artifact import EMBEDDINGS, ModelArtifact
-from models.embedding import TRAINER_NAME, TrainingDataError
+from models.embedding import TRAINER_NAME, TrainingDataError, asymmetric_vectors, popularity_weights
 from models.features import MetadataEncoder
 from models.progress import Progress
 from steps import train
@@ -193,6 +194,35 @@ def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
     assert train.candidate_dimensions(64, 200_000) == []
     assert train.candidate_dimensions(64, 300) == [128, 256]  # never more dimensions than apps
     assert train.candidate_dimensions(16, 5_000) == []  # a small model asked for is kept small
+
+
+def test_top_k_excluding_lists_the_largest_scores_best_first_without_the_row_itself():
+    rng = np.random.default_rng(3)
+    for rows, columns, k in ((40, 5_000, 10), (6, 12, 10), (3, 4, 3)):
+        scores = rng.integers(0, 6, size=(rows, columns)).astype(np.float32)  # many ties: the lower column first
+        own = rng.integers(0, columns, size=rows)
+        expected = [[column for column in np.lexsort((np.arange(columns), -row)) if column != skip][:k]
+                    for row, skip in zip(scores, own)]
+        assert train.top_k_excluding(scores.copy(), own, k).tolist() == expected
+
+
+def test_weighted_rankings_rank_as_the_served_vectors_do():
+    rng = np.random.default_rng(5)
+    apps = [f"app{i:04d}" for i in range(3_000)]
+    factors = rng.standard_normal((len(apps), 12))
+    factors[7] = 0.0  # an app the fit part never saw: scores 0 against every query
+    degrees = rng.integers(0, 50, len(apps)).astype(float)
+    queries = [apps[i] for i in rng.integers(8, len(apps), 500)] + ["not-in-the-catalog"]
+    exponents = (0.0, 0.5, 1.0)
+    rankings = train.weighted_rankings(apps, queries, factors, [popularity_weights(degrees, t) for t in exponents])
+    for exponent, ranking in zip(exponents, rankings):
+        query_side, item_side = asymmetric_vectors(factors * popularity_weights(degrees, exponent)[:, None])
+        served = embedding_rankings("served", apps, query_side, queries, train.K, item_side)
+        assert ranking.shape == served.rankings.shape == (len(queries), train.K)
+        assert (ranking[:, 0] == served.rankings[:, 0]).all()
+        assert (np.sort(ranking, axis=1) == np.sort(served.rankings, axis=1)).all()
+        assert (ranking[-1] == -1).all()  # an unknown query app is never ranked
+    assert not (rankings[0] == rankings[2]).all()  # the weighting changes the neighbours
 
 
 def test_without_validation_queries_the_defaults_are_kept_and_the_reason_recorded():
