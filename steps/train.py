@@ -103,16 +103,25 @@ def top_k_excluding(scores: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """Per row of ``scores``, the columns of its ``k`` largest scores, best first (ties: the lower column), never the
     row's ``own`` column (``scores`` is overwritten there with -inf).
 
-    A row's k-th largest of the maxima over column chunks bounds its k-th largest score from below (those maxima are k
-    different cells), so only the few cells at or above it are sorted: about a quarter of ``np.argpartition``'s time
-    over 200K columns.
+    A row's k-th largest of its maxima over column chunks bounds its k-th largest score from below (those maxima are k
+    different cells), so only the chunks reaching that bound are read again and only their cells at or above it
+    sorted: a sixth of ``np.argpartition``'s time over 200K columns.
     """
     rows_count, columns = scores.shape
     scores[np.arange(rows_count), own] = -np.inf
-    chunk_maxima = np.maximum.reduceat(scores, np.arange(0, columns, max(1, columns // (32 * k))), axis=1)
-    threshold = np.partition(chunk_maxima, chunk_maxima.shape[1] - k, axis=1)[:, chunk_maxima.shape[1] - k]
-    rows, cols = np.nonzero(scores >= threshold[:, None])
-    order = np.lexsort((cols, -scores[rows, cols], rows))
+    width = max(1, columns // (32 * k))
+    starts = np.arange(0, columns, width)
+    chunk_maxima = np.maximum.reduceat(scores, starts, axis=1)
+    bound = np.partition(chunk_maxima, len(starts) - k, axis=1)[:, len(starts) - k]
+    pair_rows, pair_chunks = np.nonzero(chunk_maxima >= bound[:, None])
+    rows = np.repeat(pair_rows, width)
+    cols = (starts[pair_chunks][:, None] + np.arange(width)).ravel()
+    inside = cols < columns  # the last chunk may be shorter
+    rows, cols = rows[inside], cols[inside]
+    values = scores[rows, cols]
+    reaching = values >= bound[rows]
+    rows, cols, values = rows[reaching], cols[reaching], values[reaching]
+    order = np.lexsort((cols, -values, rows))
     first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_count))[:-1]])
     return cols[order][first[:, None] + np.arange(k)]
 
@@ -136,8 +145,9 @@ def weighted_rankings(app_ids: list[str], query_app_ids: list[str], factors: np.
     for start in range(0, known.size if take > 0 else 0, block):
         batch = known[start:start + block]
         product = factors[rows[batch]].astype(np.float32) @ items
+        weighted = np.empty_like(product)
         for ranking, weight in zip(found, weights):
-            ranking[batch, :take] = top_k_excluding(product * weight, rows[batch], take)
+            ranking[batch, :take] = top_k_excluding(np.multiply(product, weight, out=weighted), rows[batch], take)
     return [ranking[query_of] for ranking in found]
 
 
