@@ -17,6 +17,7 @@ import pytest
 from evaluation.baselines import embedding_rankings
 from models import dataset, storage
 from models.artifact import EMBEDDINGS, ModelArtifact
+from models.catalog import read_catalog
 from models.embedding import TRAINER_NAME, TrainingDataError, asymmetric_vectors, popularity_weights
 from models.features import MetadataEncoder
 from models.progress import Progress
@@ -186,6 +187,26 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
         assert manifest["parameters"][knob] == first_best[knob]
     assert selection["validation_users"] > 0 and selection["fit_pairs"] > 0
     assert selection["base_embedding_dim"] == 64 and selection["dimensions_tried"] == [64, 128]
+
+
+def test_a_large_catalog_scores_the_full_rank_and_binary_engagement_alone(world, monkeypatch):
+    prepared_uri, catalog_uri = world
+    catalog = read_catalog(catalog_uri)
+    interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+    base = train.EmbeddingParams(embedding_dim=16, seed=11)
+    _, small = train.select_params(catalog, interactions, base)
+    monkeypatch.setattr(train, "LARGE_CATALOG_APPS", len(catalog))  # this world's 140 apps stand for a large catalog
+    _, large = train.select_params(catalog, interactions, base)
+    assert {c["factor_rank"] for c in small["candidates"]} == {15, 8}
+    assert {c["factor_rank"] for c in large["candidates"]} == {15}
+    assert sorted({c["engagement_exponent"] for c in small["candidates"]}) == [0.0, 0.5, 1.0]
+    assert sorted({c["engagement_exponent"] for c in large["candidates"]}) == [0.0, 1.0]
+    first_stage = len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS)
+    recent = len(train.POPULARITY_RECENCIES) * len(train.RECENT_POPULARITY_EXPONENTS)
+    assert len(large["candidates"]) == first_stage + len(train.POPULARITY_EXPONENTS) + recent
+    # the same validation queries score both: the full-rank candidates of the first stage score the same
+    assert large["validation_queries"] == small["validation_queries"] > 0
+    assert all(candidate in small["candidates"] for candidate in large["candidates"][:first_stage])
 
 
 def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
