@@ -51,11 +51,16 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "ind
 # engaged before the last VALIDATION_FRACTION of the train span fit, the pairs engaged after it validate.
 VALIDATION_FRACTION = 0.2
 VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
+# 1,000 users, not fewer, at 200K apps too, where validation recall@10 is ~0.056: bootstrapped from 4,000 validation
+# users (bench data of bench/train_scale.py), the candidate picked on 1,000 of them scored on average 1.3% below the
+# 4,000-user pick (95th percentile 8.5%), on 500 users 3.2% (11.6%), on 250 users 4.5% (14.8%).
 # Bounds on selection's cost at scale: query x app scores per candidate (5K apps: up to 10 queries per user; from
 # 50K apps on: one per sampled user, so 1,000 queries) and fit pairs per factorisation (beyond it, a seeded
-# sample of users; the knobs' ranking is read off a smaller but same-shaped graph). With 3e8 cells and 2M pairs
-# selection cost 1.8x a fit at 50K apps; with the staged search below it cost 3.85x the old fit's CPU at 200K
-# apps (README, Quality: over the issue's 2x budget).
+# sample of users; the knobs' ranking is read off a smaller but same-shaped graph). At 200K apps (bench/train_scale.py,
+# 9.7M pairs, load 6-9) selection + fit cost 1.79x the old fit's wall and CPU (selection 83 CPU-s, fit 94): the issue's
+# 2x budget. It was 3.85x: one FAISS search per candidate (61% of selection's wall), now one product per
+# factorisation and rank (weighted_rankings), and the narrower grid from LARGE_CATALOG_APPS on. What is left is
+# mostly the 3 SVDs of the 1M-pair sample (~14 CPU-s each, apps x rank^2 dense work: a smaller sample barely helps).
 VALIDATION_SEARCH_CELLS = 50_000_000
 VALIDATION_MAX_FIT_PAIRS = 1_000_000
 # Families: one spectral factorisation each (on the fit part), then knobs that need no refit.
@@ -76,8 +81,8 @@ ENGAGEMENT_EXPONENTS = (0.5, 0.0)
 # factorisation of the fit sample costs about a sixth of the plain fit there (apps x rank^2 dense work: 14 CPU-s at 200K
 # apps), so the engagement stage refits for binary engagement alone: of the two flatter exponents, 0.5 never beat 0 by
 # more than 0.02% (0.3681 vs 0.3681, world-5k cold; 0 was ahead by 0.02% and 0.8% on MovieLens, 1.1% on world-5k and
-# 0.5% at 200K synthetic apps on 4,000 validation users). And only the full rank is scored: half the rank scored 20-27%
-# below it on world-5k and 34-49% below at 200K apps; truncation that deep helps only a catalog as small as MovieLens'.
+# 0.5% at 200K synthetic apps on 4,000 validation users). And only the full rank is scored: half the rank scored 15-21%
+# below it on world-5k and 34-46% below at 200K apps; truncation that deep helps only a catalog as small as MovieLens'.
 LARGE_CATALOG_APPS = 50_000
 LARGE_CATALOG_RANK_FRACTIONS = (1.0,)
 LARGE_CATALOG_ENGAGEMENT_EXPONENTS = (0.0,)
@@ -188,7 +193,9 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
     A coordinate search, each stage from the best so far: family x rank x popularity exponent (one factorisation per
     family, on the fit part; rank and exponent are read off it), each larger candidate dimension (one refit each),
     then at the chosen dimension flatter engagement x exponent (one refit each) and recent popularity x exponent (no
-    refit). Candidates are scored on collaborative factors alone (the metadata blend does not change with them).
+    refit); from LARGE_CATALOG_APPS on, the full rank and binary engagement alone. Candidates are scored on
+    collaborative factors alone (the metadata blend does not change with them), all those of one factorisation and
+    rank from one query x app product (``weighted_rankings``).
     Returns the chosen parameters and a record of every candidate's score for the manifest.
     """
     progress = progress or Progress.quiet()
