@@ -50,7 +50,7 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "ind
 # Model selection on a validation split carved, in time, from the train part (never the holdout): the pairs first
 # engaged before the last VALIDATION_FRACTION of the train span fit, the pairs engaged after it validate.
 VALIDATION_FRACTION = 0.2
-VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
+VALIDATION_USERS = 1_000   # a seeded sample; exact top 10 of each distinct query app among all apps
 # 1,000 users, not fewer, at 200K apps too, where validation recall@10 is ~0.056: bootstrapped from 4,000 validation
 # users (bench data of bench/train_scale.py), the candidate picked on 1,000 of them scored on average 1.3% below the
 # 4,000-user pick (95th percentile 8.5%), on 500 users 3.2% (11.6%), on 250 users 4.5% (14.8%).
