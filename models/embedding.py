@@ -216,8 +216,13 @@ def collaborative_factors(singular_values: np.ndarray, vectors: np.ndarray, degr
     rank = min(len(singular_values), params.factor_rank or factor_dim)
     cf = np.zeros((vectors.shape[0], factor_dim))
     cf[:, :rank] = vectors[:, :rank] * singular_values[:rank] ** params.singular_value_power
-    cf *= (np.where(degrees > 0, degrees, 1.0) ** params.popularity_exponent)[:, None]
+    cf *= popularity_weights(degrees, params.popularity_exponent)[:, None]
     return cf / max(float(np.linalg.norm(cf, axis=1).max()), 1e-12)
+
+
+def popularity_weights(degrees: np.ndarray, exponent: float) -> np.ndarray:
+    """Per app, the factor scale degree^exponent (an app without engagement: 1)."""
+    return np.where(degrees > 0, degrees, 1.0) ** exponent
 
 
 def train_embeddings(catalog: pd.DataFrame, interactions: pd.DataFrame, params: EmbeddingParams,

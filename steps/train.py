@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.baselines import embedding_rankings
 from evaluation.compare import K, score_rankings
 from evaluation.holdout import EmptyHoldout, build_queries
+from evaluation.metrics import PADDING
 from models import dataset, layout, storage
 from models.catalog import read_catalog
 from models.artifact import ModelArtifact
-from models.embedding import (TRAINER_NAME, EmbeddingParams, TrainingDataError, asymmetric_vectors, collaborative_factors,
-                              interaction_matrix, popularity_degrees, spectral_factors, train_embeddings)
+from models.embedding import (TRAINER_NAME, EmbeddingParams, TrainingDataError, collaborative_factors,
+                              interaction_matrix, popularity_degrees, popularity_weights, spectral_factors,
+                              train_embeddings)
 from models.index import INDEX_TYPES, build_index
 from models.progress import Progress
 
@@ -49,12 +50,17 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "ind
 # Model selection on a validation split carved, in time, from the train part (never the holdout): the pairs first
 # engaged before the last VALIDATION_FRACTION of the train span fit, the pairs engaged after it validate.
 VALIDATION_FRACTION = 0.2
-VALIDATION_USERS = 1_000   # a seeded sample: every candidate is one exact search per distinct query app
+VALIDATION_USERS = 1_000   # a seeded sample; exact top 10 of each distinct query app among all apps
+# 1,000 users, not fewer, at 200K apps too, where validation recall@10 is ~0.056: bootstrapped from 4,000 validation
+# users (bench data of bench/train_scale.py), the candidate picked on 1,000 of them scored on average 1.3% below the
+# 4,000-user pick (95th percentile 8.5%), on 500 users 3.2% (11.6%), on 250 users 4.5% (14.8%).
 # Bounds on selection's cost at scale: query x app scores per candidate (5K apps: up to 10 queries per user; from
 # 50K apps on: one per sampled user, so 1,000 queries) and fit pairs per factorisation (beyond it, a seeded
-# sample of users; the knobs' ranking is read off a smaller but same-shaped graph). With 3e8 cells and 2M pairs
-# selection cost 1.8x a fit at 50K apps; with the staged search below it cost 3.85x the old fit's CPU at 200K
-# apps (README, Quality: over the issue's 2x budget).
+# sample of users; the knobs' ranking is read off a smaller but same-shaped graph). At 200K apps (bench/train_scale.py,
+# 9.7M pairs, load 6-9) selection + fit cost 1.79x the old fit's wall and CPU (selection 83 CPU-s, fit 94): the issue's
+# 2x budget. It was 3.85x: one FAISS search per candidate (61% of selection's wall), now one product per
+# factorisation and rank (weighted_rankings), and the narrower grid from LARGE_CATALOG_APPS on. What is left is
+# mostly the 3 SVDs of the 1M-pair sample (~14 CPU-s each, apps x rank^2 dense work: a smaller sample barely helps).
 VALIDATION_SEARCH_CELLS = 50_000_000
 VALIDATION_MAX_FIT_PAIRS = 1_000_000
 # Families: one spectral factorisation each (on the fit part), then knobs that need no refit.
@@ -71,6 +77,15 @@ RANK_FRACTIONS = (1.0, 0.5)  # of embedding_dim - 1; a lower rank is zero-padded
 # repeat clicks reflect habit rather than similarity (the taxonomy world) binary engagement measured +1.5% holdout
 # recall@10 at rank 511 (0.322 -> 0.327); at rank 63 it made no difference, hence after the dimension.
 ENGAGEMENT_EXPONENTS = (0.5, 0.0)
+# From this many apps on selection narrows its grid (smaller catalogs keep the full one, byte for byte). Each
+# factorisation of the fit sample costs about a sixth of the plain fit there (apps x rank^2 dense work: 14 CPU-s at 200K
+# apps), so the engagement stage refits for binary engagement alone: of the two flatter exponents, 0.5 never beat 0 by
+# more than 0.02% (0.3681 vs 0.3681, world-5k cold; 0 was ahead by 0.02% and 0.8% on MovieLens, 1.1% on world-5k and
+# 0.5% at 200K synthetic apps on 4,000 validation users). And only the full rank is scored: half the rank scored 15-21%
+# below it on world-5k and 34-46% below at 200K apps; truncation that deep helps only a catalog as small as MovieLens'.
+LARGE_CATALOG_APPS = 50_000
+LARGE_CATALOG_RANK_FRACTIONS = (1.0,)
+LARGE_CATALOG_ENGAGEMENT_EXPONENTS = (0.0,)
 # Then, for the best so far, popularity measured on recent engagement (models/embedding.py's
 # ``popularity_recency``: decay time constants as fractions of the fit part's span) at these exponents. No refit: only
 # the degrees change. Where what is popular moves (MovieLens 100K: new releases) this is the largest single gain
@@ -94,6 +109,60 @@ DIMENSION_MIN_GAIN = 0.005
 SELECTED_KNOBS = ("degree_regularization", "engagement_exponent", "popularity_exponent", "popularity_recency",
                   "embedding_dim")
 DIMENSION_CELLS = 3_000_000
+# Query x app scores ranked at once (float32: 64 MB a copy) while scoring candidates.
+VALIDATION_BLOCK_CELLS = 16_000_000
+
+
+def top_k_excluding(scores: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``scores``, the columns of its ``k`` largest scores, best first (ties: the lower column), never the
+    row's ``own`` column (``scores`` is overwritten there with -inf).
+
+    A row's k-th largest of its maxima over column chunks bounds its k-th largest score from below (those maxima are k
+    different cells), so only the chunks reaching that bound are read again and only their cells at or above it
+    sorted: a sixth of ``np.argpartition``'s time over 200K columns.
+    """
+    rows_count, columns = scores.shape
+    scores[np.arange(rows_count), own] = -np.inf
+    width = max(1, columns // (32 * k))
+    starts = np.arange(0, columns, width)
+    chunk_maxima = np.maximum.reduceat(scores, starts, axis=1)
+    bound = np.partition(chunk_maxima, len(starts) - k, axis=1)[:, len(starts) - k]
+    pair_rows, pair_chunks = np.nonzero(chunk_maxima >= bound[:, None])
+    rows = np.repeat(pair_rows, width)
+    cols = (starts[pair_chunks][:, None] + np.arange(width)).ravel()
+    inside = cols < columns  # the last chunk may be shorter
+    rows, cols = rows[inside], cols[inside]
+    values = scores[rows, cols]
+    reaching = values >= bound[rows]
+    rows, cols, values = rows[reaching], cols[reaching], values[reaching]
+    order = np.lexsort((cols, -values, rows))
+    first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_count))[:-1]])
+    return cols[order][first[:, None] + np.arange(k)]
+
+
+def weighted_rankings(app_ids: list[str], query_app_ids: list[str], factors: np.ndarray,
+                      weights: list[np.ndarray]) -> list[np.ndarray]:
+    """For each per-app weighting w, every query app's top K (positions in ``app_ids``; padding for an app not among
+    them), query i ranking app j by (F_i . F_j) w_j, itself excluded: one product F_q F^T for all weightings.
+
+    That is how served vectors rank variants that differ only in their popularity term: with f = F degree^t
+    (collaborative_factors), the asymmetric vectors rank j for i by f_i . f_j = degree_i^t (F_i . F_j) degree_j^t.
+    """
+    distinct, query_of = np.unique(np.asarray(query_app_ids, dtype=str), return_inverse=True)
+    rows = pd.Index(app_ids).get_indexer(distinct)
+    known = np.flatnonzero(rows >= 0)
+    take = min(K, len(app_ids) - 1)
+    items = np.ascontiguousarray(factors.T, dtype=np.float32)
+    weights = [np.asarray(weight, dtype=np.float32) for weight in weights]
+    found = [np.full((len(distinct), K), PADDING, dtype=np.int64) for _ in weights]
+    block = max(1, VALIDATION_BLOCK_CELLS // len(app_ids))
+    for start in range(0, known.size if take > 0 else 0, block):
+        batch = known[start:start + block]
+        product = factors[rows[batch]].astype(np.float32) @ items
+        weighted = np.empty_like(product)
+        for ranking, weight in zip(found, weights):
+            ranking[batch, :take] = top_k_excluding(np.multiply(product, weight, out=weighted), rows[batch], take)
+    return [ranking[query_of] for ranking in found]
 
 
 def validation_split(train: pd.DataFrame, fraction: float = VALIDATION_FRACTION) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -124,7 +193,9 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
     A coordinate search, each stage from the best so far: family x rank x popularity exponent (one factorisation per
     family, on the fit part; rank and exponent are read off it), each larger candidate dimension (one refit each),
     then at the chosen dimension flatter engagement x exponent (one refit each) and recent popularity x exponent (no
-    refit). Candidates are scored on collaborative factors alone (the metadata blend does not change with them).
+    refit); from LARGE_CATALOG_APPS on, the full rank and binary engagement alone. Candidates are scored on
+    collaborative factors alone (the metadata blend does not change with them), all those of one factorisation and
+    rank from one query x app product (``weighted_rankings``).
     Returns the chosen parameters and a record of every candidate's score for the manifest.
     """
     progress = progress or Progress.quiet()
@@ -149,17 +220,20 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
     degrees_at: dict[float, np.ndarray] = {}  # popularity recency -> the fit part's popularity degrees
     candidates = []
 
-    def score(family: str, params: EmbeddingParams, singular_values: np.ndarray, vectors: np.ndarray) -> None:
-        if params.popularity_recency not in degrees_at:
-            degrees_at[params.popularity_recency] = popularity_degrees(fit, app_ids, matrix, params)
-        factors = collaborative_factors(singular_values, vectors, degrees_at[params.popularity_recency], params)
-        queries_side, items_side = asymmetric_vectors(factors)
-        ranking = embedding_rankings(family, app_ids, queries_side, queries.query_app_ids, K, items_side)
-        recall = score_rankings(queries, ranking.rankings, ranking.app_ids, catalog_size=len(app_ids),
-                                ctr_predicted=np.zeros(0), ctr_observed=np.zeros(0)).metrics()["recall_at_10"]
-        candidates.append({"family": family, **{knob: getattr(params, knob) for knob in SELECTED_KNOBS},
-                           "factor_rank": params.factor_rank or params.embedding_dim - 1,
-                           "recall_at_10": round(float(recall), 6), "params": params})
+    def score(family: str, spectrum: tuple[np.ndarray, np.ndarray], variants: list[EmbeddingParams]) -> None:
+        """Validation recall@10 of variants of one factorisation and rank that differ only in their popularity term."""
+        for params in variants:
+            if params.popularity_recency not in degrees_at:
+                degrees_at[params.popularity_recency] = popularity_degrees(fit, app_ids, matrix, params)
+        unscaled = collaborative_factors(*spectrum, np.ones(len(app_ids)), replace(variants[0], popularity_exponent=0.0))
+        rankings = weighted_rankings(app_ids, queries.query_app_ids, unscaled, [
+            popularity_weights(degrees_at[params.popularity_recency], params.popularity_exponent) for params in variants])
+        for params, ranking in zip(variants, rankings):
+            recall = score_rankings(queries, ranking, app_ids, catalog_size=len(app_ids),
+                                    ctr_predicted=np.zeros(0), ctr_observed=np.zeros(0)).metrics()["recall_at_10"]
+            candidates.append({"family": family, **{knob: getattr(params, knob) for knob in SELECTED_KNOBS},
+                               "factor_rank": params.factor_rank or params.embedding_dim - 1,
+                               "recall_at_10": round(float(recall), 6), "params": params})
 
     def best(embedding_dim: int) -> dict:
         return max((numbered for numbered in enumerate(candidates) if numbered[1]["embedding_dim"] == embedding_dim),
@@ -167,30 +241,35 @@ def select_params(catalog: pd.DataFrame, interactions: pd.DataFrame, base: Embed
 
     spectra: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # one SVD per factorisation, whatever reads it
 
-    def factorised(family: str, params: EmbeddingParams, exponents: tuple[float, ...]) -> None:
-        key = (params.degree_regularization, params.engagement_exponent, params.embedding_dim)
+    def factorised(family: str, variants: list[EmbeddingParams]) -> None:
+        key = (variants[0].degree_regularization, variants[0].engagement_exponent, variants[0].embedding_dim)
         if key not in spectra:
-            spectra[key] = spectral_factors(matrix, params)
-        for exponent in exponents:
-            score(family, replace(params, popularity_exponent=exponent), *spectra[key])
+            spectra[key] = spectral_factors(matrix, variants[0])
+        score(family, spectra[key], variants)
 
+    def exponents(params: EmbeddingParams, values: tuple[float, ...]) -> list[EmbeddingParams]:
+        return [replace(params, popularity_exponent=value) for value in values]
+
+    large = len(app_ids) >= LARGE_CATALOG_APPS
     factor_dim = base.embedding_dim - 1
     for family, knobs in FAMILIES:
-        for fraction in RANK_FRACTIONS:
+        for fraction in LARGE_CATALOG_RANK_FRACTIONS if large else RANK_FRACTIONS:
             rank = max(1, round(fraction * factor_dim))
-            factorised(family, replace(base, **knobs, factor_rank=0 if rank == factor_dim else rank), POPULARITY_EXPONENTS)
+            factorised(family, exponents(replace(base, **knobs, factor_rank=0 if rank == factor_dim else rank),
+                                         POPULARITY_EXPONENTS))
     leader = best(base.embedding_dim)
     family = leader["family"]
     for dim in candidate_dimensions(base.embedding_dim, len(app_ids)):
-        factorised(family, replace(leader["params"], embedding_dim=dim, factor_rank=0), (leader["popularity_exponent"],))
+        factorised(family, [replace(leader["params"], embedding_dim=dim, factor_rank=0)])
         if candidates[-1]["recall_at_10"] >= leader["recall_at_10"] * (1 + DIMENSION_MIN_GAIN):
             leader = candidates[-1]
     # the remaining knobs at the chosen dimension: what helps a rank-63 factorisation need not help a rank-511 one
     dim = leader["embedding_dim"]
-    for engagement in ENGAGEMENT_EXPONENTS:
-        factorised(family, replace(leader["params"], engagement_exponent=engagement), POPULARITY_EXPONENTS)
-    for recency in POPULARITY_RECENCIES:
-        factorised(family, replace(best(dim)["params"], popularity_recency=recency), RECENT_POPULARITY_EXPONENTS)
+    for engagement in LARGE_CATALOG_ENGAGEMENT_EXPONENTS if large else ENGAGEMENT_EXPONENTS:
+        factorised(family, exponents(replace(leader["params"], engagement_exponent=engagement), POPULARITY_EXPONENTS))
+    recent = best(dim)["params"]
+    factorised(family, [variant for recency in POPULARITY_RECENCIES
+                        for variant in exponents(replace(recent, popularity_recency=recency), RECENT_POPULARITY_EXPONENTS)])
     chosen_candidate = best(dim)
     chosen = chosen_candidate["params"]
     for candidate in candidates:

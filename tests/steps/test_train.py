@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.baselines import embedding_rankings
 from models import dataset, storage
 from models.artifact import EMBEDDINGS, ModelArtifact
-from models.embedding import TRAINER_NAME, TrainingDataError
+from models.catalog import read_catalog
+from models.embedding import TRAINER_NAME, TrainingDataError, asymmetric_vectors, popularity_weights
 from models.features import MetadataEncoder
 from models.progress import Progress
 from steps import train
@@ -187,12 +189,61 @@ def test_family_and_knobs_are_chosen_by_validation_recall_and_recorded(world, tm
     assert selection["base_embedding_dim"] == 64 and selection["dimensions_tried"] == [64, 128]
 
 
+def test_a_large_catalog_scores_the_full_rank_and_binary_engagement_alone(world, monkeypatch):
+    prepared_uri, catalog_uri = world
+    catalog = read_catalog(catalog_uri)
+    interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+    base = train.EmbeddingParams(embedding_dim=16, seed=11)
+    _, small = train.select_params(catalog, interactions, base)
+    monkeypatch.setattr(train, "LARGE_CATALOG_APPS", len(catalog))  # this world's 140 apps stand for a large catalog
+    _, large = train.select_params(catalog, interactions, base)
+    assert {c["factor_rank"] for c in small["candidates"]} == {15, 8}
+    assert {c["factor_rank"] for c in large["candidates"]} == {15}
+    assert sorted({c["engagement_exponent"] for c in small["candidates"]}) == [0.0, 0.5, 1.0]
+    assert sorted({c["engagement_exponent"] for c in large["candidates"]}) == [0.0, 1.0]
+    first_stage = len(train.FAMILIES) * len(train.POPULARITY_EXPONENTS)
+    recent = len(train.POPULARITY_RECENCIES) * len(train.RECENT_POPULARITY_EXPONENTS)
+    assert len(large["candidates"]) == first_stage + len(train.POPULARITY_EXPONENTS) + recent
+    # the same validation queries score both: the full-rank candidates of the first stage score the same
+    assert large["validation_queries"] == small["validation_queries"] > 0
+    assert all(candidate in small["candidates"] for candidate in large["candidates"][:first_stage])
+
+
 def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
     assert train.candidate_dimensions(64, 5_000) == [128, 256, 512]
     assert train.candidate_dimensions(64, 20_000) == [128]
     assert train.candidate_dimensions(64, 200_000) == []
     assert train.candidate_dimensions(64, 300) == [128, 256]  # never more dimensions than apps
     assert train.candidate_dimensions(16, 5_000) == []  # a small model asked for is kept small
+
+
+def test_top_k_excluding_lists_the_largest_scores_best_first_without_the_row_itself():
+    rng = np.random.default_rng(3)
+    for rows, columns, k in ((40, 5_000, 10), (6, 12, 10), (3, 4, 3)):
+        scores = rng.integers(0, 6, size=(rows, columns)).astype(np.float32)  # many ties: the lower column first
+        own = rng.integers(0, columns, size=rows)
+        expected = [[column for column in np.lexsort((np.arange(columns), -row)) if column != skip][:k]
+                    for row, skip in zip(scores, own)]
+        assert train.top_k_excluding(scores.copy(), own, k).tolist() == expected
+
+
+def test_weighted_rankings_rank_as_the_served_vectors_do():
+    rng = np.random.default_rng(5)
+    apps = [f"app{i:04d}" for i in range(3_000)]
+    factors = rng.standard_normal((len(apps), 12))
+    factors[7] = 0.0  # an app the fit part never saw: scores 0 against every query
+    degrees = rng.integers(0, 50, len(apps)).astype(float)
+    queries = [apps[i] for i in rng.integers(8, len(apps), 500)] + ["not-in-the-catalog"]
+    exponents = (0.0, 0.5, 1.0)
+    rankings = train.weighted_rankings(apps, queries, factors, [popularity_weights(degrees, t) for t in exponents])
+    for exponent, ranking in zip(exponents, rankings):
+        query_side, item_side = asymmetric_vectors(factors * popularity_weights(degrees, exponent)[:, None])
+        served = embedding_rankings("served", apps, query_side, queries, train.K, item_side)
+        assert ranking.shape == served.rankings.shape == (len(queries), train.K)
+        assert (ranking[:, 0] == served.rankings[:, 0]).all()
+        assert (np.sort(ranking, axis=1) == np.sort(served.rankings, axis=1)).all()
+        assert (ranking[-1] == -1).all()  # an unknown query app is never ranked
+    assert not (rankings[0] == rankings[2]).all()  # the weighting changes the neighbours
 
 
 def test_without_validation_queries_the_defaults_are_kept_and_the_reason_recorded():
