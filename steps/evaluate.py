@@ -24,6 +24,7 @@ from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
 from models import dataset, layout, storage
 from models.artifact import ModelArtifact
 from models.catalog import read_catalog
+from models.index import EXACT_MAX_APPS
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.predictor import Predictor
 from models.registry import ModelVersion
@@ -56,7 +57,8 @@ def score_model(queries: HoldoutQueries, artifact: ModelArtifact, observed: pd.S
 
 
 def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries,
-                      models: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int) -> str:
+                      models: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int,
+                      exact_max_apps: int = EXACT_MAX_APPS) -> str:
     """``report.html`` beside evaluation.json: the models' and the baselines' recall curves and segments."""
     notes = []
     catalog = None
@@ -73,7 +75,8 @@ def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, 
     rankings = [*models, baselines.popularity(train_interactions, query_apps, report.CURVE_K),
                 baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
     if catalog is not None:
-        rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed))
+        rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed,
+                                               exact_max_apps=exact_max_apps))
     page = report.build(evaluation, queries, rankings, report.query_segments(queries, train_interactions, catalog), notes)
     uri = storage.join(output_uri, layout.EVALUATION_PAGE)
     storage.write_bytes(uri, page.encode("utf-8"))
@@ -171,8 +174,10 @@ def run(
         },
     }
     storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
+    # The content-only baseline is searched by the candidate's own rule (exact up to this many apps, IVF above)
+    exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
     write_html_report(output_uri, prepared_uri, evaluation, queries, models, train_interactions,
-                      candidate_artifact.dim, seed)
+                      candidate_artifact.dim, seed, exact_max_apps)
     return evaluation
 
 
