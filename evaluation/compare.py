@@ -79,10 +79,7 @@ def score_rankings(
         raise ValueError(f"{rankings.shape[0]} rankings for {queries.n_queries} queries")
     if catalog_size <= 0:
         raise ValueError(f"catalog_size must be positive, got {catalog_size}")
-    holdout_item = {app_id: i for i, app_id in enumerate(queries.app_ids)}
-    to_holdout = np.array([holdout_item.get(a, PADDING) for a in ranker_app_ids] + [PADDING], dtype=np.int64)
-    # Padding (-1) indexes the appended PADDING entry, so it stays padding.
-    per_query = ranking_metrics(to_holdout[rankings], queries.relevant)
+    per_query = ranking_metrics(queries.to_holdout_items(rankings, ranker_app_ids), queries.relevant)
     per_user = {name: group_mean(values, queries.query_users, queries.n_users) for name, values in per_query.items()}
     ranked = rankings >= 0
     users = np.broadcast_to(queries.query_users[:, None], rankings.shape)[ranked]

@@ -26,12 +26,13 @@ Protocol (the same for the candidate, the champion and the popularity baseline):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from evaluation.metrics import RelevantSets
+from evaluation.metrics import PADDING, RelevantSets
 from models import dataset
 
 MIN_APPS_PER_USER = 2
@@ -66,6 +67,14 @@ class HoldoutQueries:
     @property
     def n_query_apps(self) -> int:
         return int(np.unique(self.query_items).size)
+
+    def to_holdout_items(self, rankings: np.ndarray, ranker_app_ids: Sequence[str]) -> np.ndarray:
+        """A ranker's positions into ``ranker_app_ids`` (-1 = padding) as holdout item ids; apps the holdout
+        does not know become padding (they can never be hits)."""
+        item_of = {app_id: i for i, app_id in enumerate(self.app_ids)}
+        to_holdout = np.array([item_of.get(a, PADDING) for a in ranker_app_ids] + [PADDING], dtype=np.int64)
+        # Padding (-1) indexes the appended PADDING entry, so it stays padding.
+        return to_holdout[rankings]
 
 
 def build_queries(

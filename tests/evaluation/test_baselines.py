@@ -161,6 +161,19 @@ def test_content_only_finds_same_category_apps_from_metadata_alone(world):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
 
 
+def test_content_only_above_the_exact_limit_searches_an_ivf_index_and_says_so(world):
+    catalog, _, _ = world
+    ids = catalog["app_id"].tolist()
+    exact = baselines.content_only(catalog, ids, k=5, dim=8, seed=1)
+    approximate = baselines.content_only(catalog, ids, k=5, dim=8, seed=1, exact_max_apps=len(ids) - 1)
+    assert exact.note == ""
+    assert approximate.note.startswith(f"content-only: {len(ids)} catalog apps (more than {len(ids) - 1}), so searched "
+                                       "with an IVF index (nlist 2, nprobe 2) like a model's: recall@10 against exact "
+                                       f"search 1.000 on {len(ids)} catalog apps")
+    # both lists probed: an exhaustive search, so the exact search's neighbours
+    assert np.array_equal(approximate.rankings, exact.rankings)
+
+
 def test_popularity_is_the_pipeline_baseline():
     train = interactions([("u1", "a", 1), ("u2", "a", 1), ("u3", "a", 1), ("u1", "b", 1), ("u2", "b", 1), ("u1", "c", 1)])
     ranking = baselines.popularity(train, ["a", "c"], k=2)

@@ -155,3 +155,12 @@ def test_popularity_pads_when_train_has_few_apps():
     train = table([("u1", "x", 1, 0), ("u1", "y", 1, 0), ("u2", "y", 1, 0)])
     rankings, app_ids = cmp.popularity_rankings(train, ["y"], k=3)
     assert [app_ids[p] if p >= 0 else None for p in rankings[0]] == ["x", None, None]
+
+
+def test_a_longer_popularity_ranking_starts_with_the_shorter_one():
+    # EvaluateCandidate computes the report's top-50 once and scores its first 10 columns for the gate
+    train = table([(f"u{u}", f"app{a:02d}", 1, 0) for a in range(30) for u in range(a % 7 + 1)])
+    queries = ["app00", "app06", "app13", "app29", "unknown"]
+    long, long_ids = cmp.popularity_rankings(train, queries, k=20)
+    short, short_ids = cmp.popularity_rankings(train, queries, k=10)
+    assert long_ids == short_ids and np.array_equal(long[:, :10], short)

@@ -65,6 +65,16 @@ def test_segments_are_computed_per_user_within_the_segment():
     assert segments["y"].recall["m"] == pytest.approx(0.5) and segments["y"].users == 2  # b hit (h1), c miss (h2)
 
 
+def test_a_rankings_note_is_listed_on_the_page(holdout_queries):
+    ids, queries = holdout_queries
+    noted = random_ranking(ids, queries.n_queries, 10, seed=1)
+    noted = Ranking(noted.name, noted.rankings, noted.app_ids, note="searched with an IVF index")
+    evaluation = {"decision": "rejected", "holdout": {"users": queries.n_users, "queries": queries.n_queries, "apps": 40}}
+    page = report.build(evaluation, queries, [noted], {}, notes=["the catalog is stale"])
+    assert "<li class='note'>the catalog is stale</li>" in page
+    assert "<li class='note'>searched with an IVF index</li>" in page
+
+
 def test_query_segments_label_cold_apps_and_catalog_fields():
     holdout = interactions([("h1", "a", 1), ("h1", "new", 1)])
     queries = build_queries(holdout, seed=0)
