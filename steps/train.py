@@ -30,7 +30,7 @@ from models.artifact import ModelArtifact
 from models.embedding import (TRAINER_NAME, EmbeddingParams, TrainingDataError, collaborative_factors,
                               interaction_matrix, popularity_degrees, popularity_weights, spectral_factors,
                               train_embeddings)
-from models.index import INDEX_TYPES, build_index
+from models.index import EXACT_MAX_APPS, INDEX_TYPES, build_index
 from models.progress import Progress
 
 HYPERPARAMETERS_FILE = "/opt/ml/input/config/hyperparameters.json"
@@ -44,7 +44,7 @@ HYPERPARAMETERS: dict[str, type] = {
     "catalog_uri": str,
 }
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {"embedding_dim": 64, "seed": 42, "index_type": "auto",
-                                           "exact_index_max_apps": 100_000}
+                                           "exact_index_max_apps": EXACT_MAX_APPS}
 
 
 # Model selection on a validation split carved, in time, from the train part (never the holdout): the pairs first
@@ -308,7 +308,7 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -
 
 
 def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, seed: int, index_type: str = "auto",
-                   exact_index_max_apps: int = 100_000, progress: Progress | None = None) -> ModelArtifact:
+                   exact_index_max_apps: int = EXACT_MAX_APPS, progress: Progress | None = None) -> ModelArtifact:
     """Train embeddings, build and check the index, and assemble the (unsaved) artifact."""
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index_type '{index_type}' is not one of {', '.join(INDEX_TYPES)}")
@@ -362,7 +362,7 @@ def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, s
 
 
 def run(prepared_uri: str, catalog_uri: str, output_uri: str, *, embedding_dim: int, seed: int,
-        index_type: str = "auto", exact_index_max_apps: int = 100_000, progress: Progress | None = None) -> dict:
+        index_type: str = "auto", exact_index_max_apps: int = EXACT_MAX_APPS, progress: Progress | None = None) -> dict:
     """Train and write ``<output_uri>/model.tar.gz``; returns the artifact manifest."""
     artifact = train_artifact(prepared_uri, catalog_uri, embedding_dim=embedding_dim, seed=seed, index_type=index_type,
                               exact_index_max_apps=exact_index_max_apps, progress=progress)
