@@ -6,7 +6,8 @@ gzip keeps its complete lines and is reported as a bad file; DuckDB's gzip reade
 either, so it is not used). Consecutive files go, as plain lines, into a temp file (a ``_Unit``) that
 DuckDB reads with its own scanners (``_scan_relation``) and ``prepare_sql.scanned_sql`` proves line by
 line against the producers' text. Lines that proof leaves (rare), and files the CSV scanner cannot cut
-as Python does, go through ``prepare_sql.typed_sql`` (lines cut by Arrow); what that cannot prove is
+as Python does (lines cut by Arrow), go through ``prepare_sql.typed_sql`` as each unit is scanned
+(``_recheck``: only that unit's rows, so no statement rescans every line); what that cannot prove is
 parsed by the reference validator (``models.events.parse_line``) here, so every bad line gets the
 reference's reason code. Dedupe, the window, the kept outcome and the aggregates are SQL; no event id
 is held in Python.

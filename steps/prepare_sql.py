@@ -357,12 +357,12 @@ def scanned_sql(scanned_relation: str, catalog_relation: str = "catalog") -> str
     accepted here and goes on to ``typed_sql`` and the reference validator. The proof also pins each value's
     place: no backslash means no escape, so every JSON text read is the value's spelling in the line itself.
     """
-    canonical = " ".join(f"WHEN '{name}' THEN raw = {_canonical_text(name)}" for name in EVENT_TYPES)
+    canonical = " ".join(f"WHEN '{name}' THEN {_canonical_text(name)}" for name in EVENT_TYPES)
     checks = " ".join(f"WHEN '{name}' THEN " + " AND ".join(_scanned_check(rule) for rule in FIELD_RULES[name])
                       for name in EVENT_TYPES)
     versions = ", ".join(f"'{version}'" for version in range(1, SCHEMA_VERSION + 1))
     # The ts pattern admits only digits and separators (no quote) and a zero UTC offset, which the cast reads.
-    accepted = (f"coalesce(CASE event_type {canonical} END AND NOT contains(raw, '\\') "
+    accepted = (f"coalesce(raw = CASE event_type {canonical} END AND NOT contains(raw, '\\') "
                 f"AND {_scanned_check(_COMMON_RULES[0])} AND schema_version IN ({versions}) "
                 f"AND regexp_full_match(ts, '{_TS_PATTERN}') AND CASE event_type {checks} ELSE false END, false)")
     kinds = " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(EVENT_TYPES))
