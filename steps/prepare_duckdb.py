@@ -42,7 +42,8 @@ from steps.prepare_io import (
     BadFile, EngineResult, RecordWriter, SplitResult, Window, interactions_frame, read_file, split_lines,
 )
 
-UNIT_BYTES = 64 << 20  # uncompressed bytes scanned by one statement (a temp file): bounds what Python holds
+UNIT_BYTES = 32 << 20  # uncompressed bytes scanned by one statement (a temp file): bounds what Python holds;
+# small enough that the last unit, scanned while the other worker has nothing left, is a short tail
 READ_AHEAD_FILES = 8  # files being read and gunzipped ahead of DuckDB
 _BOM = b"\xef\xbb\xbf"
 _RAW_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
