@@ -43,6 +43,8 @@ setup(
         "fsspec>=2024.6",
         "click>=8.1,<9",
         "orjson>=3.10,<4",
+        # PrepareFeedback's gunzip (steps/prepare_io.py): zlib's API and messages, inflating twice as fast.
+        "zlib-ng>=1.1,<1.2",
         "matplotlib>=3.8,<4",
         # PrepareFeedback's engine (steps/prepare_duckdb.py). The wheel has json and parquet built in; the
         # engine turns extension auto-install/auto-load off, so nothing is downloaded at run time.

@@ -6,7 +6,8 @@ gzip keeps its complete lines and is reported as a bad file; DuckDB's gzip reade
 either, so it is not used). Consecutive files go, as plain lines, into a temp file (a ``_Unit``) that
 DuckDB reads with its own scanners (``_scan_relation``) and ``prepare_sql.scanned_sql`` proves line by
 line against the producers' text. Lines that proof leaves (rare), and files the CSV scanner cannot cut
-as Python does, go through ``prepare_sql.typed_sql`` (lines cut by Arrow); what that cannot prove is
+as Python does (lines cut by Arrow), go through ``prepare_sql.typed_sql`` as each unit is scanned
+(``_recheck``: only that unit's rows, so no statement rescans every line); what that cannot prove is
 parsed by the reference validator (``models.events.parse_line``) here, so every bad line gets the
 reference's reason code. Dedupe, the window, the kept outcome and the aggregates are SQL; no event id
 is held in Python.
@@ -41,7 +42,8 @@ from steps.prepare_io import (
     BadFile, EngineResult, RecordWriter, SplitResult, Window, interactions_frame, read_file, split_lines,
 )
 
-UNIT_BYTES = 64 << 20  # uncompressed bytes scanned by one statement (a temp file): bounds what Python holds
+UNIT_BYTES = 32 << 20  # uncompressed bytes scanned by one statement (a temp file): bounds what Python holds;
+# small enough that the last unit, scanned while the other worker has nothing left, is a short tail
 READ_AHEAD_FILES = 8  # files being read and gunzipped ahead of DuckDB
 _BOM = b"\xef\xbb\xbf"
 _RAW_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
@@ -206,6 +208,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     con.register("raw_lines", _RAW_SCHEMA.empty_table())
     con.execute(f"CREATE TABLE typed AS SELECT * FROM ({typed}) LIMIT 0")
     con.unregister("raw_lines")
+    con.execute("CREATE TABLE rechecked AS SELECT * FROM typed LIMIT 0")
     con.execute(f"CREATE TABLE slow_events AS SELECT {', '.join(prepare_sql.EVENT_COLUMNS)} FROM typed LIMIT 0")
 
     lines_per_file: dict[str, int] = {}
@@ -243,6 +246,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
                 insert_arrow_lines(unit, cursor)
             finally:
                 os.remove(path)
+            _recheck(cursor, unit.number)
             unit.contents = []
             progress.update(unit.rows)
         finally:
@@ -266,6 +270,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
                 cursor = con.cursor()
                 try:
                     insert_arrow_lines(unit, cursor)
+                    _recheck(cursor, unit.number)
                 finally:
                     cursor.close()
                 unit.contents = []
@@ -307,7 +312,9 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET threads = {workers}")
 
-    _recheck(con, typed)
+    columns = ", ".join(("accepted", *prepare_sql.EVENT_COLUMNS))
+    con.execute(f"CREATE VIEW proven AS SELECT {columns} FROM typed WHERE accepted "
+                f"UNION ALL SELECT {columns} FROM rechecked WHERE accepted")
     bad_by_file = {files.index(bad.uri): bad for bad in bad_files}
     _slow_path(con, files, units, undecodable, bad_by_file, quarantine)
     con.execute(f"CREATE VIEW events AS {prepare_sql.events_sql('proven', 'slow_events')}")
@@ -350,15 +357,13 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     )
 
 
-def _recheck(con: duckdb.DuckDBPyConnection, typed: str) -> None:
-    """The lines the scanner path did not prove (rare) through ``typed_sql``, the fast path that reads any JSON
-    layout (other key orders, spaces, optional fields left out); ``proven`` is every event either path accepted."""
-    con.execute("CREATE VIEW raw_lines AS SELECT source, line, raw FROM typed WHERE NOT accepted")
-    con.execute(f"CREATE TABLE rechecked AS {typed}")
-    con.execute("DROP VIEW raw_lines")
-    columns = ", ".join(("accepted", *prepare_sql.EVENT_COLUMNS))
-    con.execute(f"CREATE VIEW proven AS SELECT {columns} FROM typed WHERE accepted "
-                f"UNION ALL SELECT {columns} FROM rechecked WHERE accepted")
+def _recheck(cursor: duckdb.DuckDBPyConnection, unit: int) -> None:
+    """A unit's lines the scanner path did not prove (rare) through ``typed_sql``, the fast path that reads any JSON
+    layout (other key orders, spaces, optional fields left out), into ``rechecked``. Run as each unit is scanned:
+    the filter on ``source`` reads only that unit's row groups of ``typed`` (zone maps), so no statement rescans
+    every line."""
+    unproven = f"(SELECT source, line, raw FROM typed WHERE source = {unit} AND NOT accepted)"
+    cursor.execute(f"INSERT INTO rechecked {prepare_sql.typed_sql(unproven, 'catalog')}")
 
 
 def _slow_path(con: duckdb.DuckDBPyConnection, files: Sequence[str], units: list[_Unit],

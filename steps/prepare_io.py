@@ -3,7 +3,7 @@
 - ``Window``: the window, the split's cut, and (through ``models.layout``, the one definition of
   the hour folders and of how late an event may arrive) which arrival hours it reads.
 - ``read_file``: a feedback object's bytes, gunzipped when its name ends in ``.gz``. A file that is not
-  a readable gzip (truncated: EOFError; not gzip or corrupt: BadGzipFile / zlib errors) is *data*, not a
+  a readable gzip (truncated: EOFError; not gzip or corrupt: zlib-ng's errors, worded as zlib's) is *data*, not a
   crash: the complete lines decompressed before the break are kept and read like any others, the rest
   is lost, and the file is reported as a ``BadFile`` that prepare quarantines by name and counts.
 - ``RecordWriter``: the quarantine (bad lines and bad files, with reason, source and line) and the kept
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import gzip
-import zlib
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import orjson
 import pandas as pd
+from zlib_ng import zlib_ng
 
 from models import dataset, layout, storage
 from models.events import format_ts
@@ -99,7 +99,7 @@ def read_file(uri: str) -> tuple[bytes, str | None]:
     error: str | None = None
     try:
         while data:
-            decompressor = zlib.decompressobj(wbits=31)
+            decompressor = zlib_ng.decompressobj(wbits=31)
             for offset in range(0, len(data), GUNZIP_BLOCK):
                 out.append(decompressor.decompress(data[offset:offset + GUNZIP_BLOCK]))
                 if decompressor.eof:
@@ -107,7 +107,7 @@ def read_file(uri: str) -> tuple[bytes, str | None]:
             if not decompressor.eof:
                 raise EOFError("Compressed file ended before the end-of-stream marker was reached")
             data = decompressor.unused_data.lstrip(b"\x00")  # gzip.open also skips zero padding
-    except (EOFError, zlib.error) as caught:
+    except (EOFError, zlib_ng.error) as caught:
         error = f"{type(caught).__name__}: {caught}"
     content = b"".join(out)
     if error is not None:

@@ -260,39 +260,34 @@ FROM checked
 """
 
 
-# The scanner path (``scanned_sql``): DuckDB's own JSON scanner reads every field of every line, typed, and
-# a line is accepted only when its text is exactly what the producers write for those values.
-_SCAN_TYPES = {"id": "VARCHAR", "bool": "BOOLEAN", "int": "BIGINT", "number": "DOUBLE", "id_list": "VARCHAR[]",
-               "number_list": "DOUBLE[]"}
+# The scanner path (``scanned_sql``): DuckDB's own JSON scanner reads every field of every line, and a line is
+# accepted only when its text is exactly what the producers write for those values. Each field is read as the
+# JSON text of its value (``'JSON'``: the value's type is in its text, with no conversion by the scanner), but for
+# the string fields whose value is an output (ids) or checked by a pattern (ts, event_type), read as their
+# decoded string (``'VARCHAR'``) so no quotes need stripping.
 _COMMON_RULES = (FieldRule("event_id", "id", max_length=MAX_EVENT_ID_LENGTH), FieldRule("ts", "ts"),
                  FieldRule("schema_version", "int"), FieldRule("event_type", "event_type"))
-SCAN_COLUMNS = {"event_id": "VARCHAR", "ts": "VARCHAR", "schema_version": "BIGINT", "event_type": "VARCHAR",
-                **{rule.name: _SCAN_TYPES[rule.kind] for rules in FIELD_RULES.values() for rule in rules}}
-"""read_ndjson's ``columns``: every field of every event type, with the JSON type producers write."""
+
+
+_SCANNED_RULES = (*_COMMON_RULES, *(rule for rules in FIELD_RULES.values() for rule in rules))
+# A name nullable in any type (request_id) is read as JSON text in every type: a null is not a string.
+_SCANNED_AS_STRING = ({rule.name for rule in _SCANNED_RULES if rule.kind in ("id", "ts", "event_type")}
+                      - {rule.name for rule in _SCANNED_RULES if rule.nullable})
+SCAN_COLUMNS = {rule.name: "VARCHAR" if rule.name in _SCANNED_AS_STRING else "JSON" for rule in _SCANNED_RULES}
+"""read_ndjson's ``columns``: every field of every event type."""
+# A number list is checked by its text: plain JSON numbers of at most 16 integer digits and a two-digit exponent
+# are finite doubles (a longer one, e.g. 1e400, is left to the other paths, which refuse what overflows).
+_FINITE_NUMBER = r"-?(0|[1-9][0-9]{0,15})(\.[0-9]+)?(e-?[0-9]{1,2})?"
+_NUMBER_LIST = rf"\[({_FINITE_NUMBER}(,{_FINITE_NUMBER})*)?\]"
+_STRING_LIST = r'\[("[^"]+"(,"[^"]+")*)?\]'
 
 
 def _canonical_value(rule: FieldRule) -> tuple[str, ...]:
-    """The field's value as orjson writes it (``models.events`` ``to_json_dict``): ``concat`` pieces, where a
-    Python str is literal text and an ``_Sql`` an expression. concat reads NULL as '': the checks refuse
-    a NULL where it is not valid."""
-    name = f"s.{rule.name}"
-    if rule.kind in ("id", "ts", "event_type") and not rule.nullable:
-        return '"', _Sql(name), '"'
-    if rule.kind == "id":
-        text = f"concat('\"', {name}, '\"')"
-    elif rule.kind == "bool":
-        text = f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END"
-    elif rule.kind in ("int", "number"):
-        text = f"CAST({name} AS VARCHAR)"
-    elif rule.kind == "id_list":
-        return "[", _Sql(f"array_to_string(list_transform({name}, x -> concat('\"', x, '\"')), ',')"), "]"
-    elif rule.kind == "number_list":
-        return "[", _Sql(f"array_to_string({name}, ',')"), "]"
-    else:
-        raise ValueError(f"unknown field rule kind {rule.kind}")
-    if rule.nullable:
-        text = f"CASE WHEN {name} IS NULL THEN 'null' ELSE {text} END"
-    return (_Sql(text),)
+    """The field's text as producers write it (orjson), as ``concat`` pieces: a Python str is literal text, an
+    ``_Sql`` an expression. concat reads NULL as '': the checks refuse a NULL where it is not valid."""
+    if rule.name in _SCANNED_AS_STRING:
+        return '"', _Sql(rule.name), '"'
+    return (_Sql(f"coalesce({rule.name}, 'null')" if rule.nullable else rule.name),)
 
 
 class _Sql(str):
@@ -300,20 +295,30 @@ class _Sql(str):
 
 
 def _scanned_check(rule: FieldRule) -> str:
-    """True only when the scanned value satisfies the rule (the text comparison proves its JSON type)."""
-    name = f"s.{rule.name}"
-    if rule.kind == "id":
-        value = f"strlen({name}) BETWEEN 1 AND {rule.max_length}"  # bytes >= characters: a proof, not a bound
-    elif rule.kind in ("bool", "int"):
-        value = f"{name} IS NOT NULL"
+    """True only when the scanned value satisfies the rule, given the proof (the line is the canonical text of the
+    scanned values, no backslash in it): a JSON text read from the line is then that value's own spelling."""
+    name = rule.name
+    if rule.kind == "id" and name in _SCANNED_AS_STRING:
+        # A decoded string holding a quote came from an escape on another line (rows paired with a neighbour's
+        # values): between literal quotes it would spell other keys. bytes >= characters: a proof, not a bound.
+        value = f"strlen({name}) BETWEEN 1 AND {rule.max_length} AND NOT contains({name}, '\"')"
+    elif rule.kind == "id":
+        value = f"starts_with({name}, '\"') AND strlen({name}) BETWEEN 3 AND {rule.max_length + 2}"
+    elif rule.kind == "bool":
+        value = f"{name} IN ('true', 'false')"
+    elif rule.kind == "int":
+        value = f"regexp_full_match({name}, '-?[0-9]+')"
     elif rule.kind == "number":
-        value = " AND ".join((f"isfinite({name})", *([f"{name} >= {rule.minimum!r}"] if rule.minimum is not None else []),
-                              *([f"{name} <= {rule.maximum!r}"] if rule.maximum is not None else [])))
+        number = f"TRY_CAST({name} AS DOUBLE)"
+        value = " AND ".join((f"NOT starts_with({name}, '\"')", f"isfinite({number})",
+                              *([f"{number} >= {rule.minimum!r}"] if rule.minimum is not None else []),
+                              *([f"{number} <= {rule.maximum!r}"] if rule.maximum is not None else [])))
     elif rule.kind == "id_list":
-        value = (f"{name} IS NOT NULL AND coalesce(list_bool_and(list_transform({name}, x -> "
-                 f"strlen(x) BETWEEN 1 AND {rule.max_length})), true)")
+        # Short lists need no element lengths: no element is longer than the list's text.
+        value = (f"regexp_full_match({name}, '{_STRING_LIST}') AND (strlen({name}) <= {rule.max_length + 2} OR "
+                 f"list_bool_and(list_transform(from_json({name}, '[\"VARCHAR\"]'), x -> strlen(x) <= {rule.max_length})))")
     elif rule.kind == "number_list":
-        value = f"{name} IS NOT NULL AND coalesce(list_bool_and(list_transform({name}, x -> isfinite(x))), true)"
+        value = f"regexp_full_match({name}, '{_NUMBER_LIST}')"
     else:
         raise ValueError(f"unknown field rule kind {rule.kind}")
     return f"({name} IS NULL OR {value})" if rule.nullable else f"({value})"
@@ -324,7 +329,9 @@ def _canonical_text(event_type: str) -> str:
     rules = {rule.name: rule for rule in (*_COMMON_RULES, *FIELD_RULES[event_type])}
     pieces: list[str] = []
     for position, name in enumerate(EVENT_MODELS[event_type].model_fields):
-        pieces += [("{" if position == 0 else ",") + f'"{name}":', *_canonical_value(rules[name])]
+        key = ("{" if position == 0 else ",") + f'"{name}":'
+        # The type is the CASE branch's own: its text is a literal.
+        pieces += [key + f'"{event_type}"'] if name == "event_type" else [key, *_canonical_value(rules[name])]
     pieces.append("}")
     merged: list[str] = []  # adjacent literal pieces as one literal
     for piece in pieces:
@@ -344,34 +351,35 @@ def scanned_sql(scanned_relation: str, catalog_relation: str = "catalog") -> str
     ``line``, ``raw`` (the line's text) and the ``SCAN_COLUMNS`` DuckDB's JSON scanner read from that line.
 
     A line is accepted only when its raw text equals the text producers write for the scanned values
-    (``_canonical_text``) and every value passes its rule. The text proof is what makes the scanner's
-    leniencies harmless (a string "true" read as a boolean, a duplicate key, an extra field, NaN, a
-    value that did not parse): each gives another text, so the line is not accepted here and goes on
-    to ``typed_sql`` and the reference validator. It also makes the pairing of a line with its scanned
-    row safe: values paired with another line can only fail the comparison, never be accepted.
+    (``_canonical_text``), it has no backslash, and every value passes its rule. The text proof is what makes
+    the scanner's leniencies harmless (a duplicate key, an extra field, NaN, another number spelling, a value
+    that did not parse, a row paired with another line's values): each gives another text, so the line is not
+    accepted here and goes on to ``typed_sql`` and the reference validator. The proof also pins each value's
+    place: no backslash means no escape, so every JSON text read is the value's spelling in the line itself.
     """
     canonical = " ".join(f"WHEN '{name}' THEN {_canonical_text(name)}" for name in EVENT_TYPES)
     checks = " ".join(f"WHEN '{name}' THEN " + " AND ".join(_scanned_check(rule) for rule in FIELD_RULES[name])
                       for name in EVENT_TYPES)
-    # No backslash: no escape anywhere, so every string value is its text between the quotes.
-    accepted = (f"coalesce(s.raw = CASE s.event_type {canonical} END AND NOT contains(s.raw, '\\') "
-                f"AND {_scanned_check(_COMMON_RULES[0])} AND s.schema_version BETWEEN 1 AND {SCHEMA_VERSION} "
-                f"AND regexp_full_match(s.ts, '{_TS_PATTERN}') AND CASE s.event_type {checks} ELSE false END, false)")
+    versions = ", ".join(f"'{version}'" for version in range(1, SCHEMA_VERSION + 1))
+    # The ts pattern admits only digits and separators (no quote) and a zero UTC offset, which the cast reads.
+    accepted = (f"coalesce(raw = CASE event_type {canonical} END AND NOT contains(raw, '\\') "
+                f"AND {_scanned_check(_COMMON_RULES[0])} AND schema_version IN ({versions}) "
+                f"AND regexp_full_match(ts, '{_TS_PATTERN}') AND CASE event_type {checks} ELSE false END, false)")
     kinds = " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(EVENT_TYPES))
     return f"""
 WITH checked AS (
-    SELECT s.*, {accepted} AS accepted
-    FROM {scanned_relation} s
+    SELECT *, {accepted} AS accepted
+    FROM {scanned_relation}
 )
 SELECT source, line, accepted,
        CASE WHEN accepted THEN event_id END AS event_id,
        CASE WHEN accepted THEN CAST(CASE event_type {kinds} END AS TINYINT) END AS kind,
-       CASE WHEN accepted THEN epoch_us(CAST({_naive_ts('ts')} AS TIMESTAMP)) END AS ts_us,
+       CASE WHEN accepted THEN epoch_us(CAST(ts AS TIMESTAMPTZ)) END AS ts_us,
        CASE WHEN accepted THEN app_id END AS app_id,
        CASE WHEN accepted AND event_type <> 'prediction' THEN user_id END AS user_id,
-       CASE WHEN accepted THEN coalesce(clicked OR converted, false) END AS positive,
+       CASE WHEN accepted THEN coalesce(clicked = 'true' OR converted = 'true', false) END AS positive,
        CASE WHEN accepted THEN event_type = 'prediction' OR request_id IS NOT NULL END AS attributed,
-       CASE WHEN accepted AND event_type = 'conversion' THEN revenue WHEN accepted THEN 0.0 END AS revenue,
+       CASE WHEN accepted AND event_type = 'conversion' THEN CAST(revenue AS DOUBLE) WHEN accepted THEN 0.0 END AS revenue,
        CASE WHEN NOT accepted OR app_id NOT IN (SELECT app_id FROM {catalog_relation}) THEN raw END AS raw
 FROM checked
 """

@@ -119,12 +119,41 @@ def test_the_scanner_path_accepts_canonical_lines_and_refuses_their_lenient_cous
         canonical[0].replace('"user_id":"u-1"', '"user_id":"u\\u002d1"'),  # an escape: same value, other text
         canonical[0].replace(",", ", "),  # valid, but not the producers' text: left to typed_sql
         " " + canonical[0],
+        # The values are read as their JSON text: each of these is the text of another value or type.
+        canonical[0].replace('"clicked":true', '"clicked":null'),
+        canonical[0].replace('"request_id":null', '"request_id":""'),
+        canonical[0].replace('"user_id":"u-1"', '"user_id":"u\t1"'),  # a raw control character in a string
+        canonical[1].replace('"revenue":4.99', '"revenue":1e400'),  # a finite-looking spelling of infinity
+        canonical[1].replace('"revenue":4.99', '"revenue":499e-2'),
+        canonical[1].replace('"revenue":4.99', '"revenue":-4.99'),
+        canonical[2].replace('"model_version":1', '"model_version":1.0'),
+        canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":1.5'),
+        canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":"0.03"'),
+        canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,1e400]'),
+        canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,null]'),
+        canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,"0.8"]'),
+        canonical[2].replace('"neighbors":["app-1","app-2"]', '"neighbors":["app-1",""]'),
+        canonical[2].replace('"neighbors":["app-1","app-2"]', '"neighbors":["app-1",2]'),
+        canonical[2].replace('"neighbors":["app-1","app-2"]', f'"neighbors":["app-1","{"x" * 257}"]'),
     ]
+    assert all(cousin not in canonical for cousin in cousins)
     folder = tmp_path / "spill's"  # a quote in the work folder's path: the file name is an SQL literal
     folder.mkdir()
     rows = scanner_path(canonical + cousins, folder)
     assert [accepted for _, accepted, *_ in rows] == [True] * len(canonical) + [False] * len(cousins)
     assert [tuple(extracted) for _, _, *extracted in rows[:4]] == [reference_row(text) for text in canonical]
+
+
+def test_the_scanner_path_refuses_a_line_paired_with_its_neighbours_values(tmp_path):
+    """A blank line, which the JSON scanner skips, pairs each later line with the next line's values. A line whose
+    text is the canonical text of its neighbour's values, but where one value holds quotes from escapes, reads as
+    other keys and values: it must not be accepted with the neighbour's values."""
+    escaped = orjson.dumps(click("u-1", "app-1", at(2), event_id='a","x":"b').to_json_dict()).decode()
+    assert '\\"' in escaped
+    forged = escaped.replace('\\"', '"')  # valid JSON: event_id "a" and an extra key "x"
+    assert reference_row(forged)[0] == "a"
+    rows = scanner_path(["   ", forged, escaped], tmp_path)
+    assert [(line, accepted) for line, accepted, *_ in rows] == [(1, False), (2, False), (3, False)]
 
 
 def test_on_a_large_file_read_by_several_threads_both_scans_keep_pythons_lines(tmp_path):
