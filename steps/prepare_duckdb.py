@@ -112,6 +112,11 @@ def _connect(settings: DuckDBSettings, folder: str) -> duckdb.DuckDBPyConnection
         "autoinstall_known_extensions": False, "autoload_known_extensions": False,
         "memory_limit": settings.memory_limit, "temp_directory": os.path.join(folder, "spill"),
         "preserve_insertion_order": False,
+        # memory_limit caps DuckDB's buffer pool, not the pages its allocator (jemalloc) keeps after a free: the
+        # dedupe's hash tables replace evicted blocks, and the freed pages stayed resident beside a full pool
+        # (~430 MiB at 30M lines, and more the faster the run). Background threads purge them on time, and a
+        # worker that allocated 32 MB in a task purges its arena after it (DuckDB's default: 128 MB).
+        "allocator_background_threads": True, "allocator_flush_threshold": "32MB",
     }
     if settings.threads:
         config["threads"] = settings.threads
@@ -332,29 +337,20 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
         kept.add(reason, None, files[file_index], file_line, raw)
     users = int(con.execute(prepare_sql.users_sql("classified")).fetchone()[0])
     # The results first become tables inside DuckDB's memory limit, ``classified`` is dropped, and only then are
-    # they fetched: Python's copies (millions of interaction ids at scale) never sit beside a full buffer pool.
-    # Insertion order is kept, so each result table holds its query's ORDER BY.
+    # they fetched, one split at a time: Python's copies (millions of interaction ids at scale) never sit beside a
+    # full buffer pool. Insertion order is kept, so each result table (and its rows of a split) holds its query's
+    # ORDER BY.
     con.execute("SET preserve_insertion_order = true")
     queries = split_queries(use_attributed_clicks)
     for name, sql in queries.items():
         con.execute(f"CREATE TABLE result_{name} AS {sql}")
     con.execute("DROP TABLE classified")
-    frames = {}
+    splits = {part: split_result({name: con.execute(f"SELECT * FROM result_{name} WHERE holdout = {holdout}")
+                                  .to_arrow_table() for name in queries}, outcomes, holdout)
+              for part, holdout in SPLITS.items()}
     for name in queries:
-        frames[name] = con.execute(f"SELECT * FROM result_{name}").fetch_df()
         con.execute(f"DROP TABLE result_{name}")
-    splits = {part: split_result(frames, outcomes, holdout) for part, holdout in SPLITS.items()}
-    del frames
-
-    def total(outcome: str) -> int:
-        return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
-
-    lines_read = sum(lines_per_file.values()) + len(bad_files)
-    return EngineResult(
-        lines_read=lines_read, duplicates=total("duplicate"), before_window=total("before_window"),
-        after_window=total("after_window"), kept_reasons=dict(kept.reasons), users=users,
-        lines_per_file=lines_per_file, splits=splits, bad_files=bad_files,
-    )
+    return engine_result(outcomes, splits, kept, users, lines_per_file, bad_files)
 
 
 def _recheck(cursor: duckdb.DuckDBPyConnection, unit: int) -> None:
@@ -421,22 +417,52 @@ def split_queries(use_attributed_clicks: bool) -> dict[str, str]:
     }
 
 
-def split_result(frames: dict[str, pd.DataFrame], outcomes: pd.DataFrame, holdout: bool) -> SplitResult:
-    """One split's results: its rows of the ``split_queries`` frames (both splits') and of the outcome counts."""
-    pairs, totals, revenue, positives = (frames[name][frames[name]["holdout"] == holdout].drop(columns="holdout")
+def split_result(tables: dict[str, pa.Table], outcomes: pd.DataFrame, holdout: bool) -> SplitResult:
+    """One split's results from the ``split_queries`` results (Arrow: their rows of this split, or of both) and the
+    outcome counts (``outcome_counts_sql``)."""
+    pairs, totals, revenue, positives = (tables[name].filter(pc.equal(tables[name]["holdout"], holdout))
                                          for name in ("pairs", "totals", "revenue", "positives"))
     interactions = interactions_frame(
-        pairs["user_id"].to_numpy(object), pairs["app_id"].to_numpy(object),
-        pairs["clicks"].to_numpy(), pairs["conversions"].to_numpy(),
-        pairs["first_ts_us"].to_numpy(), pairs["last_ts_us"].to_numpy())
-    totals = totals.reset_index(drop=True)
-    codes = pd.Index(totals["app_id"]).get_indexer(revenue["app_id"])
-    totals["revenue"] = np.bincount(codes, weights=revenue["revenue"].to_numpy(np.float64), minlength=len(totals))
-    good = outcomes[(outcomes["outcome"] == "good") & (outcomes["holdout"] == holdout)]
+        _shared_strings(pairs["user_id"]), _shared_strings(pairs["app_id"]), pairs["clicks"].to_numpy(),
+        pairs["conversions"].to_numpy(), pairs["first_ts_us"].to_numpy(), pairs["last_ts_us"].to_numpy())
+    app_ids = totals["app_id"].to_numpy()
+    codes = pd.Index(app_ids).get_indexer(_shared_strings(revenue["app_id"]))
+    app_totals = pd.DataFrame({
+        "app_id": app_ids,
+        **{name: totals[name].to_numpy() for name in ("impressions", "clicks", "conversions")},
+        # Summed in arrival order (the rows' order), as the reference sums: the same floating-point totals.
+        "revenue": np.bincount(codes, weights=revenue["revenue"].to_numpy(), minlength=len(app_ids)),
+    })
+    good = outcomes[(outcomes["outcome"] == prepare_sql.GOOD) & (outcomes["holdout"] == holdout)]
     by_kind = good.groupby("kind")["n"].sum()
     return SplitResult(
-        interactions=interactions, app_totals=totals,
+        interactions=interactions, app_totals=app_totals,
         events_by_type={name: int(by_kind.get(code, 0)) for code, name in enumerate(EVENT_TYPES)},
-        positives=int(positives["positives"].sum()),
-        attributed_positives=int(positives["attributed_positives"].sum()),
+        positives=int(pc.sum(positives["positives"]).as_py() or 0),
+        attributed_positives=int(pc.sum(positives["attributed_positives"]).as_py() or 0),
+    )
+
+
+def _shared_strings(column: pa.ChunkedArray) -> np.ndarray:
+    """A string column as Python strings, one object per distinct value shared by its rows: a user's or an app's id
+    repeats on many rows, and a str per row would cost ~55 bytes each (millions of rows at scale)."""
+    if not len(column):
+        return np.empty(0, dtype=object)
+    encoded = column.combine_chunks().dictionary_encode()
+    return encoded.dictionary.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
+
+
+def engine_result(outcomes: pd.DataFrame, splits: dict[str, SplitResult], kept: RecordWriter, users: int,
+                  lines_per_file: dict[str, int], bad_files: list[BadFile]) -> EngineResult:
+    """What a SQL engine hands back, from the outcome counts (``outcome_counts_sql``: codes, named here)."""
+    by_outcome = outcomes.groupby("outcome")["n"].sum()
+
+    def total(outcome: int) -> int:
+        return int(by_outcome.get(outcome, 0))
+
+    return EngineResult(
+        lines_read=sum(lines_per_file.values()) + len(bad_files), duplicates=total(prepare_sql.DUPLICATE),
+        before_window=total(prepare_sql.BEFORE_WINDOW), after_window=total(prepare_sql.AFTER_WINDOW),
+        kept_reasons=dict(kept.reasons), users=users, lines_per_file=lines_per_file, splits=splits,
+        bad_files=bad_files,
     )

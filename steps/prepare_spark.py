@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from models.events import InvalidEvent, parse_line
 from models.progress import Progress
 from steps import prepare_sql
-from steps.prepare_duckdb import SPLITS, file_lines, split_queries, split_result
+from steps.prepare_duckdb import SPLITS, engine_result, file_lines, split_queries, split_result
 from steps.prepare_io import BadFile, EngineResult, RecordWriter, Window
 
 if TYPE_CHECKING:
@@ -183,18 +183,16 @@ def _read(spark: "SparkSession", records: "DataFrame", files: Sequence[str], win
         outcomes = spark.sql(spark_sql(prepare_sql.outcome_counts_sql("classified"))).toPandas()
         for reason, source, line, raw in spark.sql(spark_sql(prepare_sql.kept_rows_sql("classified"))).toLocalIterator():
             kept.add(reason, None, files[source], line, raw)
-
-        def total(outcome: str) -> int:
-            return int(outcomes.loc[outcomes["outcome"] == outcome, "n"].sum())
-
-        frames = {name: spark.sql(spark_sql(sql)).toPandas()
-                  for name, sql in split_queries(use_attributed_clicks).items()}
-        splits = {part: split_result(frames, outcomes, holdout) for part, holdout in SPLITS.items()}
+        tables = {name: _arrow(spark.sql(spark_sql(sql))) for name, sql in split_queries(use_attributed_clicks).items()}
+        splits = {part: split_result(tables, outcomes, holdout) for part, holdout in SPLITS.items()}
         users = int(spark.sql(spark_sql(prepare_sql.users_sql("classified"))).first()[0])
     finally:
         classified.unpersist()
-    return EngineResult(
-        lines_read=sum(lines_per_file.values()) + len(bad_files), duplicates=total("duplicate"),
-        before_window=total("before_window"), after_window=total("after_window"), kept_reasons=dict(kept.reasons),
-        users=users, lines_per_file=lines_per_file, splits=splits, bad_files=list(bad_files.values()),
-    )
+    return engine_result(outcomes, splits, kept, users, lines_per_file, list(bad_files.values()))
+
+
+def _arrow(frame: "DataFrame") -> pa.Table:
+    """A (driver-sized) result as an Arrow table with Spark's column types (pyspark 3.5 has no ``toArrow``)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return pa.Table.from_pandas(frame.toPandas(), schema=to_arrow_schema(frame.schema), preserve_index=False)

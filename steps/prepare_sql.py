@@ -391,9 +391,16 @@ def events_sql(typed_relation: str = "typed", slow_relation: str = "slow_events"
     return f"SELECT {columns} FROM {typed_relation} WHERE accepted UNION ALL SELECT {columns} FROM {slow_relation}"
 
 
+GOOD, DUPLICATE, BEFORE_WINDOW, AFTER_WINDOW, KEPT = (OUTCOMES.index(name) for name in (
+    "good", "duplicate", "before_window", "after_window", "kept"))
+
+
 def classified_sql(start_us: int, end_us: int, cut_us: int, events_relation: str = "events",
                    catalog_relation: str = "catalog", id_bucket: str = "hash(event_id)") -> str:
-    """Each valid event's outcome (first of OUTCOMES that applies, in the reference's order) and split.
+    """Each valid event's outcome (the code, an index into OUTCOMES, of the first that applies, in the reference's
+    order) and split. A row holds only what the queries below read: the outcome as a TINYINT and no kept reason
+    (``kept_rows_sql`` derives it for the kept rows), because at scale this table is most of what prepare holds (a
+    name per row is a 16-byte string slot, plus 18 heap bytes for "app_not_in_catalog", on every row).
 
     Most event ids are unique, so only the rows whose id *hash* occurs more than once (a hash aggregate:
     the retried ids and a few collisions) are ordered by (source, line) within their event_id; a window
@@ -414,13 +421,11 @@ WITH repeated AS (
          LEFT JOIN later d ON e.source = d.source AND e.line = d.line
 )
 SELECT source, line, kind, ts_us, app_id, user_id, positive, attributed, revenue,
-       CASE WHEN later_copy THEN 'duplicate'
-            WHEN ts_us < {start_us} THEN 'before_window'
-            WHEN ts_us >= {end_us} THEN 'after_window'
-            WHEN NOT in_catalog THEN 'kept'
-            ELSE 'good' END AS outcome,
-       CASE WHEN kind = {PREDICTION} AND starts_with(app_id, '{COLD_START_PREFIX}') THEN '{KEPT_REASONS[0]}'
-            ELSE '{KEPT_REASONS[1]}' END AS kept_reason,
+       CAST(CASE WHEN later_copy THEN {DUPLICATE}
+                 WHEN ts_us < {start_us} THEN {BEFORE_WINDOW}
+                 WHEN ts_us >= {end_us} THEN {AFTER_WINDOW}
+                 WHEN NOT in_catalog THEN {KEPT}
+                 ELSE {GOOD} END AS TINYINT) AS outcome,
        ts_us >= {cut_us} AS holdout,
        CASE WHEN NOT later_copy AND ts_us >= {start_us} AND ts_us < {end_us} AND NOT in_catalog THEN raw END AS raw
 FROM numbered
@@ -428,14 +433,13 @@ FROM numbered
 
 
 def outcome_counts_sql(relation: str = "classified") -> str:
-    """Rows per (outcome, kept_reason, kind, holdout); kept_reason is NULL unless kept."""
-    return (f"SELECT outcome, CASE WHEN outcome = 'kept' THEN kept_reason END AS kept_reason, kind, holdout, "
-            f"count(*) AS n FROM {relation} GROUP BY 1, 2, 3, 4")
+    """Rows per (outcome code, kind, holdout); the kept reasons are counted as the kept rows are written."""
+    return f"SELECT outcome, kind, holdout, count(*) AS n FROM {relation} GROUP BY 1, 2, 3"
 
 
 def users_sql(relation: str = "classified") -> str:
     """Distinct users among the good events."""
-    return f"SELECT count(DISTINCT user_id) AS users FROM {relation} WHERE outcome = 'good' AND kind <> {PREDICTION}"
+    return f"SELECT count(DISTINCT user_id) AS users FROM {relation} WHERE outcome = {GOOD} AND kind <> {PREDICTION}"
 
 
 # The split's read-only queries each run once for both splits: ``holdout`` leads every row (and the order), and
@@ -443,18 +447,19 @@ def users_sql(relation: str = "classified") -> str:
 
 def positive_counts_sql(relation: str = "classified") -> str:
     """Per split: co-engagement positives, and how many came from our own recommendations (no row: none)."""
-    return (f"SELECT holdout, count(*) AS positives, coalesce(count_if(attributed), 0) AS attributed_positives "
-            f"FROM {relation} WHERE outcome = 'good' AND positive AND kind <> {PREDICTION} GROUP BY holdout")
+    return (f"SELECT holdout, count(*) AS positives, "
+            f"CAST(coalesce(count_if(attributed), 0) AS BIGINT) AS attributed_positives FROM {relation} WHERE outcome = {GOOD} AND positive AND kind <> {PREDICTION} GROUP BY holdout")
 
 
 def interactions_sql(use_attributed_clicks: bool, relation: str = "classified") -> str:
-    """One row per (split, user_id, app_id) with a positive in the split, sorted by (holdout, user_id, app_id)."""
+    """One row per (split, user_id, app_id) with a positive in the split, sorted by (holdout, user_id, app_id).
+    Counts are BIGINT (DuckDB's count_if is a HUGEINT, which Arrow carries as a decimal)."""
     attributed = "" if use_attributed_clicks else "AND NOT attributed"
     return f"""
-SELECT holdout, user_id, app_id, count_if(kind = {CLICK}) AS clicks, count_if(kind = {CONVERSION}) AS conversions,
-       min(ts_us) AS first_ts_us, max(ts_us) AS last_ts_us
+SELECT holdout, user_id, app_id, CAST(count_if(kind = {CLICK}) AS BIGINT) AS clicks,
+       CAST(count_if(kind = {CONVERSION}) AS BIGINT) AS conversions, min(ts_us) AS first_ts_us, max(ts_us) AS last_ts_us
 FROM {relation}
-WHERE outcome = 'good' AND positive AND kind <> {PREDICTION} {attributed}
+WHERE outcome = {GOOD} AND positive AND kind <> {PREDICTION} {attributed}
 GROUP BY holdout, user_id, app_id
 ORDER BY holdout, user_id, app_id
 """
@@ -464,10 +469,11 @@ def app_totals_sql(relation: str = "classified") -> str:
     """Per (split, app) seen in the split (an impression or a conversion event): integer totals, sorted by
     (holdout, app_id)."""
     return f"""
-SELECT holdout, app_id, count_if(kind = {CLICK}) AS impressions, count_if(kind = {CLICK} AND positive) AS clicks,
-       count_if(kind = {CONVERSION} AND positive) AS conversions
+SELECT holdout, app_id, CAST(count_if(kind = {CLICK}) AS BIGINT) AS impressions,
+       CAST(count_if(kind = {CLICK} AND positive) AS BIGINT) AS clicks,
+       CAST(count_if(kind = {CONVERSION} AND positive) AS BIGINT) AS conversions
 FROM {relation}
-WHERE outcome = 'good' AND kind <> {PREDICTION}
+WHERE outcome = {GOOD} AND kind <> {PREDICTION}
 GROUP BY holdout, app_id
 ORDER BY holdout, app_id
 """
@@ -476,13 +482,15 @@ ORDER BY holdout, app_id
 def revenue_rows_sql(relation: str = "classified") -> str:
     """(holdout, app_id, revenue) of the conversions in arrival order: summed in that order per split, the
     floating-point totals are the reference's to the last bit."""
-    return (f"SELECT holdout, app_id, revenue FROM {relation} WHERE outcome = 'good' "
+    return (f"SELECT holdout, app_id, revenue FROM {relation} WHERE outcome = {GOOD} "
             f"AND kind = {CONVERSION} AND positive ORDER BY source, line")
 
 
 def kept_rows_sql(relation: str = "classified") -> str:
-    """The kept events, verbatim, in arrival order."""
-    return f"SELECT kept_reason, source, line, raw FROM {relation} WHERE outcome = 'kept' ORDER BY source, line"
+    """The kept events, verbatim, with their KEPT_REASONS name, in arrival order."""
+    return (f"SELECT CASE WHEN kind = {PREDICTION} AND starts_with(app_id, '{COLD_START_PREFIX}') THEN "
+            f"'{KEPT_REASONS[0]}' ELSE '{KEPT_REASONS[1]}' END AS kept_reason, source, line, raw "
+            f"FROM {relation} WHERE outcome = {KEPT} ORDER BY source, line")
 
 
 def event_row(event: PredictionEvent | ClickEvent | ConversionEvent) -> tuple:

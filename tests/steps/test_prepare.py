@@ -472,3 +472,12 @@ def test_duckdb_never_installs_or_loads_extensions_on_its_own(tmp_path):
         "SELECT extension_name, install_mode FROM duckdb_extensions() WHERE extension_name IN ('json', 'parquet')"
     ).fetchall())
     assert built_in == {"json": "STATICALLY_LINKED", "parquet": "STATICALLY_LINKED"}
+
+
+def test_duckdb_returns_freed_allocator_pages_promptly(tmp_path):
+    """Pages freed beside a full buffer pool are purged on time (background threads) and after each task in which
+    a worker allocated 32 MB, not only past DuckDB's 128 MB default: they count in prepare's peak RSS."""
+    connection = prepare_duckdb._connect(prepare_duckdb.DuckDBSettings(), str(tmp_path))
+    settings = dict(connection.execute("SELECT name, value FROM duckdb_settings() WHERE name IN "
+                                       "('allocator_background_threads', 'allocator_flush_threshold')").fetchall())
+    assert settings == {"allocator_background_threads": "true", "allocator_flush_threshold": "30.5 MiB"}

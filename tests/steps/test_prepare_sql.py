@@ -76,7 +76,7 @@ def test_dedupe_keeps_the_first_copy_by_arrival_whatever_the_id_buckets_collide(
     con.execute("CREATE TABLE catalog AS SELECT 'app-1' AS app_id")
 
     sql = prepare_sql.classified_sql(20, 80, 60, "events", "catalog", id_bucket=id_bucket)
-    outcomes = dict(((source, line), outcome) for source, line, outcome in
+    outcomes = dict(((source, line), prepare_sql.OUTCOMES[outcome]) for source, line, outcome in
                     con.execute(f"SELECT source, line, outcome FROM ({sql})").fetchall())
 
     seen: set[str] = set()
