@@ -307,7 +307,7 @@ def engagement_oracle(app_ids: Sequence[str], latent_positions: np.ndarray, clus
 
 
 def score_rows_rankings(name: str, app_ids: Sequence[str], query_app_ids: Sequence[str], k: int,
-                   score_rows: Callable[[np.ndarray], np.ndarray]) -> Ranking:
+                        score_rows: Callable[[np.ndarray], np.ndarray]) -> Ranking:
     """Exact top-k from dense scores: ``score_rows(rows)`` is (len(rows), apps) for those query apps' rows.
 
     In blocks of ``ORACLE_CELLS`` query x app scores, O(queries x apps) time; the query itself is never listed.
