@@ -47,7 +47,6 @@ The defaults were chosen on a validation split inside the train window (``bench/
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -164,21 +163,6 @@ def normalize_degrees(matrix: sparse.csr_matrix, user_exponent: float = 0.5, app
     return (sparse.diags(user_scale) @ matrix @ sparse.diags(app_scale)).tocsr()
 
 
-class RowBlocks:
-    """A sparse matrix cut into row blocks of equal non-zeros, multiplied on threads: scipy's sparse x dense product
-    releases the GIL, and each output row is computed as in one product, so the result is the same to the bit."""
-
-    THREADS = 2  # the target machine's cores
-
-    def __init__(self, matrix: sparse.csr_matrix):
-        cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, self.THREADS + 1)[1:-1])
-        bounds = [0, *np.unique(cuts).tolist(), matrix.shape[0]]
-        self.blocks = [matrix[start:end] for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
-
-    def times(self, dense: np.ndarray, pool: ThreadPoolExecutor) -> np.ndarray:
-        return np.vstack(list(pool.map(lambda block: block @ dense, self.blocks)))
-
-
 def truncated_svd(matrix: sparse.csr_matrix, rank: int, seed: int, oversampling: int = 10,
                   power_iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Top ``rank`` singular values and right singular vectors (columns, float64) of a sparse matrix.
@@ -199,12 +183,11 @@ def truncated_svd(matrix: sparse.csr_matrix, rank: int, seed: int, oversampling:
         return np.zeros(0), np.zeros((matrix.shape[1], 0))
     dtype = np.float32 if matrix.dtype == np.float32 else np.float64
     basis = np.random.RandomState(seed).normal(size=(matrix.shape[1], rank + oversampling)).astype(dtype)
-    by_user, by_app = RowBlocks(matrix), RowBlocks(matrix.T.tocsr())  # M and M^T (apps x users), both read by rows
-    with ThreadPoolExecutor(RowBlocks.THREADS) as pool:
-        for _ in range(power_iterations):
-            basis = linalg.lu(by_app.times(by_user.times(basis, pool), pool), permute_l=True, check_finite=False)[0]
-        users_basis = linalg.qr(by_user.times(basis, pool), mode="economic", check_finite=False)[0]
-        projected = np.asarray(by_app.times(users_basis, pool), dtype=np.float64)  # (Q^T M)^T: apps x (rank + oversampling)
+    by_app = matrix.T.tocsr()  # apps x users, so that both products read rows
+    for _ in range(power_iterations):
+        basis = linalg.lu(by_app @ (matrix @ basis), permute_l=True, check_finite=False)[0]
+    users_basis = linalg.qr(matrix @ basis, mode="economic", check_finite=False)[0]
+    projected = np.asarray(by_app @ users_basis, dtype=np.float64)  # (Q^T M)^T: apps x (rank + oversampling)
     energies, directions = np.linalg.eigh(projected.T @ projected)  # ascending
     values = np.sqrt(np.clip(energies[::-1][:rank], 0.0, None))
     keep = values > values[0] * 1e-6

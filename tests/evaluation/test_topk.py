@@ -18,7 +18,7 @@ def test_top_k_excluding_lists_the_largest_scores_best_first_without_the_row_its
         assert topk.top_k_excluding(scores.copy(), own, k).tolist() == expected
 
 
-@pytest.mark.parametrize("block_cells", [10**9, 7 * 500])  # one block, and many ranked on threads
+@pytest.mark.parametrize("block_cells", [10**9, 7 * 500])  # one block, and many
 def test_query_top_k_ranks_every_scoring_of_each_distinct_query_once(block_cells):
     rng = np.random.default_rng(8)
     apps = [f"app{i:03d}" for i in range(500)]

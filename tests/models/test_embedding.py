@@ -202,19 +202,3 @@ def test_recent_popularity_lifts_recently_engaged_apps_in_the_index(world):
     with pytest.raises(TrainingDataError, match="popularity_recency must be 0"):
         train_embeddings(catalog, train, EmbeddingParams(embedding_dim=16, popularity_recency=-1.0))
 
-
-def test_row_blocks_multiply_on_threads_to_the_same_bits():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from models.embedding import RowBlocks
-
-    rng = np.random.default_rng(2)
-    dense = rng.standard_normal((300, 9)).astype(np.float32)
-    # the non-zeros all in the last rows: blocks are cut by non-zeros, not by rows
-    skewed = sparse.vstack([sparse.csr_matrix((600, 300), dtype=np.float32),
-                            sparse.random(400, 300, density=0.05, dtype=np.float32, random_state=3)]).tocsr()
-    with ThreadPoolExecutor(RowBlocks.THREADS) as pool:
-        for matrix in (skewed, sparse.csr_matrix(np.ones((1, 300), dtype=np.float32))):
-            blocks = RowBlocks(matrix)
-            assert sum(block.shape[0] for block in blocks.blocks) == matrix.shape[0]
-            assert np.array_equal(blocks.times(dense, pool), matrix @ dense)
