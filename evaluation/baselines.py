@@ -41,6 +41,7 @@ from scipy import sparse
 
 from evaluation.compare import popularity_rankings
 from evaluation.metrics import PADDING
+from evaluation.topk import query_top_k
 from models.embedding import interaction_matrix, truncated_svd
 from models.features import MetadataEncoder, l2_normalize, tokenize
 from models.index import EXACT_MAX_APPS, build_index
@@ -312,18 +313,5 @@ def score_rows_rankings(name: str, app_ids: Sequence[str], query_app_ids: Sequen
     In blocks of ``ORACLE_CELLS`` query x app scores, O(queries x apps) time; the query itself is never listed.
     """
     app_ids = [str(a) for a in app_ids]
-    distinct, inverse = _distinct(query_app_ids)
-    rows = pd.Index(app_ids).get_indexer(distinct)
-    found = np.full((len(distinct), k), PADDING, dtype=np.int64)
-    known = np.flatnonzero(rows >= 0)
-    block = max(1, ORACLE_CELLS // max(len(app_ids), 1))
-    take = min(k, len(app_ids) - 1)
-    for start in range(0, known.size, block):
-        batch = known[start : start + block]
-        own = rows[batch]
-        score = np.array(score_rows(own), dtype=np.float64)
-        score[np.arange(len(own)), own] = -np.inf  # never the query itself
-        top = np.argpartition(-score, take - 1, axis=1)[:, :take]
-        order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
-        found[batch, :take] = np.take_along_axis(top, order, axis=1)
-    return Ranking(name, found[inverse], app_ids)
+    return Ranking(name, query_top_k(app_ids, query_app_ids, k, lambda rows: [np.array(score_rows(rows), dtype=np.float64)],
+                                     block_cells=ORACLE_CELLS)[0], app_ids)

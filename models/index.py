@@ -27,6 +27,7 @@ EXACT_MAX_APPS = 100_000  # "auto": exact search up to this many apps (the pipel
 RECALL_K = 10
 RECALL_TARGET = 0.95
 RECALL_QUERIES = 1000
+EXACT_QUERY_BLOCK = 128  # queries a product (x 200K apps: 100 MB of float32 scores)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
@@ -60,11 +61,26 @@ def choose_index_type(n_vectors: int, index_type: str, exact_max_apps: int) -> s
 
 def exact_neighbors(embeddings: np.ndarray, query_rows: np.ndarray, k: int,
                     item_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-(k + 1) of ``embeddings[query_rows]`` among ``item_vectors`` (default: the embeddings)."""
+    """Exact top-(k + 1) (scores, ids), best first, of ``embeddings[query_rows]`` among ``item_vectors`` (default: the
+    embeddings).
+
+    Matrix products a block of queries at a time, not ``IndexFlatIP.search``: for the 1,000 queries of the recall
+    check FAISS 1.15 does not use BLAS, and took 7.1-8.2 CPU-s over 200K x 64 vectors against 3.4 here (measured
+    while other jobs loaded the machine).
+    """
     indexed = embeddings if item_vectors is None else item_vectors
-    exact = faiss.IndexFlatIP(indexed.shape[1])
-    exact.add(indexed)
-    return exact.search(embeddings[query_rows], k + 1)
+    queries = embeddings[query_rows]
+    kk = min(k + 1, len(indexed))
+    scores = np.empty((len(queries), kk), dtype=np.float32)
+    ids = np.empty((len(queries), kk), dtype=np.int64)
+    for start in range(0, len(queries), EXACT_QUERY_BLOCK):
+        block = queries[start:start + EXACT_QUERY_BLOCK] @ indexed.T
+        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < block.shape[1] else np.argsort(-block, axis=1)
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)  # best first, ties by id
+        ids[start:start + len(block)] = np.take_along_axis(top, order, axis=1)
+        scores[start:start + len(block)] = np.take_along_axis(top_scores, order, axis=1)
+    return scores, ids
 
 
 def recall_vs_exact(index: faiss.Index, embeddings: np.ndarray, query_rows: np.ndarray,

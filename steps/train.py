@@ -23,7 +23,7 @@ import pandas as pd
 
 from evaluation.compare import K, score_rankings
 from evaluation.holdout import EmptyHoldout, build_queries
-from evaluation.metrics import PADDING
+from evaluation.topk import query_top_k
 from models import dataset, layout, storage
 from models.catalog import read_catalog
 from models.artifact import ModelArtifact
@@ -109,35 +109,6 @@ DIMENSION_MIN_GAIN = 0.005
 SELECTED_KNOBS = ("degree_regularization", "engagement_exponent", "popularity_exponent", "popularity_recency",
                   "embedding_dim")
 DIMENSION_CELLS = 3_000_000
-# Query x app scores ranked at once (float32: 64 MB a copy) while scoring candidates.
-VALIDATION_BLOCK_CELLS = 16_000_000
-
-
-def top_k_excluding(scores: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Per row of ``scores``, the columns of its ``k`` largest scores, best first (ties: the lower column), never the
-    row's ``own`` column (``scores`` is overwritten there with -inf).
-
-    A row's k-th largest of its maxima over column chunks bounds its k-th largest score from below (those maxima are k
-    different cells), so only the chunks reaching that bound are read again and only their cells at or above it
-    sorted: a sixth of ``np.argpartition``'s time over 200K columns.
-    """
-    rows_count, columns = scores.shape
-    scores[np.arange(rows_count), own] = -np.inf
-    width = max(1, columns // (32 * k))
-    starts = np.arange(0, columns, width)
-    chunk_maxima = np.maximum.reduceat(scores, starts, axis=1)
-    bound = np.partition(chunk_maxima, len(starts) - k, axis=1)[:, len(starts) - k]
-    pair_rows, pair_chunks = np.nonzero(chunk_maxima >= bound[:, None])
-    rows = np.repeat(pair_rows, width)
-    cols = (starts[pair_chunks][:, None] + np.arange(width)).ravel()
-    inside = cols < columns  # the last chunk may be shorter
-    rows, cols = rows[inside], cols[inside]
-    values = scores[rows, cols]
-    reaching = values >= bound[rows]
-    rows, cols, values = rows[reaching], cols[reaching], values[reaching]
-    order = np.lexsort((cols, -values, rows))
-    first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_count))[:-1]])
-    return cols[order][first[:, None] + np.arange(k)]
 
 
 def weighted_rankings(app_ids: list[str], query_app_ids: list[str], factors: np.ndarray,
@@ -148,21 +119,16 @@ def weighted_rankings(app_ids: list[str], query_app_ids: list[str], factors: np.
     That is how served vectors rank variants that differ only in their popularity term: with f = F degree^t
     (collaborative_factors), the asymmetric vectors rank j for i by f_i . f_j = degree_i^t (F_i . F_j) degree_j^t.
     """
-    distinct, query_of = np.unique(np.asarray(query_app_ids, dtype=str), return_inverse=True)
-    rows = pd.Index(app_ids).get_indexer(distinct)
-    known = np.flatnonzero(rows >= 0)
-    take = min(K, len(app_ids) - 1)
     items = np.ascontiguousarray(factors.T, dtype=np.float32)
     weights = [np.asarray(weight, dtype=np.float32) for weight in weights]
-    found = [np.full((len(distinct), K), PADDING, dtype=np.int64) for _ in weights]
-    block = max(1, VALIDATION_BLOCK_CELLS // len(app_ids))
-    for start in range(0, known.size if take > 0 else 0, block):
-        batch = known[start:start + block]
-        product = factors[rows[batch]].astype(np.float32) @ items
+
+    def weighted_scores(rows: np.ndarray):
+        product = factors[rows].astype(np.float32) @ items
         weighted = np.empty_like(product)
-        for ranking, weight in zip(found, weights):
-            ranking[batch, :take] = top_k_excluding(np.multiply(product, weight, out=weighted), rows[batch], take)
-    return [ranking[query_of] for ranking in found]
+        for weight in weights:
+            yield np.multiply(product, weight, out=weighted)
+
+    return query_top_k(app_ids, query_app_ids, K, weighted_scores, count=len(weights))
 
 
 def validation_split(train: pd.DataFrame, fraction: float = VALIDATION_FRACTION) -> tuple[pd.DataFrame, pd.DataFrame]:

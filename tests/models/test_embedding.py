@@ -201,3 +201,4 @@ def test_recent_popularity_lifts_recently_engaged_apps_in_the_index(world):
     assert puzzle_weight(0.1) > 2 * puzzle_weight(0.0)
     with pytest.raises(TrainingDataError, match="popularity_recency must be 0"):
         train_embeddings(catalog, train, EmbeddingParams(embedding_dim=16, popularity_recency=-1.0))
+

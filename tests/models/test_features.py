@@ -171,3 +171,14 @@ def test_features_equal_scikit_learn_tfidf_rebuilt_from_the_vocabulary(demo_toke
     assert ours.shape == theirs.shape == (len(apps), len(encoder.vocabulary))
     np.testing.assert_allclose(ours.toarray(), theirs.toarray(), rtol=1e-12, atol=0)
     assert ours[-3:, 1:].nnz == 1  # only the known rating bin of the last app
+
+
+def test_repeated_values_are_tokenised_once_yet_each_app_gets_its_own_tokens():
+    rows = [{"category": "Games", "region": "EU", "avg_rating": 4.2}, {"category": 1, "avg_rating": float("nan")},
+            {"category": 1.0, "region": "EU", "avg_rating": 4.2}, {"category": ["odd", "list"], "avg_rating": 1}]
+    tokens = tokenize(rows)
+    assert tokens[0] == ["category=games", "region=eu", "rating=4"]
+    assert tokens[1] == ["category=1"] and tokens[2] == ["category=1.0", "region=eu", "rating=4"]
+    assert tokens[3] == ["category=['odd', 'list']", "rating=0"]
+    tokens[0].append("changed")  # each app's list is its own
+    assert tokenize(rows)[2] == ["category=1.0", "region=eu", "rating=4"] and tokens[2][-1] == "rating=4"

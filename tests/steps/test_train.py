@@ -217,16 +217,6 @@ def test_larger_dimensions_are_tried_only_while_the_catalog_is_small():
     assert train.candidate_dimensions(16, 5_000) == []  # a small model asked for is kept small
 
 
-def test_top_k_excluding_lists_the_largest_scores_best_first_without_the_row_itself():
-    rng = np.random.default_rng(3)
-    for rows, columns, k in ((40, 5_000, 10), (6, 12, 10), (3, 4, 3)):
-        scores = rng.integers(0, 6, size=(rows, columns)).astype(np.float32)  # many ties: the lower column first
-        own = rng.integers(0, columns, size=rows)
-        expected = [[column for column in np.lexsort((np.arange(columns), -row)) if column != skip][:k]
-                    for row, skip in zip(scores, own)]
-        assert train.top_k_excluding(scores.copy(), own, k).tolist() == expected
-
-
 def test_weighted_rankings_rank_as_the_served_vectors_do():
     rng = np.random.default_rng(5)
     apps = [f"app{i:04d}" for i in range(3_000)]
