@@ -122,8 +122,16 @@ class SpillDir:
         return sorted(self.folder.glob(f"{CLAIM_PREFIX}*")) if self.folder.is_dir() else []
 
     def backlog(self) -> int:
-        """Files waiting for the sink, including the ones a replay holds right now."""
-        return len(self.pending()) + len(self.claimed())
+        """Files waiting for the sink, including the ones a replay holds right now.
+
+        One listing: a replay renames a file to its claim and back, so counting pending and claimed files from two
+        listings saw a file that moved between them twice or not at all."""
+        try:
+            names = os.listdir(self.folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        return sum(name.startswith(CLAIM_PREFIX) or (name.startswith(SPILL_PREFIX) and name.endswith(SPILL_SUFFIX))
+                   for name in names)
 
     def claim(self, path: Path) -> Path | None:
         claimed = path.with_name(f"{CLAIM_PREFIX}{os.getpid()}-{path.name}")

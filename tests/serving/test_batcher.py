@@ -392,3 +392,26 @@ def test_an_unreadable_spill_file_is_quarantined_and_replay_goes_on(tmp_path):
     quarantined = tmp_path / "spill" / "quarantine" / bad.name
     assert quarantined.exists() and "unreadable" in quarantined.with_name(bad.name + ".reason").read_text()
     assert batcher.stats.quarantined_files == 1
+
+
+def test_backlog_counts_a_file_once_while_a_replay_claims_and_returns_it(tmp_path):
+    """A replay renames a file to its claim and back (sink down) while /metrics counts the backlog: counted from two
+    listings, a file moving between them was seen twice or not at all."""
+    spill = SpillDir(tmp_path / "spill")
+    waiting = spill.write([b'{"event_id": "x"}\n'])
+    claimed = waiting.with_name(f".claimed-{os.getpid()}-{waiting.name}")
+    stop = threading.Event()
+
+    def claim_and_return():
+        while not stop.is_set():
+            os.rename(waiting, claimed)
+            os.rename(claimed, waiting)
+
+    mover = threading.Thread(target=claim_and_return)
+    mover.start()
+    try:
+        counts = {spill.backlog() for _ in range(3000)}
+    finally:
+        stop.set()
+        mover.join()
+    assert counts == {1}
