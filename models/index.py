@@ -172,7 +172,8 @@ def build_index(embeddings: np.ndarray, index_type: str = "auto", exact_max_apps
         "recall_target": RECALL_TARGET,
         "build_seconds": round(build_seconds, 3),
     }
-    step.finish(f"{n_vectors:,} vectors, recall@10 vs exact {recall:.3f} on {sample_size:,} queries")
+    step.finish(f"{n_vectors:,} vectors, exact search" if chosen == "flat"
+                else f"{n_vectors:,} vectors, recall@10 vs exact {recall:.3f} on {sample_size:,} queries")
     return index, info
 
 
