@@ -10,7 +10,6 @@ shown either way.
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 
 from models import layout, storage
 from models.events import parse_utc
+from models.processes import pid_alive
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0  # six missed heartbeats
@@ -164,13 +164,7 @@ def last_heartbeat(record: RunRecord) -> datetime:
 def _process_gone(record: RunRecord) -> bool:
     if record.pid is None or record.host != socket.gethostname():
         return False  # another machine's process: only its heartbeat can tell
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return not pid_alive(record.pid)
 
 
 def abandoned_reason(record: RunRecord, at: datetime | None = None) -> str | None:

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import orjson
 from pydantic import BaseModel
 
+from models.processes import pid_alive
 from serving.sinks import FeedbackSink, SinkError, encode_line
 
 log = logging.getLogger("appsim.serving.batcher")
@@ -58,16 +59,6 @@ class SpillError(RuntimeError):
 
 class JournalError(RuntimeError):
     """Feedback events could not be made durable: the request must not be acknowledged."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def _owner_pid(name: str) -> int | None:
@@ -161,7 +152,7 @@ class SpillDir:
 
         def dead(path: Path) -> bool:
             pid = _owner_pid(path.name)
-            return pid is not None and pid != me and not _pid_alive(pid)
+            return pid is not None and pid != me and not pid_alive(pid)
 
         recovered = 0
         for path in self.claimed():

@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from models.processes import pid_alive
 from serving import metric_names as names
 
 if TYPE_CHECKING:
@@ -141,13 +142,9 @@ def forget_dead_workers(folder: str) -> None:
     """Remove the live gauges of workers that are gone (the folder is the host's own, so pids are this host's)."""
     for path in Path(folder).glob("gauge_live*_*.db"):
         pid = int(path.stem.rsplit("_", 1)[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             with suppress(OSError):
                 multiprocess.mark_process_dead(pid, folder)
-        except PermissionError:  # alive, under another user
-            pass
 
 
 class _Mirror:

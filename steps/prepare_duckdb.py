@@ -27,6 +27,7 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import duckdb
@@ -36,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.events import EVENT_TYPES, InvalidEvent, parse_line
+from models.processes import pid_alive
 from models.progress import Progress
 from steps import prepare_sql
 from steps.prepare_io import (
@@ -130,7 +132,8 @@ def read(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: 
     parent = settings.spill_dir or None
     if parent:
         os.makedirs(parent, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="appsim-prepare-duckdb-", dir=parent)
+    _remove_dead_work_folders(parent or tempfile.gettempdir())
+    folder = tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}-", dir=parent)
     try:
         con = _connect(settings, folder)
         try:
@@ -140,6 +143,17 @@ def read(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: 
             con.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_WORK_PREFIX = "appsim-prepare-duckdb-"
+
+
+def _remove_dead_work_folders(parent: str) -> None:
+    """Work folders (units and spill files: gigabytes at scale) that a killed prepare left, its pid in their name."""
+    for path in Path(parent).glob(f"{_WORK_PREFIX}*-*"):
+        pid = path.name[len(_WORK_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -40,7 +41,7 @@ def test_a_run_whose_process_is_gone_is_marked_abandoned_and_saved(tmp_path):
 
 def test_a_live_run_is_left_running_and_a_silent_one_elsewhere_is_abandoned_when_stale(tmp_path, monkeypatch):
     store = storage.normalize(tmp_path)
-    here = _running(store, "20261101T000000Z-live", host=runs.socket.gethostname(), pid=runs.os.getpid())
+    here = _running(store, "20261101T000000Z-live", host=runs.socket.gethostname(), pid=os.getpid())
     remote = _running(store, "20261101T000001Z-remote", host="another-machine", pid=1)
     with Heartbeat(here, every=0.01), Heartbeat(remote, every=0.01):
         pass

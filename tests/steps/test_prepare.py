@@ -463,6 +463,22 @@ def test_a_tiny_memory_limit_spills_to_the_spill_folder_and_gives_the_same_outpu
     assert spill.is_dir() and not any(spill.iterdir())  # its working folder is removed afterwards
 
 
+def test_a_work_folder_left_by_a_killed_prepare_is_removed_by_the_next_run(feedback_store, tmp_path):
+    feedback_store.deliver([click("u1", "app-1", at(1))], arrival=at(1))
+    spill = tmp_path / "spill"
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()  # its pid belongs to no process any more
+    killed = spill / f"appsim-prepare-duckdb-{exited.pid}-abc123"
+    running = spill / f"appsim-prepare-duckdb-{os.getppid()}-def456"  # a live process's: left alone
+    for folder in (killed, running):
+        (folder / "spill").mkdir(parents=True)
+        (folder / "unit-0.jsonl").write_bytes(b"{}\n" * 1000)
+
+    run(feedback_store, duckdb_settings=prepare_duckdb.DuckDBSettings(spill_dir=str(spill)))
+
+    assert sorted(path.name for path in spill.iterdir()) == [running.name]
+
+
 def test_duckdb_never_installs_or_loads_extensions_on_its_own(tmp_path):
     connection = prepare_duckdb._connect(prepare_duckdb.DuckDBSettings(), str(tmp_path))
     settings = dict(connection.execute(
