@@ -49,6 +49,9 @@ setup(
         # PrepareFeedback's engine (steps/prepare_duckdb.py). The wheel has json and parquet built in; the
         # engine turns extension auto-install/auto-load off, so nothing is downloaded at run time.
         "duckdb>=1.5.6,<1.6",
+        # PrepareFeedback's canonical-line matcher (steps/prepare_canonical.py), a byte loop compiled at first use
+        # and cached beside the module (serving/Dockerfile compiles it into the image).
+        "numba>=0.68,<0.69",
     ],
     extras_require={
         # The SageMaker SDK is imported only by the pipeline builder (pipelines/sagemaker_pipeline.py).

@@ -3,14 +3,13 @@
 Files are read through the project's storage layer (models/storage.py, so ``file://`` and ``s3://``
 alike) by a few threads that gunzip them in Python (``prepare_io.read_file``: a truncated or corrupt
 gzip keeps its complete lines and is reported as a bad file; DuckDB's gzip reader does not notice
-either, so it is not used). Consecutive files go, as plain lines, into a temp file (a ``_Unit``) that
-DuckDB reads with its own scanners (``_scan_relation``) and ``prepare_sql.scanned_sql`` proves line by
-line against the producers' text. Lines that proof leaves (rare), and files the CSV scanner cannot cut
-as Python does (lines cut by Arrow), go through ``prepare_sql.typed_sql`` as each unit is scanned
-(``_recheck``: only that unit's rows, so no statement rescans every line); what that cannot prove is
-parsed by the reference validator (``models.events.parse_line``) here, so every bad line gets the
-reference's reason code. Dedupe, the window, the kept outcome and the aggregates are SQL; no event id
-is held in Python.
+either, so it is not used). Consecutive files form a unit (``_Unit``, ~32 MB of lines) that the
+canonical-line matcher (steps/prepare_canonical.py) reads, a unit per core at once: the lines it accepts go
+to table ``matched`` with their values, the others (rare: bad lines, other layouts, and the lines of files
+that are not UTF-8, cut by Arrow) to ``unproven``. After the last unit, ``prepare_sql.typed_sql`` (any JSON
+layout) goes over ``unproven``, and what it cannot prove is parsed by the reference validator
+(``models.events.parse_line``) here, so every bad line gets the reference's reason code. Dedupe, the window,
+the kept outcome and the aggregates are SQL; no event id is held in Python.
 
 DuckDB works in memory with a memory limit: past the limit it spills to the spill folder instead of
 growing (``DuckDBSettings``; pipeline.yaml ``prepare:``). Extension auto-install
@@ -23,6 +22,7 @@ import bisect
 import os
 import shutil
 import threading
+import types
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,10 +44,9 @@ from steps.prepare_io import (
     BadFile, EngineResult, RecordWriter, SplitResult, Window, interactions_frame, read_file, split_lines,
 )
 
-UNIT_BYTES = 32 << 20  # uncompressed bytes scanned by one statement (a temp file): bounds what Python holds;
-# small enough that the last unit, scanned while the other worker has nothing left, is a short tail
+UNIT_BYTES = 32 << 20  # uncompressed bytes matched at once: bounds what Python holds; small enough that the
+# last unit, matched while the other worker has nothing left, is a short tail
 READ_AHEAD_FILES = 8  # files being read and gunzipped ahead of DuckDB
-_BOM = b"\xef\xbb\xbf"
 _RAW_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
 _EVENT_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("event_id", pa.string()),
                            ("kind", pa.int8()), ("ts_us", pa.int64()), ("app_id", pa.string()),
@@ -137,8 +136,7 @@ def read(files: Sequence[str], window: Window, app_ids: np.ndarray, quarantine: 
     try:
         con = _connect(settings, folder)
         try:
-            return _read(con, files, window, app_ids, quarantine, kept, use_attributed_clicks, progress, settings,
-                         folder)
+            return _read(con, files, window, app_ids, quarantine, kept, use_attributed_clicks, progress, settings)
         finally:
             con.close()
     finally:
@@ -149,7 +147,7 @@ _WORK_PREFIX = "appsim-prepare-duckdb-"
 
 
 def _remove_dead_work_folders(parent: str) -> None:
-    """Work folders (units and spill files: gigabytes at scale) that a killed prepare left, its pid in their name."""
+    """Work folders (spill files: gigabytes at scale) that a killed prepare left, its pid in their name."""
     for path in Path(parent).glob(f"{_WORK_PREFIX}*-*"):
         pid = path.name[len(_WORK_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
@@ -158,8 +156,8 @@ def _remove_dead_work_folders(parent: str) -> None:
 
 @dataclass
 class _Unit:
-    """Consecutive files read by one statement: in ``typed`` its rows have ``source`` = ``number`` and ``line`` =
-    the row in the unit (the files' lines one after another), which orders them as (file, line) does."""
+    """Consecutive files matched at once: in ``matched`` and ``unproven`` its rows have ``source`` = ``number`` and
+    ``line`` = the row in the unit (the files' lines one after another), which orders them as (file, line) does."""
 
     number: int
     files: list[int]  # indices into the window's files, in arrival order
@@ -179,56 +177,36 @@ def line_count(content: bytes) -> int:
     return newlines + (0 if not content or content.endswith(b"\n") else 1)
 
 
-def scannable(content: bytes) -> bool:
-    """Whether DuckDB's CSV scanner cuts this content into exactly ``split_lines``'s lines: it also ends lines at
-    a carriage return and drops a byte-order mark, so such (rare) files are cut by Arrow instead."""
-    return b"\r" not in content and not content.startswith(_BOM)
+def is_utf8(content: bytes) -> bool:
+    """Whether the content is valid UTF-8, which the matcher needs (rare other files are cut by Arrow instead)."""
+    try:
+        _whole_text(content)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
-def _read_counted(uri: str) -> tuple[bytes, str | None, int]:
+def _read_counted(uri: str) -> tuple[bytes, str | None, int, bool]:
     content, error = read_file(uri)
-    return content, error, line_count(content)
-
-
-def _scan_relation(path: str, unit: int, rows: int) -> str:
-    """The unit's lines (``read_csv``: no quoting, a control character as the delimiter) each beside the row that
-    DuckDB's JSON scanner read from the same line (``read_ndjson``; a line it cannot read is a row of NULLs).
-
-    A POSITIONAL JOIN of the two scans reads both in one thread, in file order, numbered by row_number() OVER ().
-    The lines must be Python's exactly (line numbers order duplicates and name quarantined lines), so the
-    statement fails (``error()``, and the unit is cut by Arrow instead) when the CSV scanner does not give
-    one whole line per row: a delimiter byte in a line (the CSV scanner would cut it; two columns make it
-    visible), or more rows than lines (fewer is checked by the caller). The JSON scanner skips blank lines
-    and may read a broken line's neighbour as its rest: that only shifts or voids its rows, which the
-    canonical-text proof then refuses, never accepts.
-    """
-    columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in prepare_sql.SCAN_COLUMNS.items()) + "}"
-    path = path.replace("'", "''")  # an SQL literal (a spill folder may hold a quote)
-    lines = (f"read_csv('{path}', columns = {{'raw': 'VARCHAR', 'rest': 'VARCHAR'}}, header = false, "
-             "auto_detect = false, delim = chr(1), quote = '', escape = '', nullstr = chr(2), null_padding = true)")
-    scan = f"read_ndjson('{path}', columns = {columns}, ignore_errors = true)"
-    return f"""(
-    SELECT {unit} AS source, line,
-           CASE WHEN raw IS NULL OR rest IS NOT NULL OR line > {rows}
-                THEN error('the CSV scan does not give the unit''s {rows} lines one per row') ELSE raw END AS raw,
-           * EXCLUDE (line, raw, rest)
-    FROM (SELECT row_number() OVER () AS line, * FROM {lines} POSITIONAL JOIN {scan})
-)"""
+    return content, error, line_count(content), is_utf8(content)
 
 
 def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, app_ids: np.ndarray,
           quarantine: RecordWriter, kept: RecordWriter, use_attributed_clicks: bool, progress: Progress,
-          settings: DuckDBSettings, folder: str) -> EngineResult:
+          settings: DuckDBSettings) -> EngineResult:
+    loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-load")
+    matcher = loading.submit(_load_matcher)
+    loading.shutdown(wait=False)
     catalog = pa.table({"app_id": pa.array(list(app_ids), pa.string())})
     con.register("catalog_arrow", catalog)
     con.execute("CREATE TABLE catalog AS SELECT app_id FROM catalog_arrow")
     con.unregister("catalog_arrow")
     typed = prepare_sql.typed_sql("raw_lines", "catalog")
     con.register("raw_lines", _RAW_SCHEMA.empty_table())
-    con.execute(f"CREATE TABLE typed AS SELECT * FROM ({typed}) LIMIT 0")
+    con.execute("CREATE TABLE unproven AS SELECT * FROM raw_lines")
+    con.execute(f"CREATE TABLE matched AS SELECT * FROM ({typed}) LIMIT 0")
     con.unregister("raw_lines")
-    con.execute("CREATE TABLE rechecked AS SELECT * FROM typed LIMIT 0")
-    con.execute(f"CREATE TABLE slow_events AS SELECT {', '.join(prepare_sql.EVENT_COLUMNS)} FROM typed LIMIT 0")
+    con.execute(f"CREATE TABLE slow_events AS SELECT {', '.join(prepare_sql.EVENT_COLUMNS)} FROM matched LIMIT 0")
 
     lines_per_file: dict[str, int] = {}
     bad_files: list[BadFile] = []
@@ -237,48 +215,36 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     lock = threading.Lock()
 
     def insert_arrow_lines(unit: _Unit, cursor: duckdb.DuckDBPyConnection) -> None:
-        """The unit cut into lines by Arrow, every line left for ``typed_sql`` (see ``_recheck``)."""
+        """The unit cut into lines by Arrow, every line left for ``typed_sql``."""
         parts = [content_lines(unit.number, files[index], content, None, first_row + 1)
                  for index, content, first_row in zip(unit.files, unit.contents, unit.first_rows)]
         with lock:
             for part in parts:
                 undecodable.update({(unit.number, row): raw for row, raw in part.undecodable.items()})
         cursor.register("unit_lines", pa.concat_tables([part.table for part in parts]))
-        cursor.execute("INSERT INTO typed BY NAME SELECT source, line, false AS accepted, raw FROM unit_lines")
+        cursor.execute("INSERT INTO unproven SELECT source, line, raw FROM unit_lines")
         cursor.unregister("unit_lines")
 
     def scan(unit: _Unit) -> None:
         cursor = con.cursor()
         try:
-            path = os.path.join(folder, f"unit-{unit.number}.jsonl")
-            with open(path, "wb") as out:
-                for content in unit.contents:
-                    out.write(content)
-                    if not content.endswith(b"\n"):  # the last line of a file ends at the end of the file
-                        out.write(b"\n")
-            try:
-                inserted = cursor.execute(f"INSERT INTO typed {prepare_sql.scanned_sql(_scan_relation(path, unit.number, unit.rows))}").fetchone()[0]
-                if inserted != unit.rows:  # fewer rows than lines: undo, cut by Arrow
-                    cursor.execute(f"DELETE FROM typed WHERE source = {unit.number}")
-                    insert_arrow_lines(unit, cursor)
-            except duckdb.Error:  # a line the CSV scanner refuses (a delimiter byte, not UTF-8, too long)
-                insert_arrow_lines(unit, cursor)
-            finally:
-                os.remove(path)
-            _recheck(cursor, unit.number)
+            # The last line of a file ends at the end of the file.
+            content = b"".join(part if part.endswith(b"\n") else part + b"\n" for part in unit.contents)
             unit.contents = []
+            cursor.register("unit_table", matcher.result().canonical_table(unit.number, content))
+            cursor.execute(f"INSERT INTO matched BY NAME {prepare_sql.matched_sql('unit_table', 'catalog')}")
+            cursor.execute(f"INSERT INTO unproven {prepare_sql.unmatched_sql('unit_table')}")
+            cursor.unregister("unit_table")
             progress.update(unit.rows)
         finally:
             cursor.close()
 
     workers = settings.threads or os.cpu_count() or 1
-    # Each scan statement runs in one thread (see _scan_relation), ``workers`` of them at once: DuckDB's own
-    # workers would only wait. The line scans read in file order, which preserve_insertion_order keeps.
+    # ``workers`` units are matched at once (the matcher releases the GIL), each inserted by one DuckDB thread.
     con.execute("SET threads = 1")
-    con.execute("SET preserve_insertion_order = true")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare-read") as readers, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare-scan") as scanners:
-        reading: deque[Future[tuple[bytes, str | None, int]]] = deque()
+        reading: deque[Future[tuple[bytes, str | None, int, bool]]] = deque()
         scanning: deque[Future[None]] = deque()
         batch: _Unit | None = None
         next_file = 0
@@ -289,7 +255,6 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
                 cursor = con.cursor()
                 try:
                     insert_arrow_lines(unit, cursor)
-                    _recheck(cursor, unit.number)
                 finally:
                     cursor.close()
                 unit.contents = []
@@ -303,13 +268,13 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
             while next_file < len(files) and len(reading) < READ_AHEAD_FILES:
                 reading.append(readers.submit(_read_counted, files[next_file]))
                 next_file += 1
-            content, error, n = reading.popleft().result()
+            content, error, n, utf8 = reading.popleft().result()
             lines_per_file[files[index]] = n
             if error is not None:
                 bad_files.append(BadFile(files[index], error, n))
             if not n:
                 continue
-            if not scannable(content):
+            if not utf8:
                 if batch is not None:
                     submit(batch)
                     batch = None
@@ -328,11 +293,13 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
             submit(batch)
         while scanning:
             scanning.popleft().result()
-    con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET threads = {workers}")
 
     columns = ", ".join(("accepted", *prepare_sql.EVENT_COLUMNS))
-    con.execute(f"CREATE VIEW proven AS SELECT {columns} FROM typed WHERE accepted "
+    # The lines the matcher left (rare: bad lines, other layouts) through typed_sql, which reads any JSON layout.
+    con.execute(f"CREATE TABLE rechecked AS {prepare_sql.typed_sql('unproven', 'catalog')}")
+    con.execute("DROP TABLE unproven")
+    con.execute(f"CREATE VIEW proven AS SELECT {columns} FROM matched WHERE accepted "
                 f"UNION ALL SELECT {columns} FROM rechecked WHERE accepted")
     bad_by_file = {files.index(bad.uri): bad for bad in bad_files}
     _slow_path(con, files, units, undecodable, bad_by_file, quarantine)
@@ -341,7 +308,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     con.execute(f"CREATE TABLE classified AS {prepare_sql.classified_sql(start_us, end_us, cut_us, 'events', 'catalog')}")
     con.execute("DROP VIEW events")
     con.execute("DROP VIEW proven")
-    con.execute("DROP TABLE typed")
+    con.execute("DROP TABLE matched")
     con.execute("DROP TABLE rechecked")
     con.execute("DROP TABLE slow_events")
 
@@ -367,13 +334,13 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     return engine_result(outcomes, splits, kept, users, lines_per_file, bad_files)
 
 
-def _recheck(cursor: duckdb.DuckDBPyConnection, unit: int) -> None:
-    """A unit's lines the scanner path did not prove (rare) through ``typed_sql``, the fast path that reads any JSON
-    layout (other key orders, spaces, optional fields left out), into ``rechecked``. Run as each unit is scanned:
-    the filter on ``source`` reads only that unit's row groups of ``typed`` (zone maps), so no statement rescans
-    every line."""
-    unproven = f"(SELECT source, line, raw FROM typed WHERE source = {unit} AND NOT accepted)"
-    cursor.execute(f"INSERT INTO rechecked {prepare_sql.typed_sql(unproven, 'catalog')}")
+def _load_matcher() -> types.ModuleType:
+    """steps/prepare_canonical.py, imported and its compiled matcher loaded: numba's start-up (~1 CPU-s, mostly
+    holding the GIL) runs in a thread of its own while the reader threads gunzip the first files (without it)."""
+    from steps import prepare_canonical
+
+    prepare_canonical.canonical_table(0, b"\n")
+    return prepare_canonical
 
 
 def _slow_path(con: duckdb.DuckDBPyConnection, files: Sequence[str], units: list[_Unit],

@@ -26,9 +26,9 @@ How an engine runs it (the DuckDB engine is the worked example):
    ``steps.prepare`` (``outcome_counts_sql``, ``interactions_sql``, ``app_totals_sql``,
    ``revenue_rows_sql``, ``kept_rows_sql``, ``users_sql``).
 
-The DuckDB engine runs ``scanned_sql`` before step 2: DuckDB's JSON scanner reads every line's fields and a
-line is accepted when its text is exactly the producers' text for those values (the canonical-text proof);
-only the lines it leaves go on to ``typed_sql``.
+The DuckDB engine runs the canonical-line matcher (steps/prepare_canonical.py) before step 2: it accepts
+the lines that are exactly in the producers' layout and extracts their values (``matched_sql``); only the
+lines it leaves (``unmatched_sql``) go on to ``typed_sql``.
 
 The fast path accepts only lines it can prove valid under models/events.py: no backslash (so no
 escapes: no lone surrogates, and string lengths are character counts), no key but the event type's
@@ -260,129 +260,25 @@ FROM checked
 """
 
 
-# The scanner path (``scanned_sql``): DuckDB's own JSON scanner reads every field of every line, and a line is
-# accepted only when its text is exactly what the producers write for those values. Each field is read as the
-# JSON text of its value (``'JSON'``: the value's type is in its text, with no conversion by the scanner), but for
-# the string fields whose value is an output (ids) or checked by a pattern (ts, event_type), read as their
-# decoded string (``'VARCHAR'``) so no quotes need stripping.
-_COMMON_RULES = (FieldRule("event_id", "id", max_length=MAX_EVENT_ID_LENGTH), FieldRule("ts", "ts"),
-                 FieldRule("schema_version", "int"), FieldRule("event_type", "event_type"))
+COMMON_RULES = (FieldRule("event_id", "id", max_length=MAX_EVENT_ID_LENGTH), FieldRule("ts", "ts"),
+                FieldRule("schema_version", "int"), FieldRule("event_type", "event_type"))
+"""The fields every event type starts with, as rules (steps/prepare_canonical.py compiles its layouts from them)."""
 
 
-_SCANNED_RULES = (*_COMMON_RULES, *(rule for rules in FIELD_RULES.values() for rule in rules))
-# A name nullable in any type (request_id) is read as JSON text in every type: a null is not a string.
-_SCANNED_AS_STRING = ({rule.name for rule in _SCANNED_RULES if rule.kind in ("id", "ts", "event_type")}
-                      - {rule.name for rule in _SCANNED_RULES if rule.nullable})
-SCAN_COLUMNS = {rule.name: "VARCHAR" if rule.name in _SCANNED_AS_STRING else "JSON" for rule in _SCANNED_RULES}
-"""read_ndjson's ``columns``: every field of every event type."""
-# A number list is checked by its text: plain JSON numbers of at most 16 integer digits and a two-digit exponent
-# are finite doubles (a longer one, e.g. 1e400, is left to the other paths, which refuse what overflows).
-_FINITE_NUMBER = r"-?(0|[1-9][0-9]{0,15})(\.[0-9]+)?(e-?[0-9]{1,2})?"
-_NUMBER_LIST = rf"\[({_FINITE_NUMBER}(,{_FINITE_NUMBER})*)?\]"
-_STRING_LIST = r'\[("[^"]+"(,"[^"]+")*)?\]'
+_LINE_TEXT = "rtrim(raw, chr(13) || chr(10))"  # a line's text, as split_lines gives it, from canonical_table's raw
 
 
-def _canonical_value(rule: FieldRule) -> tuple[str, ...]:
-    """The field's text as producers write it (orjson), as ``concat`` pieces: a Python str is literal text, an
-    ``_Sql`` an expression. concat reads NULL as '': the checks refuse a NULL where it is not valid."""
-    if rule.name in _SCANNED_AS_STRING:
-        return '"', _Sql(rule.name), '"'
-    return (_Sql(f"coalesce({rule.name}, 'null')" if rule.nullable else rule.name),)
+def matched_sql(matched_relation: str, catalog_relation: str = "catalog") -> str:
+    """``typed_sql``'s rows for the lines ``prepare_canonical.canonical_table`` accepted: ``raw`` kept where typed_sql
+    keeps it (apps outside the catalog), as the line's text."""
+    columns = ", ".join(name for name in EVENT_COLUMNS if name != "raw")
+    return (f"SELECT accepted, {columns}, CASE WHEN app_id NOT IN (SELECT app_id FROM {catalog_relation}) "
+            f"THEN {_LINE_TEXT} END AS raw FROM {matched_relation} WHERE accepted")
 
 
-class _Sql(str):
-    """An SQL expression among literal pieces of text."""
-
-
-def _scanned_check(rule: FieldRule) -> str:
-    """True only when the scanned value satisfies the rule, given the proof (the line is the canonical text of the
-    scanned values, no backslash in it): a JSON text read from the line is then that value's own spelling."""
-    name = rule.name
-    if rule.kind == "id" and name in _SCANNED_AS_STRING:
-        # A decoded string holding a quote came from an escape on another line (rows paired with a neighbour's
-        # values): between literal quotes it would spell other keys. bytes >= characters: a proof, not a bound.
-        value = f"strlen({name}) BETWEEN 1 AND {rule.max_length} AND NOT contains({name}, '\"')"
-    elif rule.kind == "id":
-        value = f"starts_with({name}, '\"') AND strlen({name}) BETWEEN 3 AND {rule.max_length + 2}"
-    elif rule.kind == "bool":
-        value = f"{name} IN ('true', 'false')"
-    elif rule.kind == "int":
-        value = f"regexp_full_match({name}, '-?[0-9]+')"
-    elif rule.kind == "number":
-        number = f"TRY_CAST({name} AS DOUBLE)"
-        value = " AND ".join((f"NOT starts_with({name}, '\"')", f"isfinite({number})",
-                              *([f"{number} >= {rule.minimum!r}"] if rule.minimum is not None else []),
-                              *([f"{number} <= {rule.maximum!r}"] if rule.maximum is not None else [])))
-    elif rule.kind == "id_list":
-        # Short lists need no element lengths: no element is longer than the list's text.
-        value = (f"regexp_full_match({name}, '{_STRING_LIST}') AND (strlen({name}) <= {rule.max_length + 2} OR "
-                 f"list_bool_and(list_transform(from_json({name}, '[\"VARCHAR\"]'), x -> strlen(x) <= {rule.max_length})))")
-    elif rule.kind == "number_list":
-        value = f"regexp_full_match({name}, '{_NUMBER_LIST}')"
-    else:
-        raise ValueError(f"unknown field rule kind {rule.kind}")
-    return f"({name} IS NULL OR {value})" if rule.nullable else f"({value})"
-
-
-def _canonical_text(event_type: str) -> str:
-    """The line producers write for an event of this type: orjson, every model field in model order, no spaces."""
-    rules = {rule.name: rule for rule in (*_COMMON_RULES, *FIELD_RULES[event_type])}
-    pieces: list[str] = []
-    for position, name in enumerate(EVENT_MODELS[event_type].model_fields):
-        key = ("{" if position == 0 else ",") + f'"{name}":'
-        # The type is the CASE branch's own: its text is a literal.
-        pieces += [key + f'"{event_type}"'] if name == "event_type" else [key, *_canonical_value(rules[name])]
-    pieces.append("}")
-    merged: list[str] = []  # adjacent literal pieces as one literal
-    for piece in pieces:
-        if merged and not isinstance(piece, _Sql) and not isinstance(merged[-1], _Sql):
-            merged[-1] += piece
-        else:
-            merged.append(piece)
-    return "concat(" + ", ".join(piece if isinstance(piece, _Sql) else _literal(piece) for piece in merged) + ")"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def scanned_sql(scanned_relation: str, catalog_relation: str = "catalog") -> str:
-    """The scanner fast path: ``typed_sql``'s columns from ``scanned_relation``, one row per line with ``source``,
-    ``line``, ``raw`` (the line's text) and the ``SCAN_COLUMNS`` DuckDB's JSON scanner read from that line.
-
-    A line is accepted only when its raw text equals the text producers write for the scanned values
-    (``_canonical_text``), it has no backslash, and every value passes its rule. The text proof is what makes
-    the scanner's leniencies harmless (a duplicate key, an extra field, NaN, another number spelling, a value
-    that did not parse, a row paired with another line's values): each gives another text, so the line is not
-    accepted here and goes on to ``typed_sql`` and the reference validator. The proof also pins each value's
-    place: no backslash means no escape, so every JSON text read is the value's spelling in the line itself.
-    """
-    canonical = " ".join(f"WHEN '{name}' THEN {_canonical_text(name)}" for name in EVENT_TYPES)
-    checks = " ".join(f"WHEN '{name}' THEN " + " AND ".join(_scanned_check(rule) for rule in FIELD_RULES[name])
-                      for name in EVENT_TYPES)
-    versions = ", ".join(f"'{version}'" for version in range(1, SCHEMA_VERSION + 1))
-    # The ts pattern admits only digits and separators (no quote) and a zero UTC offset, which the cast reads.
-    accepted = (f"coalesce(raw = CASE event_type {canonical} END AND NOT contains(raw, '\\') "
-                f"AND {_scanned_check(_COMMON_RULES[0])} AND schema_version IN ({versions}) "
-                f"AND regexp_full_match(ts, '{_TS_PATTERN}') AND CASE event_type {checks} ELSE false END, false)")
-    kinds = " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(EVENT_TYPES))
-    return f"""
-WITH checked AS (
-    SELECT *, {accepted} AS accepted
-    FROM {scanned_relation}
-)
-SELECT source, line, accepted,
-       CASE WHEN accepted THEN event_id END AS event_id,
-       CASE WHEN accepted THEN CAST(CASE event_type {kinds} END AS TINYINT) END AS kind,
-       CASE WHEN accepted THEN epoch_us(CAST(ts AS TIMESTAMPTZ)) END AS ts_us,
-       CASE WHEN accepted THEN app_id END AS app_id,
-       CASE WHEN accepted AND event_type <> 'prediction' THEN user_id END AS user_id,
-       CASE WHEN accepted THEN coalesce(clicked = 'true' OR converted = 'true', false) END AS positive,
-       CASE WHEN accepted THEN event_type = 'prediction' OR request_id IS NOT NULL END AS attributed,
-       CASE WHEN accepted AND event_type = 'conversion' THEN CAST(revenue AS DOUBLE) WHEN accepted THEN 0.0 END AS revenue,
-       CASE WHEN NOT accepted OR app_id NOT IN (SELECT app_id FROM {catalog_relation}) THEN raw END AS raw
-FROM checked
-"""
+def unmatched_sql(matched_relation: str) -> str:
+    """The lines ``prepare_canonical.canonical_table`` did not accept, as a ``raw_lines`` relation for ``typed_sql``."""
+    return f"SELECT source, line, {_LINE_TEXT} AS raw FROM {matched_relation} WHERE NOT accepted"
 
 
 def events_sql(typed_relation: str = "typed", slow_relation: str = "slow_events") -> str:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from models import dataset
 from models.events import InvalidEvent, parse_line, prediction_record
 from pipelines.simulators.marketplace import simulate
-from steps import prepare, prepare_duckdb, prepare_sql
+from steps import prepare, prepare_canonical, prepare_sql
 from steps.prepare_io import read_file, split_lines
 from tests.steps.conftest import CATALOG_APPS, WINDOW_END, at, click, conversion, make_feedback_store, prediction
 from tests.steps.feedback_lines import lines
@@ -40,27 +40,14 @@ def fast_path(texts: list[str]) -> list[tuple]:
     return _CONNECTION.execute(_FAST_PATH).fetchall()
 
 
-_SCANNED = (f"SELECT line, accepted, event_id, kind, ts_us, app_id, user_id, positive, attributed, revenue "
-            f"FROM ({{scanned}}) ORDER BY line")
-
-
-def scanner_path(texts: list[str], folder: Path, threads: int = 1) -> list[tuple] | None:
-    """scanned_sql() over the lines, read from a file as the engine reads them:
-    (line, accepted, event_id, kind, ts_us, app_id, user_id, positive, attributed, revenue); None where the
-    engine would cut the lines with Arrow instead (the scans do not give one row per line)."""
-    path = folder / "unit.jsonl"
-    path.write_bytes("".join(text + "\n" for text in texts).encode())
-    connection = duckdb.connect(config={"threads": threads, "preserve_insertion_order": True,
-                                        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    connection.register("catalog", pa.table({"app_id": list(CATALOG_APPS)}))
-    scanned = prepare_sql.scanned_sql(prepare_duckdb._scan_relation(str(path), 0, len(texts)))
-    try:
-        rows = connection.execute(_SCANNED.format(scanned=scanned)).fetchall()
-    except duckdb.Error:
-        return None
-    finally:
-        connection.close()
-    return rows if len(rows) == len(texts) else None
+def matcher_path(texts: list[str]) -> list[tuple]:
+    """prepare_canonical.canonical_table() over the lines, ended by newlines as the engine joins them:
+    (line, accepted, event_id, kind, ts_us, app_id, user_id, positive, attributed, revenue, raw)."""
+    table = prepare_canonical.canonical_table(7, "".join(text + "\n" for text in texts).encode())
+    assert table.column("source").to_pylist() == [7] * len(texts)
+    return list(zip(*(table.column(name).to_pylist() for name in ("line", "accepted", "event_id", "kind", "ts_us",
+                                                                    "app_id", "user_id", "positive", "attributed",
+                                                                    "revenue", "raw"))))
 
 
 def reference_row(text: str) -> tuple | None:
@@ -87,93 +74,107 @@ def _orjson_spelling(text: str) -> str | None:
         return None
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(lines(CATALOG_APPS), min_size=1, max_size=30))
-def test_the_scanner_path_accepts_only_valid_lines_and_extracts_the_reference_values(tmp_path, batch):
-    texts = [text for text in batch if _utf8(text) and "\n" not in text and "\r" not in text]
-    texts += [spelled for spelled in map(_orjson_spelling, texts) if spelled is not None and "\r" not in spelled]
+def test_the_matcher_accepts_only_valid_lines_and_extracts_the_reference_values(batch):
+    texts = [text for text in batch if _utf8(text) and "\n" not in text]
+    texts += [spelled for spelled in map(_orjson_spelling, texts) if spelled is not None]  # mostly canonical lines
     if not texts:
         return
-    rows = scanner_path(texts, tmp_path)
-    if rows is None:  # e.g. a leading empty line, which the CSV scanner skips: the engine cuts these with Arrow
-        return
+    rows = matcher_path(texts)
     assert [line for line, *_ in rows] == list(range(1, len(texts) + 1))
-    for text, (_, accepted, *extracted) in zip(texts, rows, strict=True):
+    assert [raw.rstrip("\r\n") for *_, raw in rows] == [text.rstrip("\r") for text in texts]
+    for text, (_, accepted, *extracted, _) in zip(texts, rows, strict=True):
         if accepted:
             assert reference_row(text) == tuple(extracted), text
 
 
-def test_the_scanner_path_accepts_canonical_lines_and_refuses_their_lenient_cousins(tmp_path):
+def test_the_matcher_accepts_canonical_lines_and_refuses_their_lenient_cousins():
     events = [click("u-1", "app-1", at(2)), conversion("u-2", "app-7", at(3), revenue=4.99, request_id="r-1"),
               prediction("new:3f2a", at(1))]
     canonical = [orjson.dumps(event.to_json_dict()).decode() for event in events]
-    canonical.append(canonical[0].replace(".000000Z", "Z"))  # the ts is text: any spelling the pattern allows
+    canonical.append(canonical[0].replace(".000000Z", "Z"))  # the ts spellings the layout allows
+    canonical.append(canonical[1].replace(".000000Z", "+00:00"))
+    canonical.append(canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":3e-2'))
+    canonical.append(canonical[0].replace('"user_id":"u-1"', '"user_id":"ü 🇫🇷"') + "\r")  # split_lines drops \r
+    escaped = orjson.dumps(click("u-1", "app-1", at(2), event_id='a","x":"b').to_json_dict()).decode()
     cousins = [
-        canonical[0].replace('"clicked":true', '"clicked":"true"'),  # the scanner reads "true" as a boolean
+        canonical[0].replace('"clicked":true', '"clicked":"true"'),
         canonical[0].replace('"clicked":true', '"clicked":1'),
-        canonical[0][:-1] + ',"app_id":"app-2"}',  # a duplicate key (the scanner reads the first, pydantic the last)
+        canonical[0][:-1] + ',"app_id":"app-2"}',  # a duplicate key (pydantic reads the last)
         canonical[0][:-1] + ',"extra":NaN}',  # an extra field pydantic ignores but cannot parse
+        canonical[0][:-1] + ',"extra":1}',  # valid, but not the producers' text: left to typed_sql
         canonical[1].replace('"revenue":4.99', '"revenue":NaN'),
         canonical[1].replace('"revenue":4.99', '"revenue":"4.99"'),
         canonical[0].replace('"schema_version":1', '"schema_version":1.0'),
+        canonical[0].replace('"schema_version":1', '"schema_version":2'),
+        canonical[0].replace('"schema_version":1', '"schema_version":01'),
         canonical[0].replace('"user_id":"u-1"', '"user_id":"u\\u002d1"'),  # an escape: same value, other text
-        canonical[0].replace(",", ", "),  # valid, but not the producers' text: left to typed_sql
+        canonical[0].replace(",", ", "),
         " " + canonical[0],
-        # The values are read as their JSON text: each of these is the text of another value or type.
+        canonical[0] + " ",
         canonical[0].replace('"clicked":true', '"clicked":null'),
+        canonical[0].replace('"clicked":true', '"clicked":tru'),
         canonical[0].replace('"request_id":null', '"request_id":""'),
+        canonical[0].replace('"request_id":null', '"request_id":nul'),
         canonical[0].replace('"user_id":"u-1"', '"user_id":"u\t1"'),  # a raw control character in a string
+        canonical[0].replace('"user_id":"u-1"', '"user_id":"u\x7f1\x001"'),
+        canonical[0].replace('"user_id":"u-1"', f'"user_id":"{"é" * 257}"'),  # 257 characters, 514 bytes
+        canonical[0].replace(at(2).strftime("%Y-%m-%d"), "2026-02-29"),  # no such day
+        canonical[0].replace(at(2).strftime("%Y-%m-%d"), "1999-12-31"),
+        canonical[0].replace(".000000Z", ".000Z"),
+        canonical[0].replace(".000000Z", "+01:00"),
+        canonical[0].replace(".000000Z", ""),
         canonical[1].replace('"revenue":4.99', '"revenue":1e400'),  # a finite-looking spelling of infinity
-        canonical[1].replace('"revenue":4.99', '"revenue":499e-2'),
         canonical[1].replace('"revenue":4.99', '"revenue":-4.99'),
+        canonical[1].replace('"revenue":4.99', '"revenue":-0.0'),  # valid (-0.0 >= 0), but left to the other paths
+        canonical[1].replace('"revenue":4.99', '"revenue":04.99'),
+        canonical[1].replace('"revenue":4.99', '"revenue":4.'),
+        canonical[1].replace('"revenue":4.99', '"revenue":.99'),
         canonical[2].replace('"model_version":1', '"model_version":1.0'),
+        canonical[2].replace('"model_version":1', '"model_version":1' + "0" * 19),
         canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":1.5'),
+        canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":1.0000000000000001'),  # 1.0 as a double
+        canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":9e-0'),
         canonical[2].replace('"predicted_ctr":0.03', '"predicted_ctr":"0.03"'),
         canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,1e400]'),
         canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,null]'),
         canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,"0.8"]'),
+        canonical[2].replace('"scores":[0.9,0.8]', '"scores":[0.9,]'),
         canonical[2].replace('"neighbors":["app-1","app-2"]', '"neighbors":["app-1",""]'),
         canonical[2].replace('"neighbors":["app-1","app-2"]', '"neighbors":["app-1",2]'),
         canonical[2].replace('"neighbors":["app-1","app-2"]', f'"neighbors":["app-1","{"x" * 257}"]'),
+        escaped, escaped.replace('\\"', '"'),  # an escaped quote, and the valid line with an extra key it spells
+        canonical[0][:-1],  # truncated
+        "",
     ]
     assert all(cousin not in canonical for cousin in cousins)
-    folder = tmp_path / "spill's"  # a quote in the work folder's path: the file name is an SQL literal
-    folder.mkdir()
-    rows = scanner_path(canonical + cousins, folder)
+    rows = matcher_path(canonical + cousins)
     assert [accepted for _, accepted, *_ in rows] == [True] * len(canonical) + [False] * len(cousins)
-    assert [tuple(extracted) for _, _, *extracted in rows[:4]] == [reference_row(text) for text in canonical]
+    assert [tuple(extracted) for _, _, *extracted, _ in rows[:len(canonical)]] == [
+        reference_row(text.rstrip("\r")) for text in canonical]
+    # A valid line in another layout is left to typed_sql, which reads any.
+    spaced = canonical[0].replace(",", ", ")
+    assert spaced in cousins and fast_path([spaced])[0][1:] == reference_row(spaced)
 
 
-def test_the_scanner_path_refuses_a_line_paired_with_its_neighbours_values(tmp_path):
-    """A blank line, which the JSON scanner skips, pairs each later line with the next line's values. A line whose
-    text is the canonical text of its neighbour's values, but where one value holds quotes from escapes, reads as
-    other keys and values: it must not be accepted with the neighbour's values."""
-    escaped = orjson.dumps(click("u-1", "app-1", at(2), event_id='a","x":"b').to_json_dict()).decode()
-    assert '\\"' in escaped
-    forged = escaped.replace('\\"', '"')  # valid JSON: event_id "a" and an extra key "x"
-    assert reference_row(forged)[0] == "a"
-    rows = scanner_path(["   ", forged, escaped], tmp_path)
-    assert [(line, accepted) for line, accepted, *_ in rows] == [(1, False), (2, False), (3, False)]
-
-
-def test_on_a_large_file_read_by_several_threads_both_scans_keep_pythons_lines(tmp_path):
-    """The scans are paired by position and numbered by row_number() OVER (): on a file of many DuckDB blocks read
-    with several threads, row n holds Python's line n, and every good line is proven (but the one after a broken
-    line, which the JSON scanner may read as the rest of it: that line goes on to typed_sql)."""
+def test_on_a_large_content_the_matcher_keeps_pythons_lines():
+    """Line n of the table is Python's line n of the content, whatever the lines around it (bad, blank, long)."""
     template = orjson.dumps(click("u", "app-1", at(2)).to_json_dict()).decode()
-    texts = [template.replace('"event_id":"', f'"event_id":"n{n}-', 1) for n in range(1, 300_001)]
-    bad = {7, 65_537, 150_001, 299_999}
-    for n in bad:
-        texts[n - 1] = '{"event_id": "broken", "event_type": "click", "ts": '
-    rows = scanner_path(texts, tmp_path, threads=4)
-    assert rows is not None
-    python_lines = split_lines((tmp_path / "unit.jsonl").read_bytes())
-    assert [line for line, *_ in rows] == list(range(1, len(python_lines) + 1))
-    accepted = {line for line, is_accepted, *_ in rows if is_accepted}
-    assert not accepted & bad and set(range(1, len(texts) + 1)) - accepted <= bad | {n + 1 for n in bad}
-    for line, _, event_id, *_ in rows:
-        if line in accepted:
-            assert python_lines[line - 1].startswith(f'{{"event_id":"{event_id}"'.encode()), line
+    texts = [template.replace('"event_id":"', f'"event_id":"n{n}-', 1) for n in range(1, 100_001)]
+    bad = {7: '{"event_id": "broken", "event_type": "click", "ts": ', 65_537: "", 70_000: "   ", 99_999: "x" * 100_000,
+           99_998: "\r\r"}
+    for n, text in bad.items():
+        texts[n - 1] = text
+    content = "".join(text + "\n" for text in texts).encode()
+    table = prepare_canonical.canonical_table(0, content)
+    python_lines = split_lines(content)
+    assert table.column("line").to_pylist() == list(range(1, len(python_lines) + 1))
+    assert [raw.rstrip("\r\n").encode() for raw in table.column("raw").to_pylist()] == python_lines
+    accepted = table.column("accepted").to_pylist()
+    assert [n for n, is_accepted in enumerate(accepted, start=1) if not is_accepted] == sorted(bad)
+    event_ids = table.column("event_id").to_pylist()
+    assert all(event_ids[n - 1].startswith(f"n{n}-") for n in range(1, len(texts) + 1) if n not in bad)
 
 
 @pytest.mark.parametrize("body", [
@@ -182,12 +183,12 @@ def test_on_a_large_file_read_by_several_threads_both_scans_keep_pythons_lines(t
     pytest.param(None, id="leading-empty-line"),
     pytest.param(b"\n   \n", id="blank-line"),
     pytest.param(b"\r", id="lone-cr"),
-    pytest.param(b"\x01\n", id="delimiter-byte"),
-    pytest.param(b"\n\x02\n", id="null-string-byte"),
+    pytest.param(b"\x01\n", id="control-byte"),
+    pytest.param(b"\n\x02\n", id="control-byte-line"),
     pytest.param(b"\n\xff\xfe\n", id="not-utf8"),
-    pytest.param(b"\n" + b'{"event_id":"' + b"x" * (3 << 20) + b'"}\n', id="line-over-the-csv-limit"),
+    pytest.param(b"\n" + b'{"event_id":"' + b"x" * (3 << 20) + b'"}\n', id="a-3-mb-line"),
 ])
-def test_engines_agree_on_files_the_csv_scanner_cannot_cut_like_python(tmp_path, body):
+def test_engines_agree_on_odd_line_breaks_bytes_and_encodings(tmp_path, body):
     store = make_feedback_store(tmp_path)
     events = [click(f"u-{n}", "app-1", at(2, hours=n / 10)) for n in range(20)] + [prediction("new:1", at(2))]
     lines = [orjson.dumps(event.to_json_dict()) for event in events]
