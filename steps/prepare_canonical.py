@@ -187,7 +187,10 @@ def _count_lines(content):  # pragma: no cover
 def _match(content, starts, prefix, ops, first, literals, accepted, kind, ts_us, flags, offsets, data, spans):  # pragma: no cover
     """Matches each line of ``content`` against the layouts, without its newline and the carriage returns before it
     (``prepare_io.split_lines`` drops them). ``starts`` gets each line's first byte, and the end of ``content``; an
-    accepted line's spans are copied to ``data`` (a row per span, Arrow's layout with ``offsets``)."""
+    accepted line's spans (``spans`` is scratch) are copied to ``data`` while the line is in cache (a row per span,
+    Arrow's layout with ``offsets``). One loop interprets the prefix's ops, then the type's: numba passes an array
+    as a struct of seven words, and a call per line cost more than the matching (helpers are inlined for the same
+    reason)."""
     next_start = 0
     for line in range(accepted.shape[0]):
         start = starts[line] = next_start
@@ -201,91 +204,101 @@ def _match(content, starts, prefix, ops, first, literals, accepted, kind, ts_us,
         for slot in range(spans.shape[0]):
             offsets[slot, line + 1] = offsets[slot, line]
             spans[slot, 0] = spans[slot, 1] = 0
-        at = _run(content, start, end, prefix, literals, 0, prefix.shape[0], line, ts_us, spans, flags)
-        if at < 0:
+        at = start
+        program = prefix
+        k = 0
+        k_end = prefix.shape[0]
+        event_type = -1
+        while at >= 0:
+            if k == k_end:
+                if event_type >= 0:
+                    break
+                # The prefix is read: the type whose first literal ('<type>",...') follows.
+                for candidate in range(first.shape[0] - 1):
+                    if _literal(content, at, end, literals, ops[first[candidate], 1], ops[first[candidate], 2]) >= 0:
+                        event_type = candidate
+                        break
+                if event_type < 0:
+                    at = -1
+                    break
+                program = ops
+                k = first[event_type]
+                k_end = first[event_type + 1]
+                continue
+            op, a, b, span, flag = program[k, 0], program[k, 1], program[k, 2], program[k, 3], program[k, 4]
+            k += 1
+            value_start = at
+            if op == LITERAL:
+                at = _literal(content, at, end, literals, a, b)
+                continue
+            if (op == STRING or op == NUMBER) and b == 1 and _is_null(content, at, end):
+                at += 4
+                continue
+            if op == STRING:
+                at = _string(content, at, end, a)
+                if at >= 0:
+                    if span >= 0:
+                        spans[span, 0] = value_start + 1
+                        spans[span, 1] = at - 1
+                    if flag >= 0:
+                        flags[flag, line] = True
+            elif op == TIMESTAMP:
+                at = _timestamp(content, at, end, ts_us, line)
+            elif op == INTEGER:
+                at = _integer(content, at, end, a)
+            elif op == VERSION:
+                at = _version(content, at, end, a)
+            elif op == BOOLEAN:
+                if at + 4 <= end and content[at] == 116 and content[at + 1] == 114 and content[at + 2] == 117 \
+                        and content[at + 3] == 101:  # true
+                    if flag >= 0:
+                        flags[flag, line] = True
+                    at += 4
+                elif at + 5 <= end and content[at] == 102 and content[at + 1] == 97 and content[at + 2] == 108 \
+                        and content[at + 3] == 115 and content[at + 4] == 101:  # false
+                    at += 5
+                else:
+                    at = -1
+            elif op == NUMBER:
+                at = _number(content, at, end, a)
+                if at >= 0 and span >= 0:
+                    spans[span, 0] = value_start
+                    spans[span, 1] = at
+            elif op == STRING_LIST or op == NUMBER_LIST:
+                at = _list(content, at, end, op, a)
+            else:
+                at = -1
+        if at != end:  # what the line's attempt wrote is masked (not accepted)
             continue
-        # Each type's ops start with the literal '<type>"': another type's attempt stops at its first op, reading nothing.
-        for event_type in range(first.shape[0] - 1):
-            if _run(content, at, end, ops, literals, first[event_type], first[event_type + 1], line, ts_us, spans,
-                    flags) == end:
-                accepted[line] = True
-                kind[line] = event_type
-                for slot in range(spans.shape[0]):
-                    at = offsets[slot, line]
-                    for j in range(spans[slot, 0], spans[slot, 1]):
-                        data[slot, at] = content[j]
-                        at += 1
-                    offsets[slot, line + 1] = at
-                break
+        accepted[line] = True
+        kind[line] = event_type
+        for slot in range(spans.shape[0]):
+            at = offsets[slot, line]
+            for j in range(spans[slot, 0], spans[slot, 1]):
+                data[slot, at] = content[j]
+                at += 1
+            offsets[slot, line + 1] = at
     starts[accepted.shape[0]] = next_start
 
 
-@numba.njit(nogil=True, _nrt=False)
-def _run(content, at, end, ops, literals, op_first, op_end, line, ts_us, spans, flags):  # pragma: no cover
-    """The position in ``content[at:end]`` after the program ``ops[op_first:op_end]``, -1 where it does not match."""
-    for k in range(op_first, op_end):
-        op, a, b, span, flag = ops[k, 0], ops[k, 1], ops[k, 2], ops[k, 3], ops[k, 4]
-        value_start = at
-        if op == LITERAL:
-            if at + b > end:
-                return -1
-            for j in range(b):
-                if content[at + j] != literals[a + j]:
-                    return -1
-            at += b
-            continue
-        if (op == STRING or op == NUMBER) and b == 1 and _is_null(content, at, end):
-            at += 4
-            continue
-        if op == STRING:
-            at = _string(content, at, end, a)
-            if at < 0:
-                return -1
-            value_start += 1
-            if span >= 0:
-                spans[span, 0] = value_start
-                spans[span, 1] = at - 1
-            if flag >= 0:
-                flags[flag, line] = True
-            continue
-        if op == TIMESTAMP:
-            at = _timestamp(content, at, end, ts_us, line)
-        elif op == INTEGER:
-            at = _integer(content, at, end, a)
-        elif op == VERSION:
-            at = _version(content, at, end, a)
-        elif op == BOOLEAN:
-            if at + 4 <= end and content[at] == 116 and content[at + 1] == 114 and content[at + 2] == 117 \
-                    and content[at + 3] == 101:  # true
-                if flag >= 0:
-                    flags[flag, line] = True
-                at += 4
-            elif at + 5 <= end and content[at] == 102 and content[at + 1] == 97 and content[at + 2] == 108 \
-                    and content[at + 3] == 115 and content[at + 4] == 101:  # false
-                at += 5
-            else:
-                return -1
-        elif op == NUMBER:
-            at = _number(content, at, end, a)
-            if at >= 0 and span >= 0:
-                spans[span, 0] = value_start
-                spans[span, 1] = at
-        elif op == STRING_LIST or op == NUMBER_LIST:
-            at = _list(content, at, end, op, a)
-        else:
+@numba.njit(nogil=True, _nrt=False, inline="always")
+def _literal(content, at, end, literals, first, length):  # pragma: no cover
+    """The position after ``literals[first:first + length]`` at ``at``, -1 if it is not there."""
+    if at + length > end:
+        return -1
+    for j in range(length):
+        if content[at + j] != literals[first + j]:
             return -1
-        if at < 0:
-            return -1
-    return at
+    return at + length
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _is_null(content, at, end):  # pragma: no cover
     return at + 4 <= end and content[at] == 110 and content[at + 1] == 117 and content[at + 2] == 108 \
         and content[at + 3] == 108
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _string(content, at, end, max_characters):  # pragma: no cover
     """The position after a string of 1..max_characters characters, -1 if there is none."""
     if at >= end or content[at] != 34:  # '"'
@@ -311,7 +324,7 @@ def _string(content, at, end, max_characters):  # pragma: no cover
     return at + 1
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _digits(content, at, end, count):  # pragma: no cover
     """The value of ``count`` decimal digits at ``at``, -1 if they are not all digits."""
     if at + count > end:
@@ -325,7 +338,7 @@ def _digits(content, at, end, count):  # pragma: no cover
     return value
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _days_from_civil(year, month, day):  # pragma: no cover
     """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
     if month <= 2:
@@ -337,7 +350,7 @@ def _days_from_civil(year, month, day):  # pragma: no cover
     return era * 146097 + day_of_era - 719468
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _timestamp(content, at, end, ts_us, line):  # pragma: no cover
     """The position after a canonical ts (its microseconds to ``ts_us[line]``), -1 if there is none."""
     if at + 22 > end or content[at] != 34 or content[at + 1] != 50 or content[at + 2] != 48:  # '"20'
@@ -381,14 +394,14 @@ def _timestamp(content, at, end, ts_us, line):  # pragma: no cover
     return at
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _integer(content, at, end, max_digits):  # pragma: no cover
     if at < end and content[at] == 45:  # "-"
         at += 1
     return _unsigned(content, at, end, max_digits)
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _unsigned(content, at, end, max_digits):  # pragma: no cover
     """The position after JSON's 0 | [1-9][0-9]* of at most max_digits digits, -1 if there is none."""
     if at >= end or content[at] < 48 or content[at] > 57:
@@ -401,7 +414,7 @@ def _unsigned(content, at, end, max_digits):  # pragma: no cover
     return at if at - first <= max_digits else -1
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _version(content, at, end, highest):  # pragma: no cover
     after = _unsigned(content, at, end, 3)
     if after < 0 or content[at] == 48:
@@ -409,7 +422,7 @@ def _version(content, at, end, highest):  # pragma: no cover
     return after if _digits(content, at, end, after - at) <= highest else -1
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _number(content, at, end, value_range):  # pragma: no cover
     """The position after a JSON number that is finite as a double and in the range, -1 if there is none.
 
@@ -460,7 +473,7 @@ def _number(content, at, end, value_range):  # pragma: no cover
     return at
 
 
-@numba.njit(nogil=True, _nrt=False)
+@numba.njit(nogil=True, _nrt=False, inline="always")
 def _list(content, at, end, op, max_characters):  # pragma: no cover
     """The position after a list of strings (STRING_LIST) or finite numbers (NUMBER_LIST), -1 if there is none."""
     if at >= end or content[at] != 91:  # "["
