@@ -21,9 +21,9 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
+import tempfile
 import threading
 import types
-import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
