@@ -15,8 +15,10 @@ range, ``ts`` in the canonical form of a real date between 2000 and 2099. Any ot
 left unmatched for the other paths (``prepare_sql.typed_sql``, then the reference validator), which give
 it its exact outcome: a narrow layout costs speed on odd lines, never correctness.
 
-tests/steps/test_prepare_differential.py holds it to the reference on generated lines, and on the
-lenient cousins of canonical lines.
+tests/steps/test_prepare_differential.py holds it to the reference on generated lines, byte mutations of the
+producers' lines and lenient cousins of them; tests/steps/test_prepare_canonical.py holds the layouts to what
+producers write. The compiled functions run without numba's reference counting (``_nrt=False``: they allocate
+nothing, and a count per array per call cost more than the matching) and without the GIL (a unit per thread).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Programs:
 
 
 def _value_op(rule: FieldRule) -> tuple[int, int, int]:
+    """The (opcode, a, b) that reads a field of this rule; ValueError for a rule no op can check."""
     if rule.kind == "id":
         return STRING, rule.max_length, int(rule.nullable)
     if rule.kind == "ts":
@@ -102,6 +105,7 @@ def _layout(event_type: str) -> list[bytes | tuple[int, int, int, int, int]]:
 
 
 def compile_programs() -> Programs:
+    """Every event type's layout as ops (adjacent literal text merged into one op), the shared prefix once."""
     literals = bytearray()
 
     def ops_of(pieces: list) -> list[tuple[int, int, int, int, int]]:
@@ -156,8 +160,8 @@ def canonical_table(source: int, content: bytes) -> pa.Table:
     data = np.empty((len(SPANS), len(content)), np.uint8)  # pages never written are never resident
     _match(buffer, starts, PROGRAMS.prefix, PROGRAMS.ops, PROGRAMS.first, PROGRAMS.literals, accepted, kind, ts_us,
            flags, offsets, data, np.zeros((len(SPANS), 2), np.int64))
-    valid = pa.array(accepted)  # its bitmap is the validity of the accepted lines' values
-    missing = ~accepted
+    valid = pa.array(accepted)
+    missing = ~accepted  # the mask of every value column
 
     def strings(slot: str) -> pa.LargeStringArray:
         row = SPANS.index(slot)
