@@ -47,6 +47,7 @@ from steps.prepare_io import (
 UNIT_BYTES = 32 << 20  # uncompressed bytes matched at once: bounds what Python holds; small enough that the
 # last unit, matched while the other worker has nothing left, is a short tail
 READ_AHEAD_FILES = 8  # files being read and gunzipped ahead of DuckDB
+LOADING_READ_AHEAD_UNITS = 8  # units read ahead while the matcher loads
 _RAW_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
 _EVENT_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("event_id", pa.string()),
                            ("kind", pa.int8()), ("ts_us", pa.int64()), ("app_id", pa.string()),
@@ -261,7 +262,9 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
                 progress.update(unit.rows)
                 return
             scanning.append(scanners.submit(scan, unit))
-            while len(scanning) > workers:  # bounds the contents held in memory
+            # Bounds the contents held in memory. While the matcher loads (numba's ~1 s start-up, on one core), the
+            # readers gunzip further ahead on the other; DuckDB's pool is still empty then.
+            while len(scanning) > (workers if matcher.done() else LOADING_READ_AHEAD_UNITS):
                 scanning.popleft().result()
 
         for index in range(len(files)):
