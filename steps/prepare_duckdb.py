@@ -23,12 +23,11 @@ import os
 import shutil
 import tempfile
 import threading
-import types
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import duckdb
 import numpy as np
@@ -232,7 +231,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
             # The last line of a file ends at the end of the file.
             content = b"".join(part if part.endswith(b"\n") else part + b"\n" for part in unit.contents)
             unit.contents = []
-            cursor.register("unit_table", matcher.result().canonical_table(unit.number, content))
+            cursor.register("unit_table", matcher.result()(unit.number, content))
             cursor.execute(f"INSERT INTO matched BY NAME {prepare_sql.matched_sql('unit_table', 'catalog')}")
             cursor.execute(f"INSERT INTO unproven {prepare_sql.unmatched_sql('unit_table')}")
             cursor.unregister("unit_table")
@@ -337,13 +336,13 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     return engine_result(outcomes, splits, kept, users, lines_per_file, bad_files)
 
 
-def _load_matcher() -> types.ModuleType:
-    """steps/prepare_canonical.py, imported and its compiled matcher loaded: numba's start-up (~1 CPU-s, mostly
-    holding the GIL) runs in a thread of its own while the reader threads gunzip the first files (without it)."""
-    from steps import prepare_canonical
+def _load_matcher() -> Callable[[int, bytes], pa.Table]:
+    """``prepare_canonical.canonical_table``, imported and its compiled code loaded: numba's start-up (~1 CPU-s,
+    mostly holding the GIL) runs in a thread of its own while the reader threads gunzip the first files (without)."""
+    from steps.prepare_canonical import canonical_table
 
-    prepare_canonical.canonical_table(0, b"\n")
-    return prepare_canonical
+    canonical_table(0, b"\n")
+    return canonical_table
 
 
 def _slow_path(con: duckdb.DuckDBPyConnection, files: Sequence[str], units: list[_Unit],
