@@ -189,22 +189,17 @@ def _count_lines(content):  # pragma: no cover
 
 @numba.njit(nogil=True, cache=True, _nrt=False)
 def _match(content, starts, prefix, ops, first, literals, accepted, kind, ts_us, flags, offsets, data, spans):  # pragma: no cover
-    """Matches each line of ``content`` against the layouts, without its newline and the carriage returns before it
-    (``prepare_io.split_lines`` drops them). ``starts`` gets each line's first byte, and the end of ``content``; an
+    """Matches each line of ``content`` against the layouts, then expects its newline (carriage returns before it are
+    dropped, as ``prepare_io.split_lines`` does): no separate pass finds the line's end first, as no op reads past a
+    newline. ``starts`` gets each line's first byte, and the end of the last line; an
     accepted line's spans (``spans`` is scratch) are copied to ``data`` while the line is in cache (a row per span,
     Arrow's layout with ``offsets``). One loop interprets the prefix's ops, then the type's: numba passes an array
     as a struct of seven words, and a call per line cost more than the matching (helpers are inlined for the same
     reason)."""
+    end = content.shape[0]  # the ops' bound: none reads past a newline (each fails on a control character)
     next_start = 0
     for line in range(accepted.shape[0]):
         start = starts[line] = next_start
-        newline = start
-        while content[newline] != 10:
-            newline += 1
-        next_start = newline + 1
-        end = newline
-        while end > start and content[end - 1] == 13:  # "\r"
-            end -= 1
         for slot in range(spans.shape[0]):
             offsets[slot, line + 1] = offsets[slot, line]
             spans[slot, 0] = spans[slot, 1] = 0
@@ -272,8 +267,18 @@ def _match(content, starts, prefix, ops, first, literals, accepted, kind, ts_us,
                 at = _list(content, at, end, op, a)
             else:
                 at = -1
-        if at != end:  # what the line's attempt wrote is masked (not accepted)
+        matched = at >= 0
+        if matched:  # the line must end here: carriage returns (split_lines drops them), then its newline
+            while content[at] == 13:
+                at += 1
+            matched = content[at] == 10
+        if not matched:  # what the attempt wrote is masked (not accepted)
+            at = start
+            while content[at] != 10:
+                at += 1
+            next_start = at + 1
             continue
+        next_start = at + 1
         accepted[line] = True
         kind[line] = event_type
         for slot in range(spans.shape[0]):
