@@ -47,6 +47,7 @@ UNIT_BYTES = 32 << 20  # uncompressed bytes matched at once: bounds what Python 
 # last unit, matched while the other worker has nothing left, is a short tail
 READ_AHEAD_FILES = 8  # files being read and gunzipped ahead of DuckDB
 LOADING_READ_AHEAD_UNITS = 8  # units read ahead while the matcher loads
+MATCHER_NOTE_AFTER_SECONDS = 3.0  # loading from numba's cache takes ~1 s
 _RAW_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
 _EVENT_SCHEMA = pa.schema([("source", pa.int32()), ("line", pa.int64()), ("event_id", pa.string()),
                            ("kind", pa.int8()), ("ts_us", pa.int64()), ("app_id", pa.string()),
@@ -195,7 +196,7 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
           quarantine: RecordWriter, kept: RecordWriter, use_attributed_clicks: bool, progress: Progress,
           settings: DuckDBSettings) -> EngineResult:
     loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-load")
-    matcher = loading.submit(_load_matcher)
+    matcher = loading.submit(_load_matcher, progress)
     loading.shutdown(wait=False)
     catalog = pa.table({"app_id": pa.array(list(app_ids), pa.string())})
     con.register("catalog_arrow", catalog)
@@ -336,12 +337,20 @@ def _read(con: duckdb.DuckDBPyConnection, files: Sequence[str], window: Window, 
     return engine_result(outcomes, splits, kept, users, lines_per_file, bad_files)
 
 
-def _load_matcher() -> Callable[[int, bytes], pa.Table]:
+def _load_matcher(progress: Progress) -> Callable[[int, bytes], pa.Table]:
     """``prepare_canonical.canonical_table``, imported and its compiled code loaded: numba's start-up (~1 CPU-s,
-    mostly holding the GIL) runs in a thread of its own while the reader threads gunzip the first files (without)."""
-    from steps.prepare_canonical import canonical_table
+    mostly holding the GIL) runs in a thread of its own while the reader threads gunzip the first files (without).
+    Compiling it (after an install or a code change) takes ~15 s with no line read meanwhile: a note says so."""
+    note = threading.Timer(MATCHER_NOTE_AFTER_SECONDS, progress.child("matcher").finish,
+                           ["compiling (numba, ~15 s once after an install or a code change; cached after)"])
+    note.daemon = True
+    note.start()
+    try:
+        from steps.prepare_canonical import canonical_table
 
-    canonical_table(0, b"\n")
+        canonical_table(0, b"\n")
+    finally:
+        note.cancel()
     return canonical_table
 
 
