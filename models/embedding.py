@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import linalg, sparse
+from threadpoolctl import threadpool_limits
 
 from models.features import EncoderSettings, MetadataEncoder, l2_normalize, tokenize_table
 from models.progress import Progress
@@ -239,6 +240,19 @@ def collaborative_factors(singular_values: np.ndarray, vectors: np.ndarray, degr
 def popularity_weights(degrees: np.ndarray, exponent: float) -> np.ndarray:
     """Per app, the factor scale degree^exponent (an app without engagement: 1)."""
     return np.where(degrees > 0, degrees, 1.0) ** exponent
+
+
+def single_threaded() -> threadpool_limits:
+    """A context that runs BLAS and FAISS's OpenMP on one thread, for TrainEmbeddings and EvaluateCandidate.
+
+    OpenBLAS's threaded products round differently from its single-threaded ones, so a model's bytes depended on the
+    machine's core count (200K apps: other embeddings at 2 threads than at 1; same inputs and seed should give the
+    same bytes on a laptop and on a SageMaker instance). And the products here are too thin for a second thread to
+    pay: on the shared 2-core machine (load 2.3) TrainEmbeddings at 200K apps took 88.9 s wall and 90.7 CPU-s on one
+    thread against 101.0 and 113.1 on two; a 200K x 73 Gram matrix 0.1 s against 2-6 s; FAISS's IVF build 12 CPU-s
+    against 20 (the same index). The second core is for a second process, or a second task in the step.
+    """
+    return threadpool_limits(limits=1)
 
 
 def train_embeddings(catalog: pd.DataFrame, interactions: pd.DataFrame, params: EmbeddingParams,

@@ -24,6 +24,7 @@ from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
 from models import dataset, layout, storage
 from models.artifact import ModelArtifact
 from models.catalog import read_catalog
+from models.embedding import single_threaded
 from models.index import EXACT_MAX_APPS
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.predictor import Predictor
@@ -114,70 +115,73 @@ def run(
     seed: int,
     approval_status: str,
 ) -> dict[str, Any]:
-    queries = load_queries(prepared_uri, seed=seed)
-    observed = observed_ctr(dataset.read_table(prepared_uri, dataset.HOLDOUT_APP_STATS), seed=seed)
-    candidate_artifact = ModelArtifact.load_uri(candidate_uri)
-    # One catalog size for every ranker, so coverage figures are comparable.
-    catalog_size = len(candidate_artifact.app_ids)
-    # Top-50 lists for the report's recall@k curves; the metrics and the gate use their first 10 columns.
-    # One Predictor a model (building one aligns the statistics with the app ids: 0.4 CPU-s at 200K apps)
-    candidate_predictor = Predictor(candidate_artifact)
-    models = [Ranking("candidate", model_rankings(queries, candidate_predictor, report.CURVE_K), candidate_artifact.app_ids)]
-    candidate = score_model(queries, candidate_predictor, observed, catalog_size=catalog_size, rankings=models[0].rankings)
-    train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
-    # Top-50 for the report too (one computation: its first 10 columns are the top 10 the gate scores)
-    popularity = baselines.popularity(train_interactions, queries.query_app_ids, report.CURVE_K)
-    baseline = score_popularity(queries, popularity, dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS), observed,
-                                catalog_size=catalog_size)
-    champion_scores = None
-    if champion is not None:
-        champion_predictor = Predictor(ModelArtifact.load_uri(champion.artifact_uri))
-        models.append(Ranking(f"champion v{champion.version}", model_rankings(queries, champion_predictor, report.CURVE_K),
-                              champion_predictor.artifact.app_ids))
-        champion_scores = score_model(queries, champion_predictor, observed, catalog_size=catalog_size,
-                                      rankings=models[1].rankings)
+    """Score and gate, write evaluation.json and report.html; returns the evaluation. On one thread (BLAS and FAISS's
+    OpenMP), like TrainEmbeddings (models/embedding.py's ``single_threaded`` says why)."""
+    with single_threaded():
+        queries = load_queries(prepared_uri, seed=seed)
+        observed = observed_ctr(dataset.read_table(prepared_uri, dataset.HOLDOUT_APP_STATS), seed=seed)
+        candidate_artifact = ModelArtifact.load_uri(candidate_uri)
+        # One catalog size for every ranker, so coverage figures are comparable.
+        catalog_size = len(candidate_artifact.app_ids)
+        # Top-50 lists for the report's recall@k curves; the metrics and the gate use their first 10 columns.
+        # One Predictor a model (building one aligns the statistics with the app ids: 0.4 CPU-s at 200K apps)
+        candidate_predictor = Predictor(candidate_artifact)
+        models = [Ranking("candidate", model_rankings(queries, candidate_predictor, report.CURVE_K), candidate_artifact.app_ids)]
+        candidate = score_model(queries, candidate_predictor, observed, catalog_size=catalog_size, rankings=models[0].rankings)
+        train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+        # Top-50 for the report too (one computation: its first 10 columns are the top 10 the gate scores)
+        popularity = baselines.popularity(train_interactions, queries.query_app_ids, report.CURVE_K)
+        baseline = score_popularity(queries, popularity, dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS), observed,
+                                    catalog_size=catalog_size)
+        champion_scores = None
+        if champion is not None:
+            champion_predictor = Predictor(ModelArtifact.load_uri(champion.artifact_uri))
+            models.append(Ranking(f"champion v{champion.version}", model_rankings(queries, champion_predictor, report.CURVE_K),
+                                  champion_predictor.artifact.app_ids))
+            champion_scores = score_model(queries, champion_predictor, observed, catalog_size=catalog_size,
+                                          rankings=models[1].rankings)
 
-    reference, against, label = (
-        (champion_scores, "champion", f"champion v{champion.version}")
-        if champion is not None and champion_scores is not None
-        else (baseline, "popularity", "popularity baseline")
-    )
-    comparison = cmp.compare(candidate, reference, samples=bootstrap_samples, seed=seed)
-    improved = cmp.is_improved(comparison, min_relative_improvement)
-    summary = cmp.summarize(candidate, samples=bootstrap_samples, seed=seed)
-    evaluation = {
-        "candidate": _metrics(candidate),
-        "champion": _metrics(champion_scores) if champion_scores is not None else None,
-        "baseline": {"name": "popularity", **_metrics(baseline)},
-        "comparison": {
-            "against": against,
-            "metric": comparison.metric,
-            "relative_improvement": _finite(comparison.relative_improvement),
-            "ci_low": _finite(comparison.ci_low),
-            "ci_high": _finite(comparison.ci_high),
-            "confidence": comparison.confidence,
-            "bootstrap_samples": comparison.bootstrap_samples,
-            "resampled": "users",
-        },
-        "threshold": {"min_relative_improvement": min_relative_improvement},
-        "improved": bool(improved),
-        "decision": cmp.decide(improved, approval_status),
-        "decision_reason": cmp.decision_reason(comparison, label, min_relative_improvement),
-        "champion_version": champion.version if champion is not None else None,
-        "holdout": {"users": queries.n_users, "queries": queries.n_queries, "apps": queries.n_query_apps},
-        # The candidate's family and knobs as TrainEmbeddings chose them on its validation split (inside train).
-        "training_selection": candidate_artifact.manifest.get("selection"),
-        "similarity_metrics": {
-            name: {"value": _finite(entry["value"]), "standard_deviation": _finite(entry["standard_deviation"])}
-            for name, entry in summary.items()
-        },
-    }
-    storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
-    # The content-only baseline is searched by the candidate's own rule (exact up to this many apps, IVF above)
-    exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
-    write_html_report(output_uri, prepared_uri, evaluation, queries, [*models, popularity], train_interactions,
-                      candidate_artifact.dim, seed, exact_max_apps)
-    return evaluation
+        reference, against, label = (
+            (champion_scores, "champion", f"champion v{champion.version}")
+            if champion is not None and champion_scores is not None
+            else (baseline, "popularity", "popularity baseline")
+        )
+        comparison = cmp.compare(candidate, reference, samples=bootstrap_samples, seed=seed)
+        improved = cmp.is_improved(comparison, min_relative_improvement)
+        summary = cmp.summarize(candidate, samples=bootstrap_samples, seed=seed)
+        evaluation = {
+            "candidate": _metrics(candidate),
+            "champion": _metrics(champion_scores) if champion_scores is not None else None,
+            "baseline": {"name": "popularity", **_metrics(baseline)},
+            "comparison": {
+                "against": against,
+                "metric": comparison.metric,
+                "relative_improvement": _finite(comparison.relative_improvement),
+                "ci_low": _finite(comparison.ci_low),
+                "ci_high": _finite(comparison.ci_high),
+                "confidence": comparison.confidence,
+                "bootstrap_samples": comparison.bootstrap_samples,
+                "resampled": "users",
+            },
+            "threshold": {"min_relative_improvement": min_relative_improvement},
+            "improved": bool(improved),
+            "decision": cmp.decide(improved, approval_status),
+            "decision_reason": cmp.decision_reason(comparison, label, min_relative_improvement),
+            "champion_version": champion.version if champion is not None else None,
+            "holdout": {"users": queries.n_users, "queries": queries.n_queries, "apps": queries.n_query_apps},
+            # The candidate's family and knobs as TrainEmbeddings chose them on its validation split (inside train).
+            "training_selection": candidate_artifact.manifest.get("selection"),
+            "similarity_metrics": {
+                name: {"value": _finite(entry["value"]), "standard_deviation": _finite(entry["standard_deviation"])}
+                for name, entry in summary.items()
+            },
+        }
+        storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
+        # The content-only baseline is searched by the candidate's own rule (exact up to this many apps, IVF above)
+        exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
+        write_html_report(output_uri, prepared_uri, evaluation, queries, [*models, popularity], train_interactions,
+                          candidate_artifact.dim, seed, exact_max_apps)
+        return evaluation
 
 
 def gate_notification(evaluation: dict[str, Any], version: int | None = None) -> Notification:
