@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -57,11 +59,19 @@ def score_model(queries: HoldoutQueries, predictor: Predictor, observed: pd.Seri
     )
 
 
-def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries,
-                      scored: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int,
-                      exact_max_apps: int = EXACT_MAX_APPS) -> str:
-    """``report.html`` beside evaluation.json: recall curves and segments of the rankings the gate ``scored`` (the
-    models', the popularity baseline's) and of the item-kNN and content-only baselines."""
+@dataclass(frozen=True)
+class ReportBaselines:
+    """What report.html shows besides the gate's rankings: item-kNN, content-only (from the catalog), and why a
+    part is missing."""
+
+    rankings: list[Ranking]
+    catalog: pd.DataFrame | None
+    notes: list[str]
+
+
+def report_baselines(prepared_uri: str, queries: HoldoutQueries, train_interactions: pd.DataFrame, dim: int, seed: int,
+                     exact_max_apps: int = EXACT_MAX_APPS) -> ReportBaselines:
+    """The item-kNN and content-only baselines of report.html (the catalog is the one PrepareFeedback read)."""
     notes = []
     catalog = None
     manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
@@ -74,14 +84,27 @@ def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, 
     except (FileNotFoundError, StorageError) as error:
         notes.append(f"the catalog could not be read ({error}): no content-only baseline, no category/region segments")
     query_apps = queries.query_app_ids
-    rankings = [*scored, baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
+    rankings = [baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
     if catalog is not None:
         rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed,
                                                exact_max_apps=exact_max_apps))
-    page = report.build(evaluation, queries, rankings, report.query_segments(queries, train_interactions, catalog), notes)
+    return ReportBaselines(rankings, catalog, notes)
+
+
+def write_html_report(output_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries, scored: list[Ranking],
+                      train_interactions: pd.DataFrame, extra: ReportBaselines) -> str:
+    """``report.html`` beside evaluation.json: recall curves and segments of the rankings the gate ``scored`` (the
+    models', the popularity baseline's) and of the ``extra`` baselines."""
+    page = report.build(evaluation, queries, [*scored, *extra.rankings],
+                        report.query_segments(queries, train_interactions, extra.catalog), extra.notes)
     uri = storage.join(output_uri, layout.EVALUATION_PAGE)
     storage.write_bytes(uri, page.encode("utf-8"))
     return uri
+
+
+def _single_threaded_call(function: Callable[..., Any], *args: Any) -> Any:
+    with single_threaded():  # OpenMP's thread count is per thread: a worker thread sets its own
+        return function(*args)
 
 
 def score_popularity(queries: HoldoutQueries, popularity: Ranking, train_app_stats: pd.DataFrame,
@@ -115,9 +138,10 @@ def run(
     seed: int,
     approval_status: str,
 ) -> dict[str, Any]:
-    """Score and gate, write evaluation.json and report.html; returns the evaluation. On one thread (BLAS and FAISS's
-    OpenMP), like TrainEmbeddings (models/embedding.py's ``single_threaded`` says why)."""
-    with single_threaded():
+    """Score and gate, write evaluation.json and report.html; returns the evaluation. BLAS and FAISS's OpenMP on one
+    thread, like TrainEmbeddings (models/embedding.py's ``single_threaded`` says why); the report's own baselines on
+    a second one."""
+    with single_threaded(), ThreadPoolExecutor(max_workers=1) as pool:
         queries = load_queries(prepared_uri, seed=seed)
         observed = observed_ctr(dataset.read_table(prepared_uri, dataset.HOLDOUT_APP_STATS), seed=seed)
         candidate_artifact = ModelArtifact.load_uri(candidate_uri)
@@ -129,6 +153,12 @@ def run(
         models = [Ranking("candidate", model_rankings(queries, candidate_predictor, report.CURVE_K), candidate_artifact.app_ids)]
         candidate = score_model(queries, candidate_predictor, observed, catalog_size=catalog_size, rankings=models[0].rankings)
         train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+        # The report's own baselines need none of the gate's results: they run on the second core meanwhile (200K
+        # apps: ~25 CPU-s, mostly the content-only model). The content-only model is searched by the candidate's own
+        # rule (exact up to this many apps, IVF above).
+        exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
+        extra = pool.submit(_single_threaded_call, report_baselines, prepared_uri, queries, train_interactions,
+                            candidate_artifact.dim, seed, exact_max_apps)
         # Top-50 for the report too (one computation: its first 10 columns are the top 10 the gate scores)
         popularity = baselines.popularity(train_interactions, queries.query_app_ids, report.CURVE_K)
         baseline = score_popularity(queries, popularity, dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS), observed,
@@ -177,10 +207,7 @@ def run(
             },
         }
         storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
-        # The content-only baseline is searched by the candidate's own rule (exact up to this many apps, IVF above)
-        exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
-        write_html_report(output_uri, prepared_uri, evaluation, queries, [*models, popularity], train_interactions,
-                          candidate_artifact.dim, seed, exact_max_apps)
+        write_html_report(output_uri, evaluation, queries, [*models, popularity], train_interactions, extra.result())
         return evaluation
 
 
