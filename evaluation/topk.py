@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.metrics import PADDING
+from models.index import largest
 
 # Query x app scores held at once (float32: 64 MB a copy). One block at a time: ranking two blocks on two threads
 # cost selection at 200K apps 74.6 CPU-s and 76.8 s wall against 62.4 and 65.0 on one, on the shared 2-core machine.
@@ -22,38 +23,9 @@ BLOCK_CELLS = 16_000_000
 
 def top_k_excluding(scores: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """Per row of ``scores``, the columns of its ``k`` largest scores, best first (ties: the lower column), never the
-    row's ``own`` column (``scores`` is overwritten there with -inf).
-
-    A row's k-th largest of its maxima over column chunks bounds its k-th largest score from below (those maxima are k
-    different cells), so only the chunks reaching that bound are read again and only their cells at or above it
-    sorted: a sixth of ``np.argpartition``'s time over 200K columns. The chunks are views of one reshape (the columns
-    past the last whole chunk are one more, shorter chunk): gathering them as blocks, not as cell indices, took the
-    call from 29 to 12 ms at 80 x 200K scores.
-    """
-    rows_count, columns = scores.shape
-    scores[np.arange(rows_count), own] = -np.inf
-    width = max(1, columns // (32 * k))
-    whole = columns // width
-    chunks = scores[:, : whole * width].reshape(rows_count, whole, width)
-    chunk_maxima = chunks.max(axis=2)
-    if whole * width < columns:
-        chunk_maxima = np.hstack([chunk_maxima, scores[:, whole * width:].max(axis=1, keepdims=True)])
-    count = chunk_maxima.shape[1]
-    bound = np.partition(chunk_maxima, count - k, axis=1)[:, count - k]
-    pair_rows, pair_chunks = np.nonzero(chunk_maxima >= bound[:, None])
-    in_whole = pair_chunks < whole
-    found_rows, found_cols, found_values = [], [], []
-    for pair_rows_part, blocks, offsets in (
-            (pair_rows[in_whole], chunks[pair_rows[in_whole], pair_chunks[in_whole]], pair_chunks[in_whole] * width),
-            (pair_rows[~in_whole], scores[pair_rows[~in_whole], whole * width:], np.full((~in_whole).sum(), whole * width))):
-        reaching, within = np.nonzero(blocks >= bound[pair_rows_part, None])
-        found_rows.append(pair_rows_part[reaching])
-        found_cols.append(offsets[reaching] + within)
-        found_values.append(blocks[reaching, within])
-    rows, cols, values = (np.concatenate(parts) for parts in (found_rows, found_cols, found_values))
-    order = np.lexsort((cols, -values, rows))
-    first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_count))[:-1]])
-    return cols[order][first[:, None] + np.arange(k)]
+    row's ``own`` column (``scores`` is overwritten there with -inf)."""
+    scores[np.arange(scores.shape[0]), own] = -np.inf
+    return largest(scores, k)[0]
 
 
 def query_top_k(app_ids: Sequence[str], query_app_ids: Sequence[str], k: int,
