@@ -168,7 +168,7 @@ def normalize_degrees(matrix: sparse.csr_matrix, user_exponent: float = 0.5, app
 
 
 @functools.lru_cache(maxsize=1)
-def _gaussian_start(seed: int, rows: int, columns: int, dtype: type) -> np.ndarray:
+def gaussian_start(seed: int, rows: int, columns: int, dtype: type) -> np.ndarray:
     """The seeded Gaussian block subspace iteration starts from (read-only). TrainEmbeddings factorises matrices of the
     same shape 4 times (selection's 3, then the fit) and drawing it took 0.9 CPU-s a time at 200K apps."""
     start = np.random.RandomState(seed).normal(size=(rows, columns)).astype(dtype)
@@ -195,7 +195,7 @@ def truncated_svd(matrix: sparse.csr_matrix, rank: int, seed: int, oversampling:
     if rank < 1:
         return np.zeros(0), np.zeros((matrix.shape[1], 0))
     dtype = np.float32 if matrix.dtype == np.float32 else np.float64
-    basis = _gaussian_start(seed, matrix.shape[1], rank + oversampling, dtype)
+    basis = gaussian_start(seed, matrix.shape[1], rank + oversampling, dtype)
     by_app = matrix.T.tocsr()  # apps x users, so that both products read rows
     for _ in range(power_iterations):
         basis = linalg.lu(by_app @ (matrix @ basis), permute_l=True, check_finite=False)[0]

@@ -178,6 +178,7 @@ def tokenize_table(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> TokenTab
     list is built (``tokenize`` took 11.7 CPU-s for 200K apps, and the vocabulary and features as much again on its
     lists). ``tokenize`` stays the definition: tests/models/test_features.py holds the two equal."""
     n = len(rows)
+
     def column(field: str) -> pd.Series:
         if isinstance(rows, pd.DataFrame):
             return rows[field] if field in rows.columns else pd.Series([None] * n, dtype=object)
