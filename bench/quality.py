@@ -57,7 +57,7 @@ from evaluation.compare import K, score_rankings  # noqa: E402
 from evaluation.holdout import HoldoutQueries, build_queries  # noqa: E402
 from evaluation.metrics import RelevantSets  # noqa: E402
 from models import dataset, layout, storage  # noqa: E402
-from models.embedding import EmbeddingParams, train_embeddings  # noqa: E402
+from models.embedding import EmbeddingParams, single_threaded, train_embeddings  # noqa: E402
 from steps.train import select_params, validation_split  # noqa: E402
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -207,8 +207,9 @@ def _rank(method: str, catalog: pd.DataFrame, train: pd.DataFrame, query_apps: l
         # What TrainEmbeddings does: knobs chosen on a validation split of this train part, then the fit.
         # ``params`` (``--tune``) fix knobs instead.
         base = EmbeddingParams(embedding_dim=dim, seed=seed)
-        chosen = replace(base, **params) if params else select_params(catalog, train, base)[0]
-        trained = train_embeddings(catalog, train, chosen)
+        with single_threaded():  # as TrainEmbeddings runs (its bytes depend on BLAS's thread count)
+            chosen = replace(base, **params) if params else select_params(catalog, train, base)[0]
+            trained = train_embeddings(catalog, train, chosen)
         timing = fitted()
         return baselines.embedding_rankings(method, trained.app_ids, trained.embeddings, query_apps, K,
                                             trained.item_vectors), *timing

@@ -43,7 +43,7 @@ from evaluation.compare import popularity_rankings
 from evaluation.metrics import PADDING
 from evaluation.topk import query_top_k
 from models.embedding import interaction_matrix, truncated_svd
-from models.features import MetadataEncoder, l2_normalize, tokenize
+from models.features import MetadataEncoder, l2_normalize, tokenize_table
 from models.index import EXACT_MAX_APPS, build_index
 
 SEARCH_BATCH = 4096
@@ -123,7 +123,7 @@ def content_embeddings(catalog: pd.DataFrame, dim: int, seed: int) -> tuple[list
     """Metadata-only app vectors: LSA of the encoder's IDF-weighted token blocks (catalog order)."""
     if "app_id" not in catalog.columns:
         raise BaselineError("the catalog has no app_id column")
-    tokens = tokenize(catalog)
+    tokens = tokenize_table(catalog)
     features = MetadataEncoder.fit_vocabulary(tokens).features(tokens)[:, 1:]  # column 0 is the bias
     values, vectors = truncated_svd(sparse.csr_matrix(features, dtype=np.float32), dim, seed)
     embeddings = np.zeros((features.shape[0], dim))

@@ -84,12 +84,20 @@ def build_queries(
     max_users: int = MAX_USERS,
     max_queries_per_user: int = MAX_QUERIES_PER_USER,
 ) -> HoldoutQueries:
-    """Queries from holdout interactions (``models.dataset.INTERACTION_COLUMNS``)."""
+    """Queries from holdout interactions (``models.dataset.INTERACTION_COLUMNS``).
+
+    Users and apps are integer codes in their ids' sorted order, so that the engaged pairs, the users with enough of
+    them and the sample are integer work after one hash of each id column (with pandas' drop_duplicates, groupby and
+    isin on the ids it took 5.9 CPU-s for TrainEmbeddings' 1.9M validation pairs at 200K apps). Rows without an id
+    are left out.
+    """
     positive = interactions[(interactions["clicks"] > 0) | (interactions["conversions"] > 0)]
-    pairs = positive[["user_id", "app_id"]].drop_duplicates()
-    apps_per_user = pairs.groupby("user_id")["app_id"].transform("size")
-    pairs = pairs[apps_per_user >= MIN_APPS_PER_USER]
-    users = np.sort(pairs["user_id"].unique())
+    user_codes, user_ids = pd.factorize(positive["user_id"], sort=True)
+    app_codes, app_values = pd.factorize(positive["app_id"], sort=True)
+    known = (user_codes >= 0) & (app_codes >= 0)
+    width = max(len(app_values), 1)
+    pair_users, pair_apps = np.divmod(_distinct(user_codes[known].astype(np.int64) * width + app_codes[known]), width)
+    users = np.flatnonzero(np.bincount(pair_users, minlength=len(user_ids)) >= MIN_APPS_PER_USER)
     if users.size == 0:
         raise EmptyHoldout(
             f"the holdout has no user with {MIN_APPS_PER_USER} or more engaged apps ({len(interactions)} interaction rows); "
@@ -98,13 +106,12 @@ def build_queries(
     rng = np.random.default_rng(seed)
     if users.size > max_users:
         users = np.sort(rng.choice(users, size=max_users, replace=False))
-    pairs = pairs[pairs["user_id"].isin(users)].sort_values(["user_id", "app_id"], kind="stable")
-
-    app_ids = sorted(pairs["app_id"].unique().tolist())
-    item_of = {app_id: i for i, app_id in enumerate(app_ids)}
-    user_of = {user_id: i for i, user_id in enumerate(users)}
-    items = pairs["app_id"].map(item_of).to_numpy(np.int64)
-    user_rows = pairs["user_id"].map(user_of).to_numpy(np.int64)
+    kept = np.isin(pair_users, users)
+    pair_users, pair_apps = pair_users[kept], pair_apps[kept]  # by user, then app
+    kept_apps = _distinct(pair_apps)
+    app_ids = pd.Index(app_values).take(kept_apps).tolist()
+    items = np.searchsorted(kept_apps, pair_apps).astype(np.int64)
+    user_rows = np.searchsorted(users, pair_users).astype(np.int64)
     bounds = np.concatenate([[0], np.cumsum(np.bincount(user_rows, minlength=len(users)))])
 
     query_items, query_users, sizes, relevant_items = [], [], [], []
@@ -130,6 +137,12 @@ def build_queries(
         relevant=relevant,
         n_users=len(users),
     )
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct integers (numpy 2.4's np.unique hashes them first: 3.4 CPU-s for 2M, sorting 0.04)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if ordered.size else ordered
 
 
 def load_queries(prepared_uri: str, *, seed: int, max_users: int = MAX_USERS) -> HoldoutQueries:

@@ -235,9 +235,9 @@ def query_segments(queries: HoldoutQueries, train_interactions: pd.DataFrame,
     """Per-query labels: ``start`` (cold: the query app has no train positive, else warm) and, with a
     catalog, the query app's ``category`` and ``region`` ('unknown' where the catalog has none)."""
     positive = (train_interactions["clicks"] > 0) | (train_interactions["conversions"] > 0)
-    warm = set(train_interactions.loc[positive, "app_id"].astype(str))
+    warm = pd.Index(train_interactions.loc[positive, "app_id"].astype(str).unique())
     query_apps = queries.query_app_ids
-    segments = {"cold start vs warm": np.array(["warm" if a in warm else "cold" for a in query_apps], dtype=object)}
+    segments = {"cold start vs warm": np.where(pd.Index(query_apps).isin(warm), "warm", "cold").astype(object)}
     if catalog is not None:
         table = catalog.assign(app_id=catalog["app_id"].astype(str)).drop_duplicates("app_id").set_index("app_id")
         for column in ("category", "region"):

@@ -59,14 +59,50 @@ def choose_index_type(n_vectors: int, index_type: str, exact_max_apps: int) -> s
     return "flat" if n_vectors <= exact_max_apps else "ivf"
 
 
+def largest(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``scores`` (2-D, at least ``k`` columns), the columns and values of its ``k`` largest scores, best
+    first (ties: the lower column).
+
+    A row's k-th largest of its maxima over column chunks bounds its k-th largest score from below (those maxima are k
+    different cells), so only the chunks reaching that bound are read again and only their cells at or above it
+    sorted: a sixth of ``np.argpartition``'s time over 200K columns. The chunks are views of one reshape (the columns
+    past the last whole chunk are one more, shorter chunk): gathering them as blocks, not as cell indices, took the
+    call from 29 to 12 ms at 80 x 200K scores.
+    """
+    rows_count, columns = scores.shape
+    width = max(1, columns // (32 * k))
+    whole = columns // width
+    chunks = scores[:, : whole * width].reshape(rows_count, whole, width)
+    chunk_maxima = chunks.max(axis=2)
+    if whole * width < columns:
+        chunk_maxima = np.hstack([chunk_maxima, scores[:, whole * width:].max(axis=1, keepdims=True)])
+    count = chunk_maxima.shape[1]
+    bound = np.partition(chunk_maxima, count - k, axis=1)[:, count - k]
+    pair_rows, pair_chunks = np.nonzero(chunk_maxima >= bound[:, None])
+    in_whole = pair_chunks < whole
+    found_rows, found_cols, found_values = [], [], []
+    for pair_rows_part, blocks, offsets in (
+            (pair_rows[in_whole], chunks[pair_rows[in_whole], pair_chunks[in_whole]], pair_chunks[in_whole] * width),
+            (pair_rows[~in_whole], scores[pair_rows[~in_whole], whole * width:], np.full((~in_whole).sum(), whole * width))):
+        reaching, within = np.nonzero(blocks >= bound[pair_rows_part, None])
+        found_rows.append(pair_rows_part[reaching])
+        found_cols.append(offsets[reaching] + within)
+        found_values.append(blocks[reaching, within])
+    rows, cols, values = (np.concatenate(parts) for parts in (found_rows, found_cols, found_values))
+    order = np.lexsort((cols, -values, rows))
+    first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_count))[:-1]])
+    chosen = order[first[:, None] + np.arange(k)]
+    return cols[chosen], values[chosen]
+
+
 def exact_neighbors(embeddings: np.ndarray, query_rows: np.ndarray, k: int,
                     item_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-(k + 1) (scores, ids), best first, of ``embeddings[query_rows]`` among ``item_vectors`` (default: the
-    embeddings).
+    """Exact top-(k + 1) (scores, ids), best first (ties: the lower id), of ``embeddings[query_rows]`` among
+    ``item_vectors`` (default: the embeddings).
 
     Matrix products a block of queries at a time, not ``IndexFlatIP.search``: for the 1,000 queries of the recall
     check FAISS 1.15 does not use BLAS, and took 7.1-8.2 CPU-s over 200K x 64 vectors against 3.4 here (measured
-    while other jobs loaded the machine).
+    while other jobs loaded the machine); ``largest`` then ranks each block (argpartition took 2.1 of those 3.4).
     """
     indexed = embeddings if item_vectors is None else item_vectors
     queries = embeddings[query_rows]
@@ -75,11 +111,7 @@ def exact_neighbors(embeddings: np.ndarray, query_rows: np.ndarray, k: int,
     ids = np.empty((len(queries), kk), dtype=np.int64)
     for start in range(0, len(queries), EXACT_QUERY_BLOCK):
         block = queries[start:start + EXACT_QUERY_BLOCK] @ indexed.T
-        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < block.shape[1] else np.argsort(-block, axis=1)
-        top_scores = np.take_along_axis(block, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)  # best first, ties by id
-        ids[start:start + len(block)] = np.take_along_axis(top, order, axis=1)
-        scores[start:start + len(block)] = np.take_along_axis(top_scores, order, axis=1)
+        ids[start:start + len(block)], scores[start:start + len(block)] = largest(block, kk)
     return scores, ids
 
 

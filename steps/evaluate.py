@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
 from models import dataset, layout, storage
 from models.artifact import ModelArtifact
 from models.catalog import read_catalog
+from models.embedding import single_threaded
 from models.index import EXACT_MAX_APPS
 from models.notifications import Notification, NotificationError, publish, topic_arn
 from models.predictor import Predictor
@@ -56,11 +59,19 @@ def score_model(queries: HoldoutQueries, predictor: Predictor, observed: pd.Seri
     )
 
 
-def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries,
-                      scored: list[Ranking], train_interactions: pd.DataFrame, dim: int, seed: int,
-                      exact_max_apps: int = EXACT_MAX_APPS) -> str:
-    """``report.html`` beside evaluation.json: recall curves and segments of the rankings the gate ``scored`` (the
-    models', the popularity baseline's) and of the item-kNN and content-only baselines."""
+@dataclass(frozen=True)
+class ReportBaselines:
+    """What report.html shows besides the gate's rankings: item-kNN, content-only (from the catalog), and why a
+    part is missing."""
+
+    rankings: list[Ranking]
+    catalog: pd.DataFrame | None
+    notes: list[str]
+
+
+def report_baselines(prepared_uri: str, queries: HoldoutQueries, train_interactions: pd.DataFrame, dim: int, seed: int,
+                     exact_max_apps: int = EXACT_MAX_APPS) -> ReportBaselines:
+    """The item-kNN and content-only baselines of report.html (the catalog is the one PrepareFeedback read)."""
     notes = []
     catalog = None
     manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
@@ -73,14 +84,27 @@ def write_html_report(output_uri: str, prepared_uri: str, evaluation: dict[str, 
     except (FileNotFoundError, StorageError) as error:
         notes.append(f"the catalog could not be read ({error}): no content-only baseline, no category/region segments")
     query_apps = queries.query_app_ids
-    rankings = [*scored, baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
+    rankings = [baselines.item_knn(train_interactions, query_apps, report.CURVE_K)]
     if catalog is not None:
         rankings.append(baselines.content_only(catalog, query_apps, report.CURVE_K, dim=dim, seed=seed,
                                                exact_max_apps=exact_max_apps))
-    page = report.build(evaluation, queries, rankings, report.query_segments(queries, train_interactions, catalog), notes)
+    return ReportBaselines(rankings, catalog, notes)
+
+
+def write_html_report(output_uri: str, evaluation: dict[str, Any], queries: HoldoutQueries, scored: list[Ranking],
+                      train_interactions: pd.DataFrame, extra: ReportBaselines) -> str:
+    """``report.html`` beside evaluation.json: recall curves and segments of the rankings the gate ``scored`` (the
+    models', the popularity baseline's) and of the ``extra`` baselines."""
+    page = report.build(evaluation, queries, [*scored, *extra.rankings],
+                        report.query_segments(queries, train_interactions, extra.catalog), extra.notes)
     uri = storage.join(output_uri, layout.EVALUATION_PAGE)
     storage.write_bytes(uri, page.encode("utf-8"))
     return uri
+
+
+def _single_threaded_call(function: Callable[..., Any], *args: Any) -> Any:
+    with single_threaded():  # OpenMP's thread count is per thread: a worker thread sets its own
+        return function(*args)
 
 
 def score_popularity(queries: HoldoutQueries, popularity: Ranking, train_app_stats: pd.DataFrame,
@@ -114,70 +138,77 @@ def run(
     seed: int,
     approval_status: str,
 ) -> dict[str, Any]:
-    queries = load_queries(prepared_uri, seed=seed)
-    observed = observed_ctr(dataset.read_table(prepared_uri, dataset.HOLDOUT_APP_STATS), seed=seed)
-    candidate_artifact = ModelArtifact.load_uri(candidate_uri)
-    # One catalog size for every ranker, so coverage figures are comparable.
-    catalog_size = len(candidate_artifact.app_ids)
-    # Top-50 lists for the report's recall@k curves; the metrics and the gate use their first 10 columns.
-    # One Predictor a model (building one aligns the statistics with the app ids: 0.4 CPU-s at 200K apps)
-    candidate_predictor = Predictor(candidate_artifact)
-    models = [Ranking("candidate", model_rankings(queries, candidate_predictor, report.CURVE_K), candidate_artifact.app_ids)]
-    candidate = score_model(queries, candidate_predictor, observed, catalog_size=catalog_size, rankings=models[0].rankings)
-    train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
-    # Top-50 for the report too (one computation: its first 10 columns are the top 10 the gate scores)
-    popularity = baselines.popularity(train_interactions, queries.query_app_ids, report.CURVE_K)
-    baseline = score_popularity(queries, popularity, dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS), observed,
-                                catalog_size=catalog_size)
-    champion_scores = None
-    if champion is not None:
-        champion_predictor = Predictor(ModelArtifact.load_uri(champion.artifact_uri))
-        models.append(Ranking(f"champion v{champion.version}", model_rankings(queries, champion_predictor, report.CURVE_K),
-                              champion_predictor.artifact.app_ids))
-        champion_scores = score_model(queries, champion_predictor, observed, catalog_size=catalog_size,
-                                      rankings=models[1].rankings)
+    """Score and gate, write evaluation.json and report.html; returns the evaluation. BLAS and FAISS's OpenMP on one
+    thread, like TrainEmbeddings (models/embedding.py's ``single_threaded`` says why); the report's own baselines on
+    a second one."""
+    with single_threaded(), ThreadPoolExecutor(max_workers=1) as pool:
+        queries = load_queries(prepared_uri, seed=seed)
+        observed = observed_ctr(dataset.read_table(prepared_uri, dataset.HOLDOUT_APP_STATS), seed=seed)
+        candidate_artifact = ModelArtifact.load_uri(candidate_uri)
+        # One catalog size for every ranker, so coverage figures are comparable.
+        catalog_size = len(candidate_artifact.app_ids)
+        # Top-50 lists for the report's recall@k curves; the metrics and the gate use their first 10 columns.
+        # One Predictor a model (building one aligns the statistics with the app ids: 0.4 CPU-s at 200K apps)
+        candidate_predictor = Predictor(candidate_artifact)
+        models = [Ranking("candidate", model_rankings(queries, candidate_predictor, report.CURVE_K), candidate_artifact.app_ids)]
+        candidate = score_model(queries, candidate_predictor, observed, catalog_size=catalog_size, rankings=models[0].rankings)
+        train_interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+        # The report's own baselines need none of the gate's results: they run on the second core meanwhile (200K
+        # apps: ~25 CPU-s, mostly the content-only model). The content-only model is searched by the candidate's own
+        # rule (exact up to this many apps, IVF above).
+        exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
+        extra = pool.submit(_single_threaded_call, report_baselines, prepared_uri, queries, train_interactions,
+                            candidate_artifact.dim, seed, exact_max_apps)
+        # Top-50 for the report too (one computation: its first 10 columns are the top 10 the gate scores)
+        popularity = baselines.popularity(train_interactions, queries.query_app_ids, report.CURVE_K)
+        baseline = score_popularity(queries, popularity, dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS), observed,
+                                    catalog_size=catalog_size)
+        champion_scores = None
+        if champion is not None:
+            champion_predictor = Predictor(ModelArtifact.load_uri(champion.artifact_uri))
+            models.append(Ranking(f"champion v{champion.version}", model_rankings(queries, champion_predictor, report.CURVE_K),
+                                  champion_predictor.artifact.app_ids))
+            champion_scores = score_model(queries, champion_predictor, observed, catalog_size=catalog_size,
+                                          rankings=models[1].rankings)
 
-    reference, against, label = (
-        (champion_scores, "champion", f"champion v{champion.version}")
-        if champion is not None and champion_scores is not None
-        else (baseline, "popularity", "popularity baseline")
-    )
-    comparison = cmp.compare(candidate, reference, samples=bootstrap_samples, seed=seed)
-    improved = cmp.is_improved(comparison, min_relative_improvement)
-    summary = cmp.summarize(candidate, samples=bootstrap_samples, seed=seed)
-    evaluation = {
-        "candidate": _metrics(candidate),
-        "champion": _metrics(champion_scores) if champion_scores is not None else None,
-        "baseline": {"name": "popularity", **_metrics(baseline)},
-        "comparison": {
-            "against": against,
-            "metric": comparison.metric,
-            "relative_improvement": _finite(comparison.relative_improvement),
-            "ci_low": _finite(comparison.ci_low),
-            "ci_high": _finite(comparison.ci_high),
-            "confidence": comparison.confidence,
-            "bootstrap_samples": comparison.bootstrap_samples,
-            "resampled": "users",
-        },
-        "threshold": {"min_relative_improvement": min_relative_improvement},
-        "improved": bool(improved),
-        "decision": cmp.decide(improved, approval_status),
-        "decision_reason": cmp.decision_reason(comparison, label, min_relative_improvement),
-        "champion_version": champion.version if champion is not None else None,
-        "holdout": {"users": queries.n_users, "queries": queries.n_queries, "apps": queries.n_query_apps},
-        # The candidate's family and knobs as TrainEmbeddings chose them on its validation split (inside train).
-        "training_selection": candidate_artifact.manifest.get("selection"),
-        "similarity_metrics": {
-            name: {"value": _finite(entry["value"]), "standard_deviation": _finite(entry["standard_deviation"])}
-            for name, entry in summary.items()
-        },
-    }
-    storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
-    # The content-only baseline is searched by the candidate's own rule (exact up to this many apps, IVF above)
-    exact_max_apps = (candidate_artifact.manifest.get("parameters") or {}).get("exact_index_max_apps", EXACT_MAX_APPS)
-    write_html_report(output_uri, prepared_uri, evaluation, queries, [*models, popularity], train_interactions,
-                      candidate_artifact.dim, seed, exact_max_apps)
-    return evaluation
+        reference, against, label = (
+            (champion_scores, "champion", f"champion v{champion.version}")
+            if champion is not None and champion_scores is not None
+            else (baseline, "popularity", "popularity baseline")
+        )
+        comparison = cmp.compare(candidate, reference, samples=bootstrap_samples, seed=seed)
+        improved = cmp.is_improved(comparison, min_relative_improvement)
+        summary = cmp.summarize(candidate, samples=bootstrap_samples, seed=seed)
+        evaluation = {
+            "candidate": _metrics(candidate),
+            "champion": _metrics(champion_scores) if champion_scores is not None else None,
+            "baseline": {"name": "popularity", **_metrics(baseline)},
+            "comparison": {
+                "against": against,
+                "metric": comparison.metric,
+                "relative_improvement": _finite(comparison.relative_improvement),
+                "ci_low": _finite(comparison.ci_low),
+                "ci_high": _finite(comparison.ci_high),
+                "confidence": comparison.confidence,
+                "bootstrap_samples": comparison.bootstrap_samples,
+                "resampled": "users",
+            },
+            "threshold": {"min_relative_improvement": min_relative_improvement},
+            "improved": bool(improved),
+            "decision": cmp.decide(improved, approval_status),
+            "decision_reason": cmp.decision_reason(comparison, label, min_relative_improvement),
+            "champion_version": champion.version if champion is not None else None,
+            "holdout": {"users": queries.n_users, "queries": queries.n_queries, "apps": queries.n_query_apps},
+            # The candidate's family and knobs as TrainEmbeddings chose them on its validation split (inside train).
+            "training_selection": candidate_artifact.manifest.get("selection"),
+            "similarity_metrics": {
+                name: {"value": _finite(entry["value"]), "standard_deviation": _finite(entry["standard_deviation"])}
+                for name, entry in summary.items()
+            },
+        }
+        storage.write_json(storage.join(output_uri, layout.EVALUATION_REPORT), evaluation)
+        write_html_report(output_uri, evaluation, queries, [*models, popularity], train_interactions, extra.result())
+        return evaluation
 
 
 def gate_notification(evaluation: dict[str, Any], version: int | None = None) -> Notification:

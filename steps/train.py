@@ -29,7 +29,7 @@ from models.catalog import read_catalog
 from models.artifact import ModelArtifact
 from models.embedding import (TRAINER_NAME, EmbeddingParams, TrainingDataError, collaborative_factors,
                               interaction_matrix, popularity_degrees, popularity_weights, spectral_factors,
-                              train_embeddings)
+                              single_threaded, train_embeddings)
 from models.index import EXACT_MAX_APPS, INDEX_TYPES, build_index
 from models.progress import Progress
 
@@ -275,56 +275,58 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -
 
 def train_artifact(prepared_uri: str, catalog_uri: str, *, embedding_dim: int, seed: int, index_type: str = "auto",
                    exact_index_max_apps: int = EXACT_MAX_APPS, progress: Progress | None = None) -> ModelArtifact:
-    """Train embeddings, build and check the index, and assemble the (unsaved) artifact."""
-    if index_type not in INDEX_TYPES:
-        raise ValueError(f"index_type '{index_type}' is not one of {', '.join(INDEX_TYPES)}")
-    progress = progress or Progress("train")
-    manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
-    if not storage.exists(manifest_uri):
-        raise FileNotFoundError(f"{manifest_uri} is missing: run PrepareFeedback first (appsim retrain runs it)")
-    prepared_manifest = storage.read_json(manifest_uri)
-    if prepared_manifest.get("status", "succeeded") != "succeeded":
-        raise TrainingDataError(
-            f"the prepared data at {prepared_uri} comes from a failed PrepareFeedback run "
-            f"({prepared_manifest.get('error', 'no error recorded')}); fix that run before training"
+    """Train embeddings, build and check the index, and assemble the (unsaved) artifact (on one thread:
+    models/embedding.py's ``single_threaded`` says why)."""
+    with single_threaded():
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type '{index_type}' is not one of {', '.join(INDEX_TYPES)}")
+        progress = progress or Progress("train")
+        manifest_uri = storage.join(prepared_uri, dataset.MANIFEST)
+        if not storage.exists(manifest_uri):
+            raise FileNotFoundError(f"{manifest_uri} is missing: run PrepareFeedback first (appsim retrain runs it)")
+        prepared_manifest = storage.read_json(manifest_uri)
+        if prepared_manifest.get("status", "succeeded") != "succeeded":
+            raise TrainingDataError(
+                f"the prepared data at {prepared_uri} comes from a failed PrepareFeedback run "
+                f"({prepared_manifest.get('error', 'no error recorded')}); fix that run before training"
+            )
+        interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
+        _require_columns(interactions, dataset.INTERACTION_COLUMNS, dataset.TRAIN_INTERACTIONS)
+        app_stats = dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS)
+        _require_columns(app_stats, dataset.APP_STATS_COLUMNS, dataset.TRAIN_APP_STATS)
+        catalog = read_catalog(catalog_uri)
+
+        params, selection = select_params(catalog, interactions, EmbeddingParams(embedding_dim=embedding_dim, seed=seed),
+                                          progress)
+        trained = train_embeddings(catalog, interactions, params, progress)
+        index, index_info = build_index(trained.embeddings, index_type, exact_index_max_apps, seed, progress=progress,
+                                       item_vectors=trained.item_vectors)
+
+        in_catalog = app_stats["app_id"].astype(str).isin(set(trained.app_ids))
+        stats = app_stats.loc[in_catalog].assign(app_id=lambda f: f["app_id"].astype(str)).sort_values("app_id")
+        manifest = {
+            "trainer": TRAINER_NAME,
+            "seed": seed,
+            "parameters": {**params.to_dict(), "index_type": index_type, "exact_index_max_apps": exact_index_max_apps},
+            "code_version": code_version(),
+            "training_window": prepared_manifest.get("window"),
+            "event_counts": prepared_manifest.get("counts"),
+            "prepared_uri": storage.normalize(prepared_uri),
+            "index": index_info,
+            "warm_apps": trained.summary["warm_apps"],
+            "cold_apps": trained.summary["cold_apps"],
+            "training": trained.summary,
+            "selection": selection,
+        }
+        return ModelArtifact(
+            app_ids=trained.app_ids,
+            embeddings=trained.embeddings,
+            index=index,
+            encoder=trained.encoder.to_json(),
+            encoder_weights=trained.encoder.weights_array(),
+            app_stats=stats.reset_index(drop=True),
+            manifest=manifest,
         )
-    interactions = dataset.read_table(prepared_uri, dataset.TRAIN_INTERACTIONS)
-    _require_columns(interactions, dataset.INTERACTION_COLUMNS, dataset.TRAIN_INTERACTIONS)
-    app_stats = dataset.read_table(prepared_uri, dataset.TRAIN_APP_STATS)
-    _require_columns(app_stats, dataset.APP_STATS_COLUMNS, dataset.TRAIN_APP_STATS)
-    catalog = read_catalog(catalog_uri)
-
-    params, selection = select_params(catalog, interactions, EmbeddingParams(embedding_dim=embedding_dim, seed=seed),
-                                      progress)
-    trained = train_embeddings(catalog, interactions, params, progress)
-    index, index_info = build_index(trained.embeddings, index_type, exact_index_max_apps, seed, progress=progress,
-                                   item_vectors=trained.item_vectors)
-
-    in_catalog = app_stats["app_id"].astype(str).isin(set(trained.app_ids))
-    stats = app_stats.loc[in_catalog].assign(app_id=lambda f: f["app_id"].astype(str)).sort_values("app_id")
-    manifest = {
-        "trainer": TRAINER_NAME,
-        "seed": seed,
-        "parameters": {**params.to_dict(), "index_type": index_type, "exact_index_max_apps": exact_index_max_apps},
-        "code_version": code_version(),
-        "training_window": prepared_manifest.get("window"),
-        "event_counts": prepared_manifest.get("counts"),
-        "prepared_uri": storage.normalize(prepared_uri),
-        "index": index_info,
-        "warm_apps": trained.summary["warm_apps"],
-        "cold_apps": trained.summary["cold_apps"],
-        "training": trained.summary,
-        "selection": selection,
-    }
-    return ModelArtifact(
-        app_ids=trained.app_ids,
-        embeddings=trained.embeddings,
-        index=index,
-        encoder=trained.encoder.to_json(),
-        encoder_weights=trained.encoder.weights_array(),
-        app_stats=stats.reset_index(drop=True),
-        manifest=manifest,
-    )
 
 
 def run(prepared_uri: str, catalog_uri: str, output_uri: str, *, embedding_dim: int, seed: int,

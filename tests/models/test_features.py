@@ -12,8 +12,9 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from models.features import GROUPS, EncoderSettings, MetadataEncoder, MetadataError, tokenize
+from models.features import GROUPS, EncoderSettings, MetadataEncoder, MetadataError, tokenize, tokenize_table
 from pipelines.simulators.marketplace import make_catalog, make_world as make_demo_world
 from tests.models import sklearn_encoder
 from tests.models.coengagement_world import CATEGORIES, make_world
@@ -182,3 +183,49 @@ def test_repeated_values_are_tokenised_once_yet_each_app_gets_its_own_tokens():
     assert tokens[3] == ["category=['odd', 'list']", "rating=0"]
     tokens[0].append("changed")  # each app's list is its own
     assert tokenize(rows)[2] == ["category=1.0", "region=eu", "rating=4"] and tokens[2][-1] == "rating=4"
+
+
+# -- the column-wise tokeniser against tokenize, its definition ---------------------------------------------------
+def test_the_column_wise_tokens_are_tokenize_s_on_the_demo_catalog_as_built_and_as_stored(tmp_path):
+    catalog = make_catalog(make_demo_world(2_000, 200, seed=3), seed=3)
+    catalog.to_parquet(tmp_path / "apps.parquet")
+    stored = pd.read_parquet(tmp_path / "apps.parquet")  # string columns, tags as numpy arrays
+    for frame in (catalog, stored):
+        table = tokenize_table(frame)
+        assert table.lists() == tokenize(frame)
+        from_lists = MetadataEncoder.fit_vocabulary(tokenize(frame))
+        encoder = MetadataEncoder.fit_vocabulary(table)
+        assert encoder.to_json() == from_lists.to_json()
+        ours, reference = encoder.features(table), from_lists.features(tokenize(frame))
+        assert (ours.indptr == reference.indptr).all() and (ours.indices == reference.indices).all()
+        assert (ours.data == reference.data).all()  # the same values summed in the same order: the same bits
+
+
+ODD_ROWS = [
+    {"category": "Games", "region": " EU ", "pricing_model": "", "features": ["Chat", " chat", None, "", "Zed"],
+     "description": "The 3D-game's 12abc BEST_app, x1 ab  2ab abc1 İstanbul", "avg_rating": 4.2},
+    {"category": 1, "features": "Lone Tag", "description": "ǅungla Kelvin \u212aelvin straße ÉCOLE naïve", "avg_rating": float("nan")},
+    {"category": 1.0, "region": None, "features": [1, 1.0, True, "x"], "description": None, "avg_rating": "4.6"},
+    {"category": ["odd", "list"], "features": float("nan"), "description": 42, "avg_rating": 1},
+    {"features": (), "description": "", "avg_rating": None},
+    {},
+]
+
+
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_the_column_wise_tokens_are_tokenize_s_for_odd_values(as_frame):
+    rows = pd.DataFrame(ODD_ROWS) if as_frame else ODD_ROWS
+    assert tokenize_table(rows).lists() == tokenize(rows)
+    assert tokenize_table(rows[:0]).lists() == [] and tokenize_table([{"region": "us"}]).lists() == [["region=us"]]
+    tags = pd.DataFrame({"features": [["Chat", " chat", None, "", "Zed"], None, [], np.array(["zed", "ÉCOLE "])]})
+    assert tokenize_table(tags).lists() == tokenize(tags) == [["feature=chat", "feature=zed"], [], [],
+                                                              ["feature=zed", "feature=école"]]
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.one_of(st.none(), st.text(alphabet=st.sampled_from(list("aZz09_ .,'-\t\nİKßé\u212a")), max_size=40)),
+                min_size=1, max_size=8))
+def test_the_column_wise_description_words_are_the_regular_expression_s(descriptions):
+    for column in (pd.Series(descriptions, dtype=object), pd.Series(descriptions, dtype="str")):
+        frame = pd.DataFrame({"description": column})
+        assert tokenize_table(frame).lists() == tokenize(frame)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from models.index import (
-    IndexConfigError, ListScan, build_index, choose_index_type, exact_neighbors, ivf_list_count, recall_vs_exact,
+    IndexConfigError, ListScan, build_index, choose_index_type, exact_neighbors, ivf_list_count, largest,
+    recall_vs_exact,
 )
 
 
@@ -155,3 +156,14 @@ def test_list_scan_pads_queries_whose_lists_hold_fewer_than_kk_items():
     assert sorted(ids[0, :60]) == list(range(60))
     missing = np.full_like(probes, -1)  # no probed list: nothing found, nothing raised
     assert (ListScan(index).search(queries, missing, 5)[1] == -1).all()
+
+
+def test_largest_lists_each_row_s_k_largest_best_first_ties_by_the_lower_column():
+    rng = np.random.default_rng(5)
+    # many ties, a last chunk shorter than the others (5,003 columns), and k as wide as the row
+    for rows, columns, k in ((30, 5_003, 11), (7, 12, 12), (4, 900, 1), (3, 40, 39)):
+        scores = rng.integers(0, 7, size=(rows, columns)).astype(np.float32)
+        columns_found, values_found = largest(scores.copy(), k)
+        expected = np.array([np.lexsort((np.arange(columns), -row))[:k] for row in scores])
+        assert (columns_found == expected).all()
+        assert (values_found == np.take_along_axis(scores, expected, axis=1)).all()
