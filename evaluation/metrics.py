@@ -139,7 +139,14 @@ def catalog_coverage(rankings: np.ndarray, catalog_size: int) -> float:
     if catalog_size <= 0:
         raise ValueError(f"catalog_size must be positive, got {catalog_size}")
     ranked = np.asarray(rankings)
-    return float(np.unique(ranked[ranked != PADDING]).size) / catalog_size
+    return float(distinct_integers(ranked[ranked != PADDING]).size) / catalog_size
+
+
+def distinct_integers(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct integers, as ``np.unique`` gives them: numpy 2.4's np.unique hashes integers first, 3.4 CPU-s
+    for 2M of them (0.3 for 300K: a 200K-app model's 30K queries x 10 neighbours) where sorting takes 0.04."""
+    ordered = np.sort(np.asarray(values).ravel())
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if ordered.size else ordered
 
 
 def mean_absolute_error(predicted: np.ndarray, actual: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from scipy import stats
 from evaluation.ab import LiftComparison, posterior_draws
 from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries
-from evaluation.metrics import group_mean, hit_matrix
+from evaluation.metrics import distinct_integers, group_mean, hit_matrix
 
 CURVE_K = 50
 SEGMENT_K = 10
@@ -87,7 +87,7 @@ def _segment_recall(queries: HoldoutQueries, hits_by_ranker: Mapping[str, np.nda
     out = []
     for value in values[np.argsort(-counts, kind="stable")][:MAX_SEGMENT_VALUES]:
         mask = labels == value
-        users = int(np.unique(queries.query_users[mask]).size)
+        users = int(distinct_integers(queries.query_users[mask]).size)
         recall = {}
         for name, per_query in per_ranker.items():
             by_user = group_mean(np.where(mask, per_query, np.nan), queries.query_users, queries.n_users)

@@ -23,6 +23,7 @@ from evaluation import baselines, report
 from evaluation import compare as cmp
 from evaluation.baselines import Ranking
 from evaluation.holdout import HoldoutQueries, load_queries, observed_ctr
+from evaluation.metrics import distinct_integers
 from models import dataset, layout, storage
 from models.artifact import ModelArtifact
 from models.catalog import read_catalog
@@ -39,9 +40,9 @@ from models.storage import StorageError
 def model_rankings(queries: HoldoutQueries, predictor: Predictor, k: int) -> np.ndarray:
     """A model's top-k neighbours for every query (positions into its app ids)."""
     # Many users share query apps: search each distinct app once.
-    distinct, inverse = np.unique(queries.query_items, return_inverse=True)
+    distinct = distinct_integers(queries.query_items)
     neighbours, _ = predictor.similar_many([queries.app_ids[i] for i in distinct], k)
-    return neighbours[inverse]
+    return neighbours[np.searchsorted(distinct, queries.query_items)]
 
 
 def score_model(queries: HoldoutQueries, predictor: Predictor, observed: pd.Series, *, catalog_size: int,

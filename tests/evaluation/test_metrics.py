@@ -6,6 +6,7 @@ import pytest
 from evaluation.metrics import (
     RelevantSets,
     catalog_coverage,
+    distinct_integers,
     group_mean,
     hit_matrix,
     mean_absolute_error,
@@ -146,3 +147,10 @@ def test_ndcg_agrees_with_scikit_learn_on_full_rankings():
     per_query = [ndcg_score(truth[row : row + 1], scores[row : row + 1], k=k) for row in range(len(rankings))]
     assert np.allclose(ours, per_query)
     assert float(ours.mean()) == pytest.approx(ndcg_score(truth, scores, k=k))
+
+
+def test_distinct_integers_is_np_unique():
+    rng = np.random.default_rng(3)
+    for values in (rng.integers(-50, 50, 1_000), rng.integers(0, 10**12, (40, 10)), np.array([], dtype=np.int64),
+                   np.array([7, 7, 7])):
+        assert np.array_equal(distinct_integers(values), np.unique(values))
