@@ -23,6 +23,7 @@ nothing, and a count per array per call cost more than the matching) and without
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numba
@@ -178,7 +179,19 @@ def canonical_table(source: int, content: bytes) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=TABLE_SCHEMA)
 
 
-@numba.njit(nogil=True, cache=True, _nrt=False)
+def _cached(function):
+    """``function`` compiled without the GIL or reference counting, its machine code cached on disk (beside the module,
+    else in ``NUMBA_CACHE_DIR`` or the user's cache folder). Where none is writable (a read-only install and home),
+    numba refuses to cache: the matcher is then compiled in every process (~16 s), with a warning naming the fix."""
+    try:
+        return numba.njit(nogil=True, cache=True, _nrt=False)(function)
+    except RuntimeError as refused:  # numba: "cannot cache function ...: no locator available"
+        warnings.warn(f"{refused}; PrepareFeedback's matcher compiles in every process (~16 s): set NUMBA_CACHE_DIR "
+                      "to a writable folder", RuntimeWarning, stacklevel=2)
+        return numba.njit(nogil=True, _nrt=False)(function)
+
+
+@_cached
 def _count_lines(content):  # pragma: no cover
     lines = 0
     for byte in content:
@@ -187,7 +200,7 @@ def _count_lines(content):  # pragma: no cover
     return lines
 
 
-@numba.njit(nogil=True, cache=True, _nrt=False)
+@_cached
 def _match(content, starts, prefix, ops, first, literals, accepted, kind, ts_us, flags, offsets, data, spans):  # pragma: no cover
     """Matches each line of ``content`` against the layouts, then expects its newline (carriage returns before it are
     dropped, as ``prepare_io.split_lines`` does): no separate pass finds the line's end first, as no op reads past a

@@ -4,6 +4,10 @@ test_prepare_differential.py hold what it accepts to the reference)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -11,6 +15,8 @@ import pytest
 from models.events import EVENT_TYPES, parse_line, prediction_record
 from steps import prepare_canonical, prepare_sql
 from tests.steps.conftest import at, click, conversion, prediction
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _accepted(lines: list[bytes]) -> list[bool]:
@@ -62,3 +68,15 @@ def test_an_empty_content_and_blank_lines():
     assert table.column("line").to_pylist() == [1, 2]
     assert table.column("accepted").to_pylist() == [False, False]
     assert table.column("event_id").null_count == 2
+
+
+def test_without_a_writable_cache_folder_the_matcher_still_loads_and_says_how_to_cache_it():
+    """numba refuses ``cache=True`` when no cache folder is writable (a read-only install and home): simulated by
+    keeping only numba's zip-archive locator, which never applies to a file on disk."""
+    code = ("import numpy as np, warnings\nwarnings.simplefilter('always')\nfrom steps import prepare_canonical\n"
+            "print(prepare_canonical._count_lines(np.frombuffer(b'a\\nb\\n', np.uint8)))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert "no locator available" in done.stderr and "set NUMBA_CACHE_DIR to a writable folder" in done.stderr
