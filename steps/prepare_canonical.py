@@ -191,6 +191,24 @@ def _cached(function):
         return numba.njit(nogil=True, _nrt=False)(function)
 
 
+def load() -> None:
+    """The matcher's machine code, loaded from numba's cache or compiled (``_cached``). A cache file numba cannot read
+    (numba writes its own atomically, but a cut copy or a damaged disk can truncate one: numba would then fail in
+    every process until someone deleted it) is discarded with a warning and rebuilt."""
+    _recovering(_count_lines, lambda: _count_lines(np.frombuffer(b"\n", np.uint8)))
+    _recovering(_match, lambda: canonical_table(0, b"\n"))
+
+
+def _recovering(function, first_call) -> None:
+    try:
+        first_call()
+    except Exception as damaged:  # numba unpickles its cache files: a cut one raises whatever pickle raises
+        warnings.warn(f"numba's cache of {function.__name__} could not be read ({damaged!r}): rebuilding it",
+                      RuntimeWarning, stacklevel=2)
+        function._cache.flush()  # numba's per-function cache (private API; numba is pinned): an empty index
+        first_call()
+
+
 @_cached
 def _count_lines(content):  # pragma: no cover
     lines = 0

@@ -346,12 +346,12 @@ def _load_matcher(progress: Progress) -> Callable[[int, bytes], pa.Table]:
     note.daemon = True
     note.start()
     try:
-        from steps.prepare_canonical import canonical_table
+        from steps import prepare_canonical
 
-        canonical_table(0, b"\n")
+        prepare_canonical.load()
     finally:
         note.cancel()
-    return canonical_table
+    return prepare_canonical.canonical_table
 
 
 def _slow_path(con: duckdb.DuckDBPyConnection, files: Sequence[str], units: list[_Unit],

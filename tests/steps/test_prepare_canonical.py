@@ -80,3 +80,23 @@ def test_without_a_writable_cache_folder_the_matcher_still_loads_and_says_how_to
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2"
     assert "no locator available" in done.stderr and "set NUMBA_CACHE_DIR to a writable folder" in done.stderr
+
+
+def test_a_truncated_cache_file_is_rebuilt_with_a_warning_not_fatal(tmp_path):
+    """numba writes its cache atomically, but a cut copy leaves a file it cannot unpickle: without the recovery every
+    prepare failed on it. Shown on _count_lines, the matcher's cheapest function (the same path serves _match)."""
+    code = ("import numpy as np, warnings\nwarnings.simplefilter('always')\nfrom steps import prepare_canonical as m\n"
+            "m._recovering(m._count_lines, lambda: print(m._count_lines(np.frombuffer(b'a\\nb\\n', np.uint8))))")
+    env = os.environ | {"NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run() -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
+        return done
+
+    assert "rebuilding" not in run().stderr
+    [index] = tmp_path.rglob("prepare_canonical._count_lines-*.nbi")
+    index.write_bytes(index.read_bytes()[:20])
+    rebuilt = run()
+    assert "could not be read" in rebuilt.stderr and "rebuilding it" in rebuilt.stderr
+    assert "rebuilding" not in run().stderr  # the rebuilt cache reads again
